@@ -1,0 +1,122 @@
+"""The bearer-token template API, in LancePilot v3's shapes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from .crypto import token_id_of, token_matches
+from .errors import ApiError
+from .state import services
+from .storage import HistoryEvent, Template, TemplateFilter
+
+MAX_PER_PAGE = 100
+STATUS_WORD = re.compile(r"[A-Z_]{1,32}")
+MAX_ID = 2**63 - 1
+TIME_FIELDS = ("status_updated_at", "last_webhook_at", "last_synced_at", "created_at", "updated_at")
+
+
+def iso(ms: int | None) -> str | None:
+    """Milliseconds since the epoch as ISO 8601 UTC with a Z."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def template_json(template: Template) -> dict[str, Any]:
+    data = dataclasses.asdict(template)
+    data.update({name: iso(data[name]) for name in TIME_FIELDS})
+    return data
+
+
+def history_json(event: HistoryEvent) -> dict[str, Any]:
+    data = dataclasses.asdict(event)
+    data.update(event_time=iso(event.event_time), received_at=iso(event.received_at))
+    return data
+
+
+async def authorise(request: Request) -> str:
+    """The workspace of the request's bearer token; 401 without one, 404 for another tenant's."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    token_id = token_id_of(token) if scheme.lower() == "bearer" else None
+    found = await services(request).store.find_token(token_id) if token_id else None
+    if found is None or found.revoked_at is not None or not token_matches(token, found.token_hash):
+        raise ApiError(401, "Unauthenticated", headers={"WWW-Authenticate": "Bearer"})
+    if request.path_params["workspace"] != found.workspace_id:
+        raise ApiError(404, "Workspace not found")
+    return found.workspace_id
+
+
+def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdecimal() or not 1 <= int(raw) <= maximum:
+        message = f"The {name} field must be an integer between 1 and {maximum}."
+        raise ApiError(422, message, errors={name: [message]})
+    return int(raw)
+
+
+def _filter(request: Request) -> TemplateFilter:
+    params = request.query_params
+    statuses = tuple(s.strip().upper() for s in params.get("status", "").split(",") if s.strip())
+    if not all(STATUS_WORD.fullmatch(status) for status in statuses):
+        message = "The status field must be a comma-separated list of statuses."
+        raise ApiError(422, message, errors={"status": [message]})
+    return TemplateFilter(
+        statuses=statuses,
+        name=params.get("name"),
+        language=params.get("language"),
+        provider_id=params.get("provider_id"),
+    )
+
+
+def _template_id(request: Request) -> int:
+    raw = request.path_params["id"]
+    if not raw.isdecimal() or not 0 < int(raw) <= MAX_ID:
+        raise ApiError(404, "Template not found")
+    return int(raw)
+
+
+async def list_templates(request: Request) -> JSONResponse:
+    workspace_id = await authorise(request)
+    page = _int_param(request, "page", 1, MAX_ID // MAX_PER_PAGE)
+    per_page = _int_param(request, "per_page", 10, MAX_PER_PAGE)
+    where = _filter(request)
+    templates, total = await services(request).store.list_templates(
+        workspace_id, where, (page - 1) * per_page, per_page
+    )
+    first = (page - 1) * per_page + 1
+    meta = {
+        "current_page": page,
+        "from": first if templates else None,
+        "last_page": max(1, math.ceil(total / per_page)),
+        "per_page": per_page,
+        "to": first + len(templates) - 1 if templates else None,
+        "total": total,
+    }
+    data = [template_json(template) for template in templates]
+    return JSONResponse({"success": True, "data": data, "meta": meta})
+
+
+async def get_template(request: Request) -> JSONResponse:
+    workspace_id = await authorise(request)
+    template = await services(request).store.get_template(workspace_id, _template_id(request))
+    if template is None:
+        raise ApiError(404, "Template not found")
+    return JSONResponse({"success": True, "data": template_json(template)})
+
+
+async def template_history(request: Request) -> JSONResponse:
+    workspace_id = await authorise(request)
+    events = await services(request).store.template_history(workspace_id, _template_id(request))
+    if events is None:
+        raise ApiError(404, "Template not found")
+    return JSONResponse({"success": True, "data": [history_json(event) for event in events]})

@@ -1,0 +1,157 @@
+"""create_app(settings): routes, middleware, error handlers and the lifespan that owns the store."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import api, webhooks
+from .config import Settings
+from .errors import ApiError
+from .metrics import Metrics
+from .openapi import openapi_document
+from .state import Services, services
+from .storage import StoreUnavailable, open_store
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("service.access")
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"success": True, "status": "alive"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    try:
+        await services(request).store.ping()
+    except StoreUnavailable:
+        return JSONResponse({"success": False, "message": "Store unavailable"}, status_code=503)
+    return JSONResponse({"success": True, "status": "ready"})
+
+
+async def metrics(request: Request) -> Response:
+    body = services(request).metrics.render()
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(openapi_document())
+
+
+ROUTES = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/webhooks/meta", webhooks.handshake, methods=["GET"]),
+    Route("/webhooks/meta", webhooks.receive, methods=["POST"]),
+    Route("/api/v3/workspaces/{workspace}/templates", api.list_templates, methods=["GET"]),
+    Route("/api/v3/workspaces/{workspace}/templates/{id}", api.get_template, methods=["GET"]),
+    Route(
+        "/api/v3/workspaces/{workspace}/templates/{id}/history",
+        api.template_history,
+        methods=["GET"],
+    ),
+]
+
+
+async def api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error = ApiError(exc.status_code, exc.detail, headers=exc.headers)
+    return error.response()
+
+
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    logger.error("store unavailable: %s", exc)
+    return ApiError(503, "Store unavailable, retry later", headers={"Retry-After": "5"}).response()
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return ApiError(500, "Internal server error").response()
+
+
+class AccessLog:
+    """Times each request for metrics and logs it, without query string or body."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            elapsed = time.perf_counter() - started
+            endpoint = scope.get("endpoint")
+            route = getattr(endpoint, "__name__", "unmatched")
+            self.metrics.request_seconds.labels(scope["method"], route, str(status)).observe(
+                elapsed
+            )
+            client = scope.get("client") or ("-", 0)
+            access_logger.info(
+                '%s "%s %s" %d %.1fms', client[0], scope["method"], scope["path"], status,
+                elapsed * 1000,
+            )  # fmt: skip
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The ASGI app; the store is opened and migrated when the lifespan starts."""
+    app_metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        store = await open_store(settings.database_url)
+        try:
+            await store.migrate()
+            announce(settings)
+            yield {"services": Services(settings, store, app_metrics)}
+        finally:
+            await store.close()
+
+    app = Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: api_error,
+            HTTPException: http_error,
+            StoreUnavailable: store_unavailable,
+            Exception: server_error,
+        },
+    )
+    app.add_middleware(AccessLog, metrics=app_metrics)
+    return app
+
+
+def announce(settings: Settings) -> None:
+    """Say where Meta should send webhooks and what is still to configure."""
+    logger.info("webhook URL: http://%s:%d/webhooks/meta", settings.host, settings.port)
+    for name in settings.unset_variables():
+        logger.warning("%s is not set; see README 'Configuration'", name)

@@ -1,0 +1,285 @@
+"""The `template-sync` command line. Creating commands print the new id or token alone."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from .api import iso
+from .config import ConfigError, Settings
+from .crypto import generate_key, load_cipher, new_bearer_token
+from .events import STATUS_EVENTS
+from .logs import configure
+from .storage import Conflict, NewTemplate, NotFound, Store, StoreUnavailable, open_store
+
+T = TypeVar("T")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def load_settings() -> Settings:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    configure(settings.log_format, settings.log_level)
+    return settings
+
+
+def with_store(
+    settings: Settings, action: Callable[[Store], Awaitable[T]], *, migrate: bool = True
+) -> T:
+    """Run `action` against a migrated store; store problems become clear CLI errors."""
+
+    async def run() -> T:
+        store = await open_store(settings.database_url)
+        try:
+            if migrate:
+                await store.migrate()
+            return await action(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except (StoreUnavailable, Conflict, NotFound) as error:
+        raise click.ClickException(str(error)) from None
+
+
+def emit(value: str, as_json: bool, **fields: Any) -> None:
+    """The created thing: alone on stdout, or as a JSON object with --json."""
+    click.echo(json.dumps(fields) if as_json else value)
+
+
+def json_flag(command: Callable[..., None]) -> Callable[..., None]:
+    return click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")(command)
+
+
+def digits(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not (value.isdecimal() and value.isascii()):
+        raise click.BadParameter("must be Meta's numeric id")
+    return value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Keep WhatsApp template statuses in sync with Meta."""
+
+
+@main.command()
+@click.option("--host", help="Listen address (default TEMPLATE_SYNC_HOST or 127.0.0.1).")
+@click.option("--port", type=int, help="Listen port (default TEMPLATE_SYNC_PORT or 8000).")
+def serve(host: str | None, port: int | None) -> None:
+    """Serve the webhook receiver and the API; migrations are applied on start."""
+    import uvicorn
+
+    from .app import create_app
+
+    settings = load_settings()
+    settings = dataclasses.replace(
+        settings, host=host or settings.host, port=settings.port if port is None else port
+    )
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # start-up failed; uvicorn logged why
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the schema."""
+    applied = with_store(load_settings(), lambda store: store.migrate(), migrate=False)
+    click.echo(f"schema up to date ({len(applied)} migrations applied now)", err=True)
+
+
+@main.group()
+def workspace() -> None:
+    """Workspaces (tenants)."""
+
+
+@workspace.command("create")
+@click.argument("name")
+@json_flag
+def workspace_create(name: str, as_json: bool) -> None:
+    """Create a workspace; prints its id."""
+    created = with_store(load_settings(), lambda store: store.create_workspace(name, now_ms()))
+    emit(created.id, as_json, id=created.id, name=created.name)
+
+
+@workspace.command("list")
+@json_flag
+def workspace_list(as_json: bool) -> None:
+    """List workspaces."""
+    found = with_store(load_settings(), lambda store: store.list_workspaces())
+    if as_json:
+        click.echo(json.dumps([{"id": w.id, "name": w.name} for w in found]))
+    for item in [] if as_json else found:
+        click.echo(f"{item.id}  {item.name}")
+
+
+@main.group()
+def channel() -> None:
+    """WhatsApp Business Accounts and their Meta access tokens."""
+
+
+def read_access_token(env_var: str | None, from_stdin: bool) -> str:
+    if bool(env_var) == from_stdin:
+        raise click.UsageError("give exactly one of --access-token-env or --access-token-stdin")
+    token = (sys.stdin.readline() if from_stdin else os.environ.get(env_var or "", "")).strip()
+    if not token:
+        source = "standard input" if from_stdin else f"the variable {env_var}"
+        raise click.ClickException(f"no access token in {source}")
+    return token
+
+
+@channel.command("add")
+@click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
+@click.option("--waba-id", required=True, callback=digits, help="WhatsApp Business Account id.")
+@click.option("--access-token-env", metavar="VAR", help="Read the Meta token from this variable.")
+@click.option("--access-token-stdin", is_flag=True, help="Read the Meta token from stdin.")
+@json_flag
+def channel_add(
+    workspace_id: str, waba_id: str, access_token_env: str | None, access_token_stdin: bool,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Add a WABA to a workspace; its token is encrypted at rest. Prints the channel id."""
+    token = read_access_token(access_token_env, access_token_stdin)
+    settings = load_settings()
+    try:
+        ciphertext = load_cipher(settings).encrypt(token)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    created = with_store(
+        settings, lambda store: store.add_channel(workspace_id, waba_id, ciphertext, now_ms())
+    )
+    emit(created.id, as_json, id=created.id, workspace_id=workspace_id, waba_id=waba_id)
+
+
+@main.group()
+def token() -> None:
+    """API bearer tokens."""
+
+
+@token.command("create")
+@click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
+@click.option("--name", help="A label, e.g. the application using it.")
+@json_flag
+def token_create(workspace_id: str, name: str | None, as_json: bool) -> None:
+    """Create a bearer token; it is shown once (its id is the part before the dot)."""
+    new = new_bearer_token()
+    with_store(
+        load_settings(),
+        lambda store: store.create_token(
+            workspace_id, new.token_id, new.token_hash, name, now_ms()
+        ),
+    )
+    emit(new.token, as_json, id=new.token_id, token=new.token, workspace_id=workspace_id)
+
+
+@token.command("revoke")
+@click.argument("token_id")
+def token_revoke(token_id: str) -> None:
+    """Revoke a token by its id."""
+    if not with_store(load_settings(), lambda store: store.revoke_token(token_id, now_ms())):
+        raise click.ClickException(f"no active token with id {token_id}")
+    click.echo(f"revoked {token_id}", err=True)
+
+
+@main.group()
+def template() -> None:
+    """Templates."""
+
+
+@template.command("add")
+@click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
+@click.option("--waba-id", required=True, callback=digits, help="WABA the template belongs to.")
+@click.option("--provider-id", required=True, callback=digits, help="Meta's template id.")
+@click.option("--name", required=True, help="Template name.")
+@click.option("--language", required=True, help="Language code, e.g. en_US.")
+@click.option("--category", help="MARKETING, UTILITY or AUTHENTICATION.")
+@click.option(
+    "--status", default="PENDING", show_default=True,
+    type=click.Choice(sorted(STATUS_EVENTS), case_sensitive=False),
+)  # fmt: skip
+@json_flag
+def template_add(as_json: bool, workspace_id: str, **fields: str) -> None:
+    """Register a template that already exists on Meta; prints its local id."""
+    fields["status"] = fields["status"].upper()
+    new = NewTemplate(workspace_id=workspace_id, **fields)
+    created = with_store(load_settings(), lambda store: store.add_template(new, now_ms()))
+    emit(str(created.id), as_json, id=created.id, provider_id=created.provider_id)
+
+
+@main.command()
+@click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
+@click.option("--status", help="Only these statuses (comma-separated).")
+@json_flag
+def templates(workspace_id: str, status: str | None, as_json: bool) -> None:
+    """Print a table of a workspace's templates and their statuses."""
+    from .storage import TemplateFilter
+
+    statuses = tuple(s.strip().upper() for s in (status or "").split(",") if s.strip())
+
+    async def fetch(store: Store) -> list[Any]:
+        if await store.get_workspace(workspace_id) is None:
+            raise NotFound(f"workspace {workspace_id} does not exist")
+        found, _ = await store.list_templates(workspace_id, TemplateFilter(statuses), 0, 10**9)
+        return found
+
+    found = with_store(load_settings(), fetch)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(t) for t in found]))
+        return
+    rows = [("ID", "PROVIDER_ID", "NAME", "LANGUAGE", "STATUS", "SOURCE")]
+    rows += [
+        (str(t.id), t.provider_id, t.name, t.language, t.status, t.status_source) for t in found
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+@main.command()
+@click.option("--quarantined", is_flag=True, help="Only deliveries that could not be applied.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--body", "show_body", is_flag=True, help="Also print each raw body.")
+def deliveries(quarantined: bool, limit: int, show_body: bool) -> None:
+    """Print the newest stored webhook deliveries, with why any were quarantined."""
+    outcome = "quarantined" if quarantined else None
+    found = with_store(load_settings(), lambda store: store.list_deliveries(outcome, limit))
+    for item in found:
+        line = f"{item.id}  {iso(item.received_at)}  {item.outcome}  {item.error or ''}"
+        click.echo(line.rstrip())
+        if show_body:
+            click.echo(item.body.decode("utf-8", "backslashreplace"))
+
+
+@main.group()
+def keys() -> None:
+    """Encryption keys for Meta access tokens at rest."""
+
+
+@keys.command("generate")
+def keys_generate() -> None:
+    """Print a new key for TEMPLATE_SYNC_ENCRYPTION_KEYS."""
+    click.echo(generate_key())

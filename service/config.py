@@ -1,0 +1,152 @@
+"""Settings: the only code that reads the environment (and the optional `.env` file)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PREFIX = "TEMPLATE_SYNC_"
+
+
+class ConfigError(Exception):
+    """A setting has a value the service cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret value that never shows in `repr`, logs or tracebacks."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+def _split(raw: str | None) -> tuple[Secret, ...]:
+    return tuple(Secret(part.strip()) for part in (raw or "").split(",") if part.strip())
+
+
+def _bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{PREFIX}{name} must be true or false, not {raw!r}")
+
+
+def _number(name: str, raw: str, kind: type[int] | type[float], minimum: float) -> int | float:
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name} must be a number, not {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{PREFIX}{name} must be at least {minimum}, not {raw!r}")
+    return value
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse a `.env` file of KEY=VALUE lines (comments, blank lines and quotes allowed)."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///data/template-sync.db"
+    meta_app_secrets: tuple[Secret, ...] = ()
+    meta_verify_token: Secret | None = None
+    graph_url: str = "https://graph.facebook.com/v25.0"
+    encryption_keys: tuple[Secret, ...] = ()
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    poll_enabled: bool = True
+    poll_tick_s: float = 30.0
+    poll_grace_s: float = 300.0
+    poll_interval_s: float = 1800.0
+    max_body_bytes: int = 4 * 1024 * 1024
+    log_format: str = "text" if sys.stderr.isatty() else "json"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")
+    ) -> Settings:
+        """Build settings from `TEMPLATE_SYNC_*` variables; the environment wins over `.env`."""
+        env = dict(read_dotenv(dotenv)) if dotenv else {}
+        env.update(os.environ if environ is None else environ)
+
+        def get(name: str) -> str | None:
+            value = env.get(PREFIX + name)
+            return value if value not in (None, "") else None
+
+        kwargs: dict[str, object] = {}
+        for name, attr in _PLAIN.items():
+            if (raw := get(name)) is not None:
+                kwargs[attr] = raw
+        for name, (attr, kind, minimum) in _NUMBERS.items():
+            if (raw := get(name)) is not None:
+                kwargs[attr] = _number(name, raw, kind, minimum)
+        if (raw := get("POLL_ENABLED")) is not None:
+            kwargs["poll_enabled"] = _bool("POLL_ENABLED", raw)
+        if (raw := get("DATA_DIR")) is not None:
+            kwargs["data_dir"] = Path(raw)
+        kwargs["meta_app_secrets"] = _split(get("META_APP_SECRET"))
+        kwargs["encryption_keys"] = _split(get("ENCRYPTION_KEYS"))
+        if (raw := get("META_VERIFY_TOKEN")) is not None:
+            kwargs["meta_verify_token"] = Secret(raw)
+        settings = cls(**kwargs)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.log_format not in {"text", "json"}:
+            raise ConfigError(f"{PREFIX}LOG_FORMAT must be text or json, not {self.log_format!r}")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ConfigError(f"{PREFIX}LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+        if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ConfigError(f"{PREFIX}DATABASE_URL must start with sqlite:/// or postgresql://")
+
+    def unset_variables(self) -> list[str]:
+        """Variables a production deployment still has to set, for the start-up banner."""
+        missing = []
+        if not self.meta_app_secrets:
+            missing.append(PREFIX + "META_APP_SECRET")
+        if self.meta_verify_token is None:
+            missing.append(PREFIX + "META_VERIFY_TOKEN")
+        if not self.encryption_keys:
+            missing.append(PREFIX + "ENCRYPTION_KEYS")
+        return missing
+
+
+_PLAIN = {
+    "DATABASE_URL": "database_url",
+    "GRAPH_URL": "graph_url",
+    "HOST": "host",
+    "LOG_FORMAT": "log_format",
+    "LOG_LEVEL": "log_level",
+}
+_NUMBERS: dict[str, tuple[str, type[int] | type[float], float]] = {
+    "PORT": ("port", int, 0),
+    "POLL_TICK_S": ("poll_tick_s", float, 0.01),
+    "POLL_GRACE_S": ("poll_grace_s", float, 0),
+    "POLL_INTERVAL_S": ("poll_interval_s", float, 0),
+    "MAX_BODY_BYTES": ("max_body_bytes", int, 1),
+}

@@ -1,0 +1,105 @@
+"""Template events and the rules that turn them into template state. Pure: no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+STATUS_FIELD = "message_template_status_update"
+QUALITY_FIELD = "message_template_quality_update"
+CATEGORY_FIELD = "template_category_update"
+TEMPLATE_FIELDS = frozenset({STATUS_FIELD, QUALITY_FIELD, CATEGORY_FIELD})
+
+#: Events that become the template's status as they are.
+STATUS_EVENTS = frozenset(
+    {
+        "APPROVED",
+        "REJECTED",
+        "PENDING",
+        "PAUSED",
+        "DISABLED",
+        "IN_APPEAL",
+        "PENDING_DELETION",
+        "DELETED",
+        "ARCHIVED",
+        "LIMIT_EXCEEDED",
+    }
+)
+PENDING_STATUSES = frozenset({"PENDING", "IN_APPEAL"})
+#: Status of a template created from an event that does not say its status.
+UNKNOWN_STATUS = "UNKNOWN"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One template change of a webhook delivery (one `entry[].changes[]` item)."""
+
+    waba_id: str
+    field: str
+    event: str  # status event, new quality score or new category
+    template_id: str
+    name: str | None
+    language: str | None
+    category: str | None
+    reason: str | None
+    entry_time: int  # entry.time, unix seconds
+    previous: str | None = None  # previous_category of a completed category change
+
+    @property
+    def dedupe_key(self) -> str:
+        return "|".join(
+            (self.waba_id, self.template_id, self.field, self.event, str(self.entry_time))
+        )
+
+
+@dataclass(frozen=True)
+class TemplateState:
+    status: str
+    rejected_reason: str | None = None
+    flagged: bool = False
+    status_before_archive: str | None = None
+    quality_score: str | None = None
+    category: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: TemplateState
+    applied: bool  # False: stale, or an event that by rule changes nothing
+
+
+def apply_status_event(state: TemplateState, event: str, reason: str | None) -> Outcome:
+    """Design section 6's event -> status table."""
+    if event in STATUS_EVENTS:
+        new = replace(
+            state,
+            status=event,
+            rejected_reason=reason if event == "REJECTED" else None,
+            status_before_archive=state.status if event == "ARCHIVED" else None,
+        )
+        return Outcome(new, True)
+    if event == "FLAGGED":
+        return Outcome(replace(state, flagged=True), True)
+    if event == "REINSTATED":
+        return Outcome(replace(state, status="APPROVED", flagged=False, rejected_reason=None), True)
+    if event == "UNARCHIVED" and state.status_before_archive:
+        restored = state.status_before_archive
+        return Outcome(replace(state, status=restored, status_before_archive=None), True)
+    return Outcome(state, False)  # LOCKED, UNARCHIVED without history, events Meta adds later
+
+
+def apply_change(state: TemplateState, change: Change) -> Outcome:
+    """The effect of one webhook change on a template's state."""
+    if change.field == STATUS_FIELD:
+        return apply_status_event(state, change.event, change.reason)
+    if change.field == QUALITY_FIELD:
+        return Outcome(replace(state, quality_score=change.event), True)
+    if change.field == CATEGORY_FIELD and change.previous is not None:
+        return Outcome(replace(state, category=change.event), True)
+    return Outcome(state, False)  # a category notice: the change has not happened yet
+
+
+def normalise_reason(reason: object) -> str | None:
+    """Meta's rejection reason, with its "NONE" placeholder read as no reason."""
+    if not isinstance(reason, str) or not reason or reason.upper() == "NONE":
+        return None
+    return reason

@@ -1,0 +1,49 @@
+"""Prometheus metrics, in a registry of the app's own (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from .storage import DeliveryResult
+
+EVENT_RESULTS = ("applied", "stale", "duplicate", "unknown_waba", "created")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.deliveries = Counter(
+            "template_sync_webhook_deliveries",
+            "Signed webhook deliveries stored, by outcome (processed, quarantined).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "template_sync_webhook_rejected",
+            "Webhook requests refused before storing, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "template_sync_template_events",
+            "Template changes from webhooks, by result (created counts new templates).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "template_sync_http_request_duration_seconds",
+            "HTTP request latency by route and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+
+    def delivery(self, result: DeliveryResult) -> None:
+        self.deliveries.labels(result.outcome).inc()
+        for name in EVENT_RESULTS:
+            count = getattr(result, name)
+            if count:
+                self.events.labels(name).inc(count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,196 @@
+"""The OpenAPI 3.1 description served at /openapi.json. Keep it true to api.py and app.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+
+STRING = {"type": "string"}
+NULLABLE_STRING = {"type": ["string", "null"]}
+TIME = {"type": "string", "format": "date-time"}
+NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
+TEMPLATE = _object(
+    {
+        "id": {"type": "integer"},
+        "workspace_id": STRING,
+        "waba_id": STRING,
+        "provider_id": {"type": "string", "description": "Meta's template id"},
+        "name": STRING,
+        "language": STRING,
+        "category": NULLABLE_STRING,
+        "status": {"type": "string", "examples": ["PENDING", "APPROVED", "REJECTED", "PAUSED"]},
+        "rejected_reason": NULLABLE_STRING,
+        "quality_score": NULLABLE_STRING,
+        "flagged": {"type": "boolean"},
+        "status_source": {"type": "string", "enum": ["webhook", "sync", "api"]},
+        "status_updated_at": TIME,
+        "last_webhook_at": NULLABLE_TIME,
+        "last_synced_at": NULLABLE_TIME,
+        "created_at": TIME,
+        "updated_at": TIME,
+    }
+)
+HISTORY_EVENT = _object(
+    {
+        "id": {"type": "integer"},
+        "field": STRING,
+        "event": STRING,
+        "old_status": NULLABLE_STRING,
+        "new_status": NULLABLE_STRING,
+        "source": {"type": "string", "enum": ["webhook", "sync", "api"]},
+        "event_time": NULLABLE_TIME,
+        "received_at": TIME,
+        "reason": NULLABLE_STRING,
+        "applied": {"type": "boolean"},
+    }
+)
+PAGE_META = _object(
+    {
+        "current_page": {"type": "integer"},
+        "from": {"type": ["integer", "null"]},
+        "last_page": {"type": "integer"},
+        "per_page": {"type": "integer"},
+        "to": {"type": ["integer", "null"]},
+        "total": {"type": "integer"},
+    }
+)
+ERROR = {
+    "type": "object",
+    "required": ["success", "message"],
+    "properties": {"success": {"const": False}, "message": STRING},
+}
+
+WORKSPACE = {"name": "workspace", "in": "path", "required": True, "schema": STRING}
+TEMPLATE_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+AUTH_ERRORS = {
+    "401": _error("Missing, invalid or revoked token"),
+    "404": _error("Workspace not found, or template not found"),
+}
+
+
+def _success(data: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return _object({"success": {"const": True}, "data": data, **extra})
+
+
+def _api_get(summary: str, params: list[dict[str, Any]], ok: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "parameters": params,
+            "responses": {"200": _json(ok, "OK"), **AUTH_ERRORS},
+        }
+    }
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}  # fmt: skip
+
+
+LIST_PARAMS = [
+    WORKSPACE,
+    _query("page", {"type": "integer", "minimum": 1, "default": 1}, "Page number"),
+    _query(
+        "per_page", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "Page size"
+    ),
+    _query("status", STRING, "Comma-separated statuses, e.g. PENDING,IN_APPEAL"),
+    _query("name", STRING, "Exact template name"),
+    _query("language", STRING, "Exact language code"),
+    _query("provider_id", STRING, "Meta's template id"),
+]
+BASE = "/api/v3/workspaces/{workspace}/templates"
+
+
+def _webhook_paths() -> dict[str, Any]:
+    hub = [
+        {"name": f"hub.{name}", "in": "query", "required": True, "schema": STRING}
+        for name in ("mode", "verify_token", "challenge")
+    ]
+    signature = {"name": "X-Hub-Signature-256", "in": "header", "required": True, "schema": STRING}
+    return {
+        "get": {
+            "summary": "Meta's subscription handshake",
+            "parameters": hub,
+            "responses": {
+                "200": {
+                    "description": "The challenge",
+                    "content": {"text/plain": {"schema": STRING}},
+                },
+                "400": _error("Malformed handshake"),
+                "403": _error("Verify token does not match"),
+                "503": _error("Verify token not configured"),
+            },
+        },
+        "post": {
+            "summary": "A signed delivery from Meta; stored before it is acknowledged",
+            "parameters": [signature],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},
+            "responses": {
+                "200": _json(_object({"success": {"const": True}}), "Stored"),
+                "401": _error("Missing, malformed or wrong signature"),
+                "413": _error("Body over TEMPLATE_SYNC_MAX_BODY_BYTES"),
+                "503": _error("Secret not configured, or store unavailable (Retry-After)"),
+            },
+        },
+    }
+
+
+def _probe(summary: str, *extra: str) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": {"description": "OK"}}
+    responses.update({code: {"description": "Not ready"} for code in extra})
+    return {"get": {"summary": summary, "responses": responses}}
+
+
+def openapi_document() -> dict[str, Any]:
+    history = _success({"type": "array", "items": _ref("HistoryEvent")})
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "template-sync", "version": __version__},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Template": TEMPLATE,
+                "HistoryEvent": HISTORY_EVENT,
+                "PageMeta": PAGE_META,
+                "Error": ERROR,
+            },
+        },
+        "paths": {
+            BASE: _api_get(
+                "List templates",
+                LIST_PARAMS,
+                _success({"type": "array", "items": _ref("Template")}, meta=_ref("PageMeta")),
+            ),
+            BASE + "/{id}": _api_get(
+                "One template", [WORKSPACE, TEMPLATE_ID], _success(_ref("Template"))
+            ),
+            BASE + "/{id}/history": _api_get(
+                "Status history, oldest first", [WORKSPACE, TEMPLATE_ID], history
+            ),
+            "/webhooks/meta": _webhook_paths(),
+            "/healthz": _probe("Process alive"),
+            "/readyz": _probe("Store reachable", "503"),
+            "/metrics": _probe("Prometheus metrics"),
+            "/openapi.json": _probe("This document"),
+        },
+    }

@@ -1,0 +1,27 @@
+"""What the lifespan builds and every endpoint uses, as one typed object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from .config import Settings
+from .metrics import Metrics
+from .storage import Store
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    store: Store
+    metrics: Metrics
+
+    @property
+    def app_secrets(self) -> tuple[bytes, ...]:
+        return tuple(secret.value.encode() for secret in self.settings.meta_app_secrets)
+
+
+def services(request: Request) -> Services:
+    found: Services = request.state.services
+    return found

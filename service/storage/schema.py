@@ -1,0 +1,93 @@
+"""Schema migrations, written once for both dialects.
+
+`{serial}` and `{blob}` are the only words that differ; each backend fills them in.
+Append new migrations; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE workspaces (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            created_at BIGINT NOT NULL
+        );
+        CREATE TABLE api_tokens (
+            id TEXT PRIMARY KEY,
+            workspace_id TEXT NOT NULL REFERENCES workspaces (id),
+            name TEXT,
+            token_hash TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            revoked_at BIGINT
+        );
+        CREATE TABLE channels (
+            id TEXT PRIMARY KEY,
+            workspace_id TEXT NOT NULL REFERENCES workspaces (id),
+            waba_id TEXT NOT NULL UNIQUE,
+            access_token_enc TEXT NOT NULL,
+            created_at BIGINT NOT NULL
+        );
+        CREATE INDEX channels_workspace ON channels (workspace_id);
+        CREATE TABLE templates (
+            id {serial},
+            workspace_id TEXT NOT NULL REFERENCES workspaces (id),
+            waba_id TEXT NOT NULL,
+            provider_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            language TEXT NOT NULL,
+            category TEXT,
+            status TEXT NOT NULL,
+            rejected_reason TEXT,
+            quality_score TEXT,
+            flagged BOOLEAN NOT NULL DEFAULT FALSE,
+            status_before_archive TEXT,
+            status_source TEXT NOT NULL,
+            status_updated_at BIGINT NOT NULL,
+            status_event_at BIGINT NOT NULL DEFAULT 0,
+            pending_since BIGINT,
+            last_webhook_at BIGINT,
+            last_synced_at BIGINT,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            UNIQUE (waba_id, provider_id)
+        );
+        CREATE INDEX templates_workspace ON templates (workspace_id, id);
+        CREATE INDEX templates_workspace_status ON templates (workspace_id, status);
+        CREATE TABLE template_events (
+            id {serial},
+            template_id BIGINT REFERENCES templates (id),
+            waba_id TEXT NOT NULL,
+            provider_id TEXT NOT NULL,
+            field TEXT NOT NULL,
+            event TEXT NOT NULL,
+            old_status TEXT,
+            new_status TEXT,
+            source TEXT NOT NULL,
+            event_time BIGINT,
+            received_at BIGINT NOT NULL,
+            reason TEXT,
+            applied BOOLEAN NOT NULL,
+            delivery_id BIGINT,
+            dedupe_key TEXT UNIQUE
+        );
+        CREATE INDEX template_events_template ON template_events (template_id, id);
+        CREATE TABLE webhook_deliveries (
+            id {serial},
+            received_at BIGINT NOT NULL,
+            body {blob} NOT NULL,
+            outcome TEXT NOT NULL,
+            error TEXT
+        );
+        CREATE INDEX webhook_deliveries_received ON webhook_deliveries (received_at)
+        """,
+    ),
+]
+
+
+def statements(sql: str, serial: str, blob: str) -> list[str]:
+    """One migration's statements with the dialect's words filled in."""
+    filled = sql.replace("{serial}", serial).replace("{blob}", blob)
+    return [part.strip() for part in filled.split(";") if part.strip()]

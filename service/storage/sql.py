@@ -1,0 +1,345 @@
+"""The Store, written once in SQL both SQLite and PostgreSQL understand.
+
+Backends differ only in how they connect, run a transaction and name a few types.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from ..events import Change
+from . import (
+    ApiToken,
+    Channel,
+    Conflict,
+    Delivery,
+    DeliveryResult,
+    HistoryEvent,
+    NewTemplate,
+    NotFound,
+    StoreUnavailable,
+    Template,
+    TemplateFilter,
+    Workspace,
+)
+from .ingest import apply_change_row
+from .schema import MIGRATIONS, statements
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE_COLUMNS = (
+    "id, workspace_id, waba_id, provider_id, name, language, category, status, rejected_reason, "
+    "quality_score, flagged, status_source, status_updated_at, last_webhook_at, last_synced_at, "
+    "created_at, updated_at"
+)
+HISTORY_COLUMNS = (
+    "id, field, event, old_status, new_status, source, event_time, received_at, reason, applied"
+)
+
+
+class Tx(Protocol):
+    for_update: str
+
+    async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]: ...
+    async def fetchrow(self, sql: str, *args: Any) -> dict[str, Any] | None: ...
+    async def execute(self, sql: str, *args: Any) -> None: ...
+
+
+class Backend(Protocol):
+    serial: str
+    blob: str
+    for_update: str
+    migration_lock: str | None
+
+    def transaction(self) -> AbstractAsyncContextManager[Any]: ...
+    async def close(self) -> None: ...
+
+
+def to_template(row: dict[str, Any]) -> Template:
+    return Template(**{**row, "flagged": bool(row["flagged"])})
+
+
+def to_history(row: dict[str, Any]) -> HistoryEvent:
+    return HistoryEvent(**{**row, "applied": bool(row["applied"])})
+
+
+class SqlStore:
+    def __init__(self, backend: Backend) -> None:
+        self._db = backend
+
+    def _tx(self) -> AbstractAsyncContextManager[Tx]:
+        return _WithDialect(self._db)
+
+    async def migrate(self) -> list[int]:
+        """Apply the migrations this database lacks; returns their versions."""
+        async with self._tx() as tx:
+            if self._db.migration_lock:
+                await tx.execute(self._db.migration_lock)
+            await tx.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
+            )
+            done = {
+                row["version"] for row in await tx.fetch("SELECT version FROM schema_migrations")
+            }
+            applied = [version for version, _ in MIGRATIONS if version not in done]
+            for version, sql in MIGRATIONS:
+                if version in done:
+                    continue
+                for statement in statements(sql, self._db.serial, self._db.blob):
+                    await tx.execute(statement)
+                await tx.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, 0)", version
+                )
+            return applied
+
+    async def ping(self) -> None:
+        async with self._tx() as tx:
+            await tx.fetch("SELECT 1 AS ok")
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def create_workspace(self, name: str, now_ms: int) -> Workspace:
+        workspace = Workspace(str(uuid.uuid4()), name, now_ms)
+        async with self._tx() as tx:
+            await tx.execute(
+                "INSERT INTO workspaces (id, name, created_at) VALUES (?, ?, ?)",
+                workspace.id,
+                name,
+                now_ms,
+            )
+        return workspace
+
+    async def list_workspaces(self) -> list[Workspace]:
+        async with self._tx() as tx:
+            rows = await tx.fetch("SELECT id, name, created_at FROM workspaces ORDER BY created_at")
+        return [Workspace(**row) for row in rows]
+
+    async def get_workspace(self, workspace_id: str) -> Workspace | None:
+        async with self._tx() as tx:
+            row = await tx.fetchrow(
+                "SELECT id, name, created_at FROM workspaces WHERE id = ?", workspace_id
+            )
+        return Workspace(**row) if row else None
+
+    async def add_channel(
+        self, workspace_id: str, waba_id: str, access_token_enc: str, now_ms: int
+    ) -> Channel:
+        channel = Channel(str(uuid.uuid4()), workspace_id, waba_id, access_token_enc, now_ms)
+        async with self._tx() as tx:
+            await _require_workspace(tx, workspace_id)
+            if await tx.fetchrow("SELECT id FROM channels WHERE waba_id = ?", waba_id):
+                raise Conflict(f"WABA {waba_id} already has a channel")
+            await tx.execute(
+                "INSERT INTO channels (id, workspace_id, waba_id, access_token_enc, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                channel.id,
+                workspace_id,
+                waba_id,
+                access_token_enc,
+                now_ms,
+            )
+        return channel
+
+    async def list_channels(self, workspace_id: str) -> list[Channel]:
+        async with self._tx() as tx:
+            rows = await tx.fetch(
+                "SELECT id, workspace_id, waba_id, access_token_enc, created_at FROM channels "
+                "WHERE workspace_id = ? ORDER BY created_at",
+                workspace_id,
+            )
+        return [Channel(**row) for row in rows]
+
+    async def create_token(
+        self, workspace_id: str, token_id: str, token_hash: str, name: str | None, now_ms: int
+    ) -> None:
+        async with self._tx() as tx:
+            await _require_workspace(tx, workspace_id)
+            await tx.execute(
+                "INSERT INTO api_tokens (id, workspace_id, name, token_hash, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                token_id,
+                workspace_id,
+                name,
+                token_hash,
+                now_ms,
+            )
+
+    async def revoke_token(self, token_id: str, now_ms: int) -> bool:
+        async with self._tx() as tx:
+            row = await tx.fetchrow(
+                "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL "
+                "RETURNING id",
+                now_ms,
+                token_id,
+            )
+        return row is not None
+
+    async def find_token(self, token_id: str) -> ApiToken | None:
+        async with self._tx() as tx:
+            row = await tx.fetchrow(
+                "SELECT id, workspace_id, name, token_hash, revoked_at FROM api_tokens "
+                "WHERE id = ?",
+                token_id,
+            )
+        return ApiToken(**row) if row else None
+
+    async def add_template(self, new: NewTemplate, now_ms: int) -> Template:
+        async with self._tx() as tx:
+            owner = await tx.fetchrow(
+                "SELECT workspace_id FROM channels WHERE waba_id = ?", new.waba_id
+            )
+            if owner is None or owner["workspace_id"] != new.workspace_id:
+                raise NotFound(
+                    f"workspace {new.workspace_id} has no channel for WABA {new.waba_id}"
+                )
+            row = await tx.fetchrow(
+                "INSERT INTO templates (workspace_id, waba_id, provider_id, name, language, "
+                "category, status, status_source, status_updated_at, pending_since, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'api', ?, ?, ?, ?) "
+                "ON CONFLICT (waba_id, provider_id) DO NOTHING "
+                f"RETURNING {TEMPLATE_COLUMNS}",
+                new.workspace_id, new.waba_id, new.provider_id, new.name, new.language,
+                new.category, new.status, now_ms, now_ms, now_ms, now_ms,
+            )  # fmt: skip
+            if row is None:
+                raise Conflict(f"template {new.provider_id} of WABA {new.waba_id} exists already")
+            await tx.execute(
+                "INSERT INTO template_events (template_id, waba_id, provider_id, field, event, "
+                "new_status, source, event_time, received_at, applied) "
+                "VALUES (?, ?, ?, 'status', ?, ?, 'api', ?, ?, ?)",
+                row["id"], new.waba_id, new.provider_id, new.status, new.status,
+                now_ms, now_ms, True,
+            )  # fmt: skip
+        return to_template(row)
+
+    async def list_templates(
+        self, workspace_id: str, where: TemplateFilter, offset: int, limit: int
+    ) -> tuple[list[Template], int]:
+        clause, args = _template_filter(workspace_id, where)
+        async with self._tx() as tx:
+            total = await tx.fetchrow(f"SELECT COUNT(*) AS n FROM templates WHERE {clause}", *args)
+            rows = await tx.fetch(
+                f"SELECT {TEMPLATE_COLUMNS} FROM templates WHERE {clause} "
+                "ORDER BY id LIMIT ? OFFSET ?",
+                *args,
+                limit,
+                offset,
+            )
+        return [to_template(row) for row in rows], int(total["n"]) if total else 0
+
+    async def get_template(self, workspace_id: str, template_id: int) -> Template | None:
+        async with self._tx() as tx:
+            row = await tx.fetchrow(
+                f"SELECT {TEMPLATE_COLUMNS} FROM templates WHERE workspace_id = ? AND id = ?",
+                workspace_id,
+                template_id,
+            )
+        return to_template(row) if row else None
+
+    async def template_history(
+        self, workspace_id: str, template_id: int
+    ) -> list[HistoryEvent] | None:
+        async with self._tx() as tx:
+            if not await tx.fetchrow(
+                "SELECT id FROM templates WHERE workspace_id = ? AND id = ?",
+                workspace_id,
+                template_id,
+            ):
+                return None
+            rows = await tx.fetch(
+                f"SELECT {HISTORY_COLUMNS} FROM template_events WHERE template_id = ? ORDER BY id",
+                template_id,
+            )
+        return [to_history(row) for row in rows]
+
+    async def record_delivery(
+        self, body: bytes, received_at_ms: int, changes: Sequence[Change], error: str | None
+    ) -> DeliveryResult:
+        """Store the signed bytes and apply their changes in one transaction.
+
+        If applying fails for any reason but an unreachable store, the bytes are still
+        stored, quarantined with the error, so a signed delivery is never lost.
+        """
+        try:
+            async with self._tx() as tx:
+                result = await _insert_delivery(tx, body, received_at_ms, error)
+                owners: dict[str, str | None] = {}
+                for change in changes:
+                    await apply_change_row(tx, change, result, owners, received_at_ms)
+                return result
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # a bug or bad data must not lose the delivery
+            logger.exception("applying a delivery failed; storing it quarantined")
+            async with self._tx() as tx:
+                return await _insert_delivery(
+                    tx, body, received_at_ms, f"could not apply: {type(exc).__name__}"
+                )
+
+    async def list_deliveries(self, outcome: str | None, limit: int) -> list[Delivery]:
+        """The newest stored deliveries, optionally only those with `outcome`."""
+        where, args = ("WHERE outcome = ?", [outcome]) if outcome else ("", [])
+        async with self._tx() as tx:
+            rows = await tx.fetch(
+                "SELECT id, received_at, outcome, error, body FROM webhook_deliveries "
+                f"{where} ORDER BY id DESC LIMIT ?",
+                *args,
+                limit,
+            )
+        return [Delivery(**{**row, "body": bytes(row["body"])}) for row in rows]
+
+
+class _WithDialect:
+    """A backend transaction whose Tx also knows the dialect's FOR UPDATE suffix."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._context = backend.transaction()
+
+    async def __aenter__(self) -> Tx:
+        tx = await self._context.__aenter__()
+        tx.for_update = self._backend.for_update
+        return tx  # type: ignore[no-any-return]
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._context.__aexit__(*exc_info)
+
+
+async def _require_workspace(tx: Tx, workspace_id: str) -> None:
+    if not await tx.fetchrow("SELECT id FROM workspaces WHERE id = ?", workspace_id):
+        raise NotFound(f"workspace {workspace_id} does not exist")
+
+
+async def _insert_delivery(
+    tx: Tx, body: bytes, received_at_ms: int, error: str | None
+) -> DeliveryResult:
+    outcome = "quarantined" if error else "processed"
+    row = await tx.fetchrow(
+        "INSERT INTO webhook_deliveries (received_at, body, outcome, error) "
+        "VALUES (?, ?, ?, ?) RETURNING id",
+        received_at_ms,
+        body,
+        outcome,
+        error,
+    )
+    assert row is not None
+    return DeliveryResult(delivery_id=int(row["id"]), outcome=outcome)
+
+
+def _template_filter(workspace_id: str, where: TemplateFilter) -> tuple[str, list[Any]]:
+    parts, args = ["workspace_id = ?"], [workspace_id]
+    if where.statuses:
+        parts.append(f"status IN ({', '.join('?' for _ in where.statuses)})")
+        args.extend(where.statuses)
+    for column in ("name", "language", "provider_id"):
+        value = getattr(where, column)
+        if value is not None:
+            parts.append(f"{column} = ?")
+            args.append(value)
+    return " AND ".join(parts), args

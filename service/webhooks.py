@@ -1,0 +1,229 @@
+"""Meta webhooks: signature verification (pure), payload parsing (pure) and the endpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from .config import PREFIX
+from .errors import ApiError
+from .events import (
+    CATEGORY_FIELD,
+    QUALITY_FIELD,
+    STATUS_FIELD,
+    TEMPLATE_FIELDS,
+    Change,
+    normalise_reason,
+)
+from .state import services
+from .storage import StoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "x-hub-signature-256"
+CHALLENGE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+RETRY_AFTER_S = "5"
+MAX_TEXT = 1024
+
+
+class SignatureError(Exception):
+    """The request is not signed by any configured app secret (the message says how)."""
+
+
+class PayloadError(Exception):
+    """A signed body, or one part of it, is not a template delivery we can use."""
+
+
+def verify_signature(body: bytes, header: str | None, secrets: Sequence[bytes]) -> None:
+    """Accept when `header` is `sha256=<hex>` of HMAC-SHA256(secret, body) for any secret.
+
+    Hex digits are compared case-insensitively (Meta sends lowercase). Every other
+    input raises SignatureError; nothing else is raised.
+    """
+    if not header:
+        raise SignatureError("missing signature")
+    scheme, _, digest = header.partition("=")
+    if scheme.strip().lower() != "sha256" or not HEX_DIGEST.fullmatch(digest.strip()):
+        raise SignatureError("malformed signature")
+    given = digest.strip().lower().encode()
+    matched = False
+    for secret in secrets:  # no early exit: time does not tell which secret matched
+        expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+        matched |= hmac.compare_digest(expected, given)
+    if not matched:
+        raise SignatureError("signature mismatch")
+
+
+def parse_delivery(body: bytes) -> tuple[list[Change], list[str]]:
+    """Template changes of a delivery, and an error per change that could not be read.
+
+    Raises PayloadError when the body as a whole is unusable.
+    """
+    try:
+        document = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as error:
+        raise PayloadError(f"body is not valid JSON: {type(error).__name__}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("entry"), list):
+        raise PayloadError("body has no entry list")
+    changes: list[Change] = []
+    errors: list[str] = []
+    for index, entry in enumerate(document["entry"]):
+        try:
+            changes.extend(_entry_changes(entry, index, errors))
+        except PayloadError as error:
+            errors.append(f"entry[{index}]: {error}")
+    return changes, errors
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _entry_changes(entry: Any, index: int, errors: list[str]) -> list[Change]:
+    if not isinstance(entry, dict) or not isinstance(entry.get("changes"), list):
+        raise PayloadError("entry has no changes list")
+    waba_id = _identifier(entry.get("id"), "entry.id")
+    entry_time = entry.get("time")
+    if type(entry_time) is not int or not 0 < entry_time < 2**42:
+        raise PayloadError("entry.time is not a unix time")
+    result = []
+    for position, item in enumerate(entry["changes"]):
+        if not isinstance(item, dict) or item.get("field") not in TEMPLATE_FIELDS:
+            continue  # other fields are stored with the delivery and acknowledged
+        try:
+            result.append(_change(waba_id, entry_time, item["field"], item.get("value")))
+        except PayloadError as error:
+            errors.append(f"entry[{index}].changes[{position}]: {error}")
+    return result
+
+
+def _change(waba_id: str, entry_time: int, field: str, value: Any) -> Change:
+    if not isinstance(value, dict):
+        raise PayloadError("value is not an object")
+    key = {STATUS_FIELD: "event", QUALITY_FIELD: "new_quality_score"}.get(field, "new_category")
+    event = _text(value.get(key), key)
+    if not event:
+        raise PayloadError(f"{key} is missing")
+    category = value.get("message_template_category")
+    return Change(
+        waba_id=waba_id,
+        field=field,
+        event=event.upper(),
+        template_id=_identifier(value.get("message_template_id"), "message_template_id"),
+        name=_text(value.get("message_template_name"), "message_template_name"),
+        language=_text(value.get("message_template_language"), "message_template_language"),
+        category=_text(category if field != CATEGORY_FIELD else event, "category"),
+        reason=normalise_reason(_text(value.get("reason"), "reason")),
+        entry_time=entry_time,
+        previous=_text(value.get("previous_category"), "previous_category"),
+    )
+
+
+def _identifier(value: Any, name: str) -> str:
+    """Meta ids come as integers or strings of digits; never through a float."""
+    if type(value) is int and value >= 0:
+        value = str(value)
+    if (
+        not isinstance(value, str)
+        or not value.isdecimal()
+        or not value.isascii()
+        or len(value) > 32
+    ):
+        raise PayloadError(f"{name} is not an id")
+    return value
+
+
+def _text(value: Any, name: str) -> str | None:
+    """A string that every store can hold (UTF-8, no NUL, bounded), or None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_TEXT or "\x00" in value:
+        raise PayloadError(f"{name} is not a short string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(f"{name} is not valid Unicode") from None
+    return value
+
+
+async def handshake(request: Request) -> Response:
+    """Meta's subscription check: echo the challenge when the verify token matches."""
+    expected = services(request).settings.meta_verify_token
+    params = request.query_params
+    mode, token, challenge = (params.get(f"hub.{k}") for k in ("mode", "verify_token", "challenge"))
+    if (
+        mode != "subscribe"
+        or token is None
+        or challenge is None
+        or not CHALLENGE.fullmatch(challenge)
+    ):
+        raise ApiError(400, "Expected hub.mode=subscribe, hub.verify_token and hub.challenge")
+    if expected is None:
+        logger.error("webhook handshake refused: set %sMETA_VERIFY_TOKEN", PREFIX)
+        raise ApiError(503, f"Verify token not configured: set {PREFIX}META_VERIFY_TOKEN")
+    if not hmac.compare_digest(token.encode(), expected.value.encode()):
+        raise ApiError(403, "Verify token does not match")
+    return PlainTextResponse(challenge)
+
+
+async def receive(request: Request) -> Response:
+    """A signed delivery: stored before it is acknowledged, then applied in the same commit."""
+    svc = services(request)
+    if not svc.app_secrets:
+        svc.metrics.rejected.labels("not_configured").inc()
+        logger.error("webhook refused: set %sMETA_APP_SECRET", PREFIX)
+        raise ApiError(503, f"Webhook secret not configured: set {PREFIX}META_APP_SECRET")
+    body = await read_body(request, svc.settings.max_body_bytes)
+    try:
+        verify_signature(body, request.headers.get(SIGNATURE_HEADER), svc.app_secrets)
+    except SignatureError as error:
+        svc.metrics.rejected.labels("signature").inc()
+        raise ApiError(401, f"Invalid webhook signature: {error}") from None
+    try:
+        changes, errors = parse_delivery(body)
+    except PayloadError as error:
+        changes, errors = [], [str(error)]
+    try:
+        result = await svc.store.record_delivery(
+            body, int(time.time() * 1000), changes, "; ".join(errors) or None
+        )
+    except StoreUnavailable as error:
+        svc.metrics.rejected.labels("store_unavailable").inc()
+        logger.error("webhook not stored, asking Meta to retry: %s", error)
+        raise ApiError(
+            503, "Store unavailable, retry later", headers={"Retry-After": RETRY_AFTER_S}
+        ) from None
+    svc.metrics.delivery(result)
+    logger.info(
+        "delivery %s %s: %d changes, %d applied, %d stale, %d duplicate, %d unknown WABA",
+        result.delivery_id, result.outcome, len(changes), result.applied, result.stale,
+        result.duplicate, result.unknown_waba,
+    )  # fmt: skip
+    return JSONResponse({"success": True})
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The raw body, read once; 413 as soon as it is known to exceed `max_bytes`."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdecimal():
+            raise ApiError(400, "Invalid Content-Length")
+        if int(declared) > max_bytes:
+            raise ApiError(413, f"Body larger than {max_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, f"Body larger than {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
