@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import api, webhooks
 from .config import Settings
 from .errors import ApiError
+from .logs import silence_leaky_loggers
 from .metrics import Metrics
 from .openapi import openapi_document
 from .state import Services, services
@@ -124,6 +125,7 @@ class AccessLog:
 
 def create_app(settings: Settings) -> Starlette:
     """The ASGI app; the store is opened and migrated when the lifespan starts."""
+    silence_leaky_loggers()
     app_metrics = Metrics()
 
     @asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -40,13 +41,15 @@ def _bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{PREFIX}{name} must be true or false, not {raw!r}")
 
 
-def _number(name: str, raw: str, kind: type[int] | type[float], minimum: float) -> int | float:
+def _number(
+    name: str, raw: str, kind: type[int] | type[float], minimum: float, maximum: float
+) -> int | float:
     try:
         value = kind(raw)
     except ValueError:
         raise ConfigError(f"{PREFIX}{name} must be a number, not {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{PREFIX}{name} must be at least {minimum}, not {raw!r}")
+    if not (math.isfinite(value) and minimum <= value <= maximum):
+        raise ConfigError(f"{PREFIX}{name} must be between {minimum} and {maximum}, not {raw!r}")
     return value
 
 
@@ -69,7 +72,7 @@ def read_dotenv(path: Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = "sqlite:///data/template-sync.db"
+    database_url: str = field(default="sqlite:///data/template-sync.db", repr=False)
     meta_app_secrets: tuple[Secret, ...] = ()
     meta_verify_token: Secret | None = None
     graph_url: str = "https://graph.facebook.com/v25.0"
@@ -91,7 +94,7 @@ class Settings:
     ) -> Settings:
         """Build settings from `TEMPLATE_SYNC_*` variables; the environment wins over `.env`."""
         env = dict(read_dotenv(dotenv)) if dotenv else {}
-        env.update(os.environ if environ is None else environ)
+        env.update((k, v) for k, v in (os.environ if environ is None else environ).items() if v)
 
         def get(name: str) -> str | None:
             value = env.get(PREFIX + name)
@@ -100,10 +103,10 @@ class Settings:
         kwargs: dict[str, object] = {}
         for name, attr in _PLAIN.items():
             if (raw := get(name)) is not None:
-                kwargs[attr] = raw
-        for name, (attr, kind, minimum) in _NUMBERS.items():
+                kwargs[attr] = raw.lower() if name == "LOG_FORMAT" else raw
+        for name, (attr, kind, minimum, maximum) in _NUMBERS.items():
             if (raw := get(name)) is not None:
-                kwargs[attr] = _number(name, raw, kind, minimum)
+                kwargs[attr] = _number(name, raw, kind, minimum, maximum)
         if (raw := get("POLL_ENABLED")) is not None:
             kwargs["poll_enabled"] = _bool("POLL_ENABLED", raw)
         if (raw := get("DATA_DIR")) is not None:
@@ -120,7 +123,7 @@ class Settings:
         if self.log_format not in {"text", "json"}:
             raise ConfigError(f"{PREFIX}LOG_FORMAT must be text or json, not {self.log_format!r}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-            raise ConfigError(f"{PREFIX}LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+            raise ConfigError(f"{PREFIX}LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ConfigError(f"{PREFIX}DATABASE_URL must start with sqlite:/// or postgresql://")
 
@@ -143,10 +146,11 @@ _PLAIN = {
     "LOG_FORMAT": "log_format",
     "LOG_LEVEL": "log_level",
 }
-_NUMBERS: dict[str, tuple[str, type[int] | type[float], float]] = {
-    "PORT": ("port", int, 0),
-    "POLL_TICK_S": ("poll_tick_s", float, 0.01),
-    "POLL_GRACE_S": ("poll_grace_s", float, 0),
-    "POLL_INTERVAL_S": ("poll_interval_s", float, 0),
-    "MAX_BODY_BYTES": ("max_body_bytes", int, 1),
+_DAY_S = 86_400.0
+_NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
+    "PORT": ("port", int, 0, 65535),
+    "POLL_TICK_S": ("poll_tick_s", float, 0.01, _DAY_S),
+    "POLL_GRACE_S": ("poll_grace_s", float, 0, 30 * _DAY_S),
+    "POLL_INTERVAL_S": ("poll_interval_s", float, 0, 30 * _DAY_S),
+    "MAX_BODY_BYTES": ("max_body_bytes", int, 1, 1 << 30),
 }

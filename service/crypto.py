@@ -7,7 +7,7 @@ import hmac
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -17,6 +17,7 @@ from .config import PREFIX, ConfigError, Secret, Settings
 logger = logging.getLogger(__name__)
 
 KEY_FILE = "encryption.key"
+HEX = frozenset("0123456789abcdef")
 TOKEN_PREFIX = "tsk_"  # noqa: S105 (a prefix, not a secret)
 
 
@@ -78,7 +79,7 @@ def _write_key_file(path: Path) -> None:
 @dataclass(frozen=True)
 class NewToken:
     token_id: str
-    token: str  # shown once, never stored
+    token: str = field(repr=False)  # shown once, never stored
     token_hash: str
 
 
@@ -98,7 +99,8 @@ def token_id_of(token: str) -> str | None:
     if not token.startswith(TOKEN_PREFIX) or "." not in token:
         return None
     token_id = token[len(TOKEN_PREFIX) :].split(".", 1)[0]
-    return token_id if token_id.isalnum() and len(token_id) <= 32 else None
+    is_hex = bool(token_id) and len(token_id) <= 32 and all(c in HEX for c in token_id)
+    return token_id if is_hex else None
 
 
 def token_matches(token: str, stored_hash: str) -> bool:

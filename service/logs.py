@@ -44,5 +44,14 @@ def configure(log_format: str, level: str) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # uvicorn's access log prints query strings (the handshake's verify token): ours does not.
+    silence_leaky_loggers()
+
+
+def silence_leaky_loggers() -> None:
+    """Mute libraries that would log secrets, whoever set logging up.
+
+    uvicorn's access log prints query strings (the handshake's verify token; ours does
+    not), and aiosqlite's debug log prints statement parameters (raw webhook bodies).
+    """
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)

@@ -178,7 +178,11 @@ def test_non_template_fields_are_skipped_without_error() -> None:
 
 
 async def test_handshake_echoes_the_challenge_as_plain_text(server: Server) -> None:
-    query = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1158201444"}
+    query = {
+        "hub.mode": "subscribe",
+        "hub.verify_token": VERIFY_TOKEN,
+        "hub.challenge": "1158201444",
+    }
     status, body, headers = await server.request("GET", "/webhooks/meta", params=query)
     assert (status, body) == (200, "1158201444")
     assert headers["Content-Type"].startswith("text/plain")
@@ -191,7 +195,10 @@ async def test_handshake_echoes_the_challenge_as_plain_text(server: Server) -> N
         ({"hub.mode": "subscribe", "hub.challenge": "abc"}, 400),
         ({"hub.mode": "unsubscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "a"}, 400),
         ({"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "a b"}, 400),
-        ({"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "x" * 65}, 400),
+        (
+            {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "x" * 65},
+            400,
+        ),
         ({"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "<a>"}, 400),
         ({}, 400),
     ],
@@ -313,9 +320,12 @@ async def test_same_delivery_twice_has_one_effect_and_one_history_row(
     assert (await server.deliver(body))[0] == 200
     assert (await server.deliver(body))[0] == 200
     rows = await history(server, tenant, local_id)
-    assert [(r["source"], r["event"]) for r in rows] == [("api", "PENDING"), ("webhook", "APPROVED")]
+    assert [(r["source"], r["event"]) for r in rows] == [
+        ("api", "PENDING"),
+        ("webhook", "APPROVED"),
+    ]
     assert len(await store.list_deliveries(None, 10)) == 2  # both stored, applied once
-    status, metrics, _ = await server.request("GET", "/metrics")
+    _, metrics, _ = await server.request("GET", "/metrics")
     assert 'template_sync_template_events_total{result="duplicate"} 1.0' in metrics
 
 
@@ -416,10 +426,14 @@ async def test_quality_and_category_updates(server: Server, store: Store, tenant
     await add_template(store, tenant, "278077987957091", category="UTILITY")
     for name in ("webhook-quality-update.json", "webhook-category-notice.json"):
         assert (await server.deliver(fixture_body(name)))[0] == 200
-    assert (await template_by_provider(server, tenant, "806312974732579"))["quality_score"] == "YELLOW"
+    assert (await template_by_provider(server, tenant, "806312974732579"))[
+        "quality_score"
+    ] == "YELLOW"
     assert (await template_by_provider(server, tenant, "278077987957091"))["category"] == "UTILITY"
     assert (await server.deliver(fixture_body("webhook-category-changed.json")))[0] == 200
-    assert (await template_by_provider(server, tenant, "278077987957091"))["category"] == "MARKETING"
+    assert (await template_by_provider(server, tenant, "278077987957091"))[
+        "category"
+    ] == "MARKETING"
 
 
 async def test_rejected_reason_is_cleared_when_approved_later(
@@ -429,7 +443,10 @@ async def test_rejected_reason_is_cleared_when_approved_later(
     await server.deliver(status_body("REJECTED", entry_time=1751247500, reason="INVALID_FORMAT"))
     await server.deliver(status_body("APPROVED", entry_time=1751247600))
     template = await store.get_template(tenant.workspace_id, local_id)
-    assert template is not None and (template.status, template.rejected_reason) == ("APPROVED", None)
+    assert template is not None and (template.status, template.rejected_reason) == (
+        "APPROVED",
+        None,
+    )
 
 
 def test_settings_secret_never_shows_in_repr() -> None:

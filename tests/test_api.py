@@ -1,0 +1,183 @@
+"""The bearer-token template API: shapes, pagination, filters and tenant isolation."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Any
+
+import pytest
+
+from service.config import Settings
+from service.storage import Store
+
+from .conftest import NOW_MS, Server, Tenant, add_template, make_tenant
+
+ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+TEMPLATE_KEYS = {
+    "id", "workspace_id", "waba_id", "provider_id", "name", "language", "category", "status",
+    "rejected_reason", "quality_score", "flagged", "status_source", "status_updated_at",
+    "last_webhook_at", "last_synced_at", "created_at", "updated_at",
+}  # fmt: skip
+
+
+async def test_template_object_has_the_contract_shape(
+    server: Server, store: Store, tenant: Tenant
+) -> None:
+    local_id = await add_template(store, tenant, "1689556908129832", name="order_confirmation")
+    status, body, _ = await server.api(tenant, f"/templates/{local_id}")
+    assert status == 200 and body["success"] is True
+    template = body["data"]
+    assert set(template) == TEMPLATE_KEYS
+    assert template["id"] == local_id and isinstance(template["id"], int)
+    assert template["provider_id"] == "1689556908129832"
+    assert (template["status"], template["status_source"], template["flagged"]) == (
+        "PENDING",
+        "api",
+        False,
+    )
+    assert ISO_Z.fullmatch(template["created_at"]) and template["last_webhook_at"] is None
+
+
+async def test_pagination_meta_like_lancepilot(
+    server: Server, store: Store, tenant: Tenant
+) -> None:
+    for index in range(23):
+        await add_template(store, tenant, str(1000 + index))
+    status, body, _ = await server.api(tenant, "/templates", params={"page": 3, "per_page": 10})
+    assert status == 200
+    assert body["meta"] == {
+        "current_page": 3, "from": 21, "last_page": 3, "per_page": 10, "to": 23, "total": 23,
+    }  # fmt: skip
+    assert [t["provider_id"] for t in body["data"]] == ["1020", "1021", "1022"]
+    _, beyond, _ = await server.api(tenant, "/templates", params={"page": 9})
+    assert beyond["data"] == [] and beyond["meta"]["from"] is None and beyond["meta"]["to"] is None
+    _, default, _ = await server.api(tenant, "/templates")
+    assert default["meta"]["per_page"] == 10 and len(default["data"]) == 10
+
+
+async def test_empty_workspace_lists_nothing(server: Server, tenant: Tenant) -> None:
+    status, body, _ = await server.api(tenant, "/templates")
+    assert status == 200
+    assert body["meta"] == {
+        "current_page": 1, "from": None, "last_page": 1, "per_page": 10, "to": None, "total": 0,
+    }  # fmt: skip
+
+
+async def test_filters(server: Server, store: Store, tenant: Tenant) -> None:
+    await add_template(store, tenant, "1", status="PENDING", name="a", language="en_US")
+    await add_template(store, tenant, "2", status="APPROVED", name="a", language="pt_BR")
+    await add_template(store, tenant, "3", status="IN_APPEAL", name="b", language="en_US")
+    await add_template(store, tenant, "4", status="REJECTED", name="c", language="en_US")
+
+    async def ids(**params: Any) -> list[str]:
+        status, body, _ = await server.api(tenant, "/templates", params=params)
+        assert status == 200, body
+        return [t["provider_id"] for t in body["data"]]
+
+    assert await ids(status="PENDING,in_appeal") == ["1", "3"]
+    assert await ids(name="a") == ["1", "2"]
+    assert await ids(name="a", language="en_US") == ["1"]
+    assert await ids(provider_id="4") == ["4"]
+    assert await ids(status="PAUSED") == []
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"per_page": "101"}, {"per_page": "0"}, {"page": "0"}, {"page": "x"}, {"page": "-1"},
+     {"per_page": "1e3"}, {"status": "PENDING;DROP"}, {"page": "9" * 30}],
+)  # fmt: skip
+async def test_bad_query_parameters_get_422(
+    server: Server, tenant: Tenant, params: dict[str, str]
+) -> None:
+    status, body, _ = await server.api(tenant, "/templates", params=params)
+    assert status == 422
+    assert body["success"] is False and body["message"] and body["errors"]
+
+
+@pytest.mark.parametrize("template_id", ["999999", "abc", "0", "-1", "9" * 40])
+async def test_unknown_template_is_404(server: Server, tenant: Tenant, template_id: str) -> None:
+    for suffix in ("", "/history"):
+        status, body, _ = await server.api(tenant, f"/templates/{template_id}{suffix}")
+        assert (status, body) == (404, {"success": False, "message": "Template not found"})
+
+
+async def test_history_shape_and_order(server: Server, store: Store, tenant: Tenant) -> None:
+    local_id = await add_template(store, tenant, "1689556908129832")
+    status, body, _ = await server.api(tenant, f"/templates/{local_id}/history")
+    assert status == 200
+    [created] = body["data"]
+    assert created["source"] == "api" and created["new_status"] == "PENDING"
+    assert set(created) >= {"old_status", "new_status", "event", "source", "event_time",
+                            "received_at", "reason", "applied"}  # fmt: skip
+    assert ISO_Z.fullmatch(created["event_time"])
+
+
+# --- tenant isolation: every endpoint x {own, other tenant's, nonexistent} x token states --
+
+ENDPOINTS = ["/templates", "/templates/{id}", "/templates/{id}/history"]
+
+
+@pytest.fixture
+async def two_tenants(store: Store, settings: Settings, tenant: Tenant) -> dict[str, Any]:
+    other = await make_tenant(store, settings, waba_id="555000111")
+    own_id = await add_template(store, tenant, "1689556908129832")
+    other_id = await add_template(store, other, "1689556908129999")
+    revoked = await make_tenant(store, settings, waba_id="555000222")
+    await store.revoke_token(revoked.token_id, NOW_MS)
+    return {"own": tenant, "other": other, "own_id": own_id, "other_id": other_id,
+            "revoked": revoked}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "workspace", "template"),
+    list(itertools.product(ENDPOINTS, ["own", "other", "nonexistent"], ["own", "other"])),
+)
+async def test_isolation_matrix(
+    server: Server,
+    two_tenants: dict[str, Any],
+    endpoint: str,
+    workspace: str,
+    template: str,
+) -> None:
+    own: Tenant = two_tenants["own"]
+    workspace_id = {"own": own.workspace_id, "other": two_tenants["other"].workspace_id,
+                    "nonexistent": "00000000-0000-4000-8000-000000000000"}[workspace]  # fmt: skip
+    template_id = two_tenants[f"{template}_id"]
+    path = f"/api/v3/workspaces/{workspace_id}" + endpoint.format(id=template_id)
+    for token, expected_status in [(own.token, None), (two_tenants["revoked"].token, 401),
+                                   (None, 401), (own.token + "x", 401),
+                                   ("tsk_nothere.abc", 401)]:  # fmt: skip
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        status, body, response_headers = await server.request("GET", path, headers=headers)
+        if expected_status == 401:
+            assert (status, body) == (401, {"success": False, "message": "Unauthenticated"})
+            assert response_headers["WWW-Authenticate"] == "Bearer"
+        elif workspace != "own":
+            assert (status, body) == (404, {"success": False, "message": "Workspace not found"})
+        elif template == "other" and endpoint != "/templates":
+            assert (status, body) == (404, {"success": False, "message": "Template not found"})
+        else:
+            assert status == 200
+            assert two_tenants["other"].workspace_id not in str(body)
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "bearer tsk_x", "Token abc", "Bearer \u00e4"],
+)
+async def test_malformed_authorization_is_401(server: Server, tenant: Tenant, header: str) -> None:
+    path = f"/api/v3/workspaces/{tenant.workspace_id}/templates"
+    status, body, headers = await server.request(
+        "GET", path, headers={"Authorization": header.encode("utf-8").decode("latin-1")}
+    )
+    assert (status, body["message"]) == (401, "Unauthenticated")
+    assert headers["WWW-Authenticate"] == "Bearer"
+
+
+async def test_bearer_scheme_is_case_insensitive(server: Server, tenant: Tenant) -> None:
+    path = f"/api/v3/workspaces/{tenant.workspace_id}/templates"
+    status, _, _ = await server.request(
+        "GET", path, headers={"Authorization": f"bearer {tenant.token}"}
+    )
+    assert status == 200

@@ -1,0 +1,432 @@
+"""The `template-sync` command line, driven for real on both backends.
+
+Creating commands print the new id alone on stdout; logs and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import shlex
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from cryptography.fernet import Fernet
+
+from service.cli import main
+from service.config import Secret
+from service.crypto import TokenCipher, generate_key, hash_secret, token_id_of
+from service.storage import Store, TemplateFilter, open_store
+
+VENV_BIN = Path(sys.executable).parent
+WABA = "102290129340398"
+META_TOKEN = "EAAG-secret-meta-token-value"
+TOKEN_LINE = re.compile(r"tsk_[0-9a-f]{16}\.[A-Za-z0-9_-]{43}\n")
+
+
+@dataclass
+class Cli:
+    """Runs the CLI in a clean working directory against one database."""
+
+    database_url: str
+    key: str
+
+    def __call__(self, command: str, *extra: str, input: str | None = None, **env: str) -> Result:
+        """Run `command` (split like a shell would) followed by `extra` arguments."""
+        args = [*shlex.split(command), *extra]
+        environ = {
+            "TEMPLATE_SYNC_DATABASE_URL": self.database_url,
+            "TEMPLATE_SYNC_ENCRYPTION_KEYS": self.key,
+            "TEMPLATE_SYNC_LOG_FORMAT": "json",
+            **env,
+        }
+        return CliRunner().invoke(main, args, input=input, env=environ, catch_exceptions=False)
+
+    def ok(self, command: str, *extra: str, input: str | None = None, **env: str) -> Result:
+        result = self(command, *extra, input=input, **env)
+        assert result.exit_code == 0, (result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr
+        return result
+
+    def created(self, command: str, *extra: str, input: str | None = None, **env: str) -> str:
+        """Run a creating command; its stdout must be exactly one line, the new id."""
+        stdout = self.ok(command, *extra, input=input, **env).stdout
+        assert stdout.endswith("\n") and stdout.count("\n") == 1, stdout
+        return stdout.removesuffix("\n")
+
+    def workspace(self, name: str = "Acme") -> str:
+        return self.created("workspace create", name)
+
+    def channel(self, workspace_id: str, waba_id: str = WABA) -> str:
+        command = f"channel add --workspace {workspace_id} --waba-id {waba_id}"
+        return self.created(command, "--access-token-env", "META_TOKEN", META_TOKEN=META_TOKEN)
+
+    def template(self, workspace_id: str, provider_id: str, *extra: str) -> int:
+        command = (
+            f"template add --workspace {workspace_id} --waba-id {WABA} "
+            f"--provider-id {provider_id} --name t_{provider_id} --language en_US"
+        )
+        return int(self.created(command, *extra))
+
+
+def failed(result: Result, exit_code: int, message: str) -> None:
+    """An error: nothing on stdout, a message on stderr, no traceback."""
+    assert result.exit_code == exit_code, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert isinstance(result.exception, SystemExit)
+
+
+def with_store(url: str, action: Callable[[Store], Any]) -> Any:
+    async def run() -> Any:
+        store = await open_store(url)
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(autouse=True)
+def clean_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No `.env`, `data/` or TEMPLATE_SYNC_* variable leaks in; the CLI's log set-up leaks out."""
+    for name in list(os.environ):
+        if name.startswith("TEMPLATE_SYNC_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def cli(database_url: str) -> Cli:
+    return Cli(database_url, generate_key())
+
+
+@pytest.fixture
+def workspace_id(cli: Cli) -> str:
+    return cli.workspace()
+
+
+def test_migrate_applies_once(cli: Cli) -> None:
+    first = cli.ok("migrate")
+    assert first.stdout == ""
+    applied = re.search(r"\((\d+) migrations applied now\)", first.stderr)
+    assert applied and int(applied.group(1)) >= 1, first.stderr
+    second = cli.ok("migrate")
+    assert "(0 migrations applied now)" in second.stderr
+
+
+def test_workspace_create_prints_only_the_uuid(cli: Cli) -> None:
+    created = cli.workspace("Acme")
+    assert str(uuid.UUID(created)) == created
+    found = with_store(cli.database_url, lambda store: store.get_workspace(created))
+    assert found is not None and found.name == "Acme"
+
+
+def test_workspace_create_json(cli: Cli) -> None:
+    document = json.loads(cli.created("workspace create 'Acme Ltd' --json"))
+    assert document["name"] == "Acme Ltd"
+    assert document["id"] == str(uuid.UUID(document["id"]))
+
+
+def test_workspace_list(cli: Cli) -> None:
+    assert cli.ok("workspace list").stdout == ""
+    first, second = cli.workspace("First"), cli.workspace("Second one")
+    lines = cli.ok("workspace list").stdout.splitlines()
+    assert sorted(lines) == sorted([f"{first}  First", f"{second}  Second one"])
+    listed = json.loads(cli.ok("workspace list --json").stdout)
+    assert sorted(listed, key=lambda w: w["name"]) == [
+        {"id": first, "name": "First"},
+        {"id": second, "name": "Second one"},
+    ]
+
+
+def test_channel_add_from_env_stores_the_token_encrypted(cli: Cli, workspace_id: str) -> None:
+    channel_id = cli.channel(workspace_id)
+    assert channel_id == str(uuid.UUID(channel_id))
+    channels = with_store(cli.database_url, lambda store: store.list_channels(workspace_id))
+    assert [(c.id, c.waba_id) for c in channels] == [(channel_id, WABA)]
+    assert META_TOKEN not in channels[0].access_token_enc
+    assert TokenCipher((Secret(cli.key),)).decrypt(channels[0].access_token_enc) == META_TOKEN
+
+
+def test_channel_add_from_stdin(cli: Cli, workspace_id: str) -> None:
+    command = f"channel add --workspace {workspace_id} --waba-id {WABA} --access-token-stdin"
+    channel_id = cli.created(command, input=f"  {META_TOKEN}  \n")
+    channels = with_store(cli.database_url, lambda store: store.list_channels(workspace_id))
+    assert channels[0].id == channel_id
+    assert META_TOKEN not in channels[0].access_token_enc
+    assert TokenCipher((Secret(cli.key),)).decrypt(channels[0].access_token_enc) == META_TOKEN
+
+
+def test_channel_add_json(cli: Cli, workspace_id: str) -> None:
+    command = f"channel add --workspace {workspace_id} --waba-id {WABA} --access-token-stdin"
+    document = json.loads(cli.created(command, "--json", input=META_TOKEN))
+    assert document["workspace_id"] == workspace_id and document["waba_id"] == WABA
+    assert document["id"] == str(uuid.UUID(document["id"]))
+    assert META_TOKEN not in json.dumps(document)
+
+
+@pytest.mark.parametrize(
+    "token_options",
+    ["", "--access-token-env META_TOKEN --access-token-stdin"],
+    ids=["neither", "both"],
+)
+def test_channel_add_needs_exactly_one_token_source(
+    cli: Cli, workspace_id: str, token_options: str
+) -> None:
+    command = f"channel add --workspace {workspace_id} --waba-id {WABA} {token_options}"
+    result = cli(command, input=META_TOKEN, META_TOKEN=META_TOKEN)
+    failed(result, 2, "exactly one of --access-token-env or --access-token-stdin")
+    assert with_store(cli.database_url, lambda store: store.list_channels(workspace_id)) == []
+
+
+def test_channel_add_rejects_an_empty_token(cli: Cli, workspace_id: str) -> None:
+    command = f"channel add --workspace {workspace_id} --waba-id {WABA}"
+    empty = cli(command + " --access-token-env META_TOKEN", META_TOKEN="")
+    failed(empty, 1, "no access token in the variable META_TOKEN")
+    unset = cli(command + " --access-token-env UNSET_TOKEN_VARIABLE")
+    failed(unset, 1, "no access token in the variable UNSET_TOKEN_VARIABLE")
+    blank_stdin = cli(command + " --access-token-stdin", input="  \n")
+    failed(blank_stdin, 1, "no access token in standard input")
+    assert with_store(cli.database_url, lambda store: store.list_channels(workspace_id)) == []
+
+
+def test_channel_add_duplicate_waba(cli: Cli, workspace_id: str) -> None:
+    cli.channel(workspace_id)
+    other = cli.workspace("Other")
+    for target in (workspace_id, other):
+        command = f"channel add --workspace {target} --waba-id {WABA} --access-token-env T"
+        failed(cli(command, T="another-token"), 1, f"WABA {WABA} already has a channel")
+    assert with_store(cli.database_url, lambda store: store.list_channels(other)) == []
+
+
+def test_channel_add_unknown_workspace(cli: Cli) -> None:
+    missing = str(uuid.uuid4())
+    command = f"channel add --workspace {missing} --waba-id {WABA} --access-token-env T"
+    failed(cli(command, T=META_TOKEN), 1, f"workspace {missing} does not exist")
+
+
+@pytest.mark.parametrize("waba_id", ["waba-1", "12.5", "", "-5", "١٢٣"])
+def test_channel_add_rejects_a_non_numeric_waba_id(
+    cli: Cli, workspace_id: str, waba_id: str
+) -> None:
+    command = f"channel add --workspace {workspace_id} --access-token-env T --waba-id"
+    failed(cli(command, waba_id, T=META_TOKEN), 2, "numeric")
+
+
+def test_token_create_and_revoke(cli: Cli, workspace_id: str) -> None:
+    result = cli.ok(f"token create --workspace {workspace_id} --name crm")
+    assert TOKEN_LINE.fullmatch(result.stdout), result.stdout
+    token = result.stdout.strip()
+    token_id = token_id_of(token)
+    assert token_id is not None
+    stored = with_store(cli.database_url, lambda store: store.find_token(token_id))
+    assert stored.workspace_id == workspace_id and stored.name == "crm"
+    assert stored.token_hash == hash_secret(token) and stored.revoked_at is None
+
+    revoked = cli.ok(f"token revoke {token_id}")
+    assert revoked.stdout == ""
+    assert f"revoked {token_id}" in revoked.stderr
+    stored = with_store(cli.database_url, lambda store: store.find_token(token_id))
+    assert stored.revoked_at is not None
+
+    failed(cli(f"token revoke {token_id}"), 1, f"no active token with id {token_id}")
+    failed(cli("token revoke 0123456789abcdef"), 1, "no active token with id 0123456789abcdef")
+
+
+def test_token_create_json(cli: Cli, workspace_id: str) -> None:
+    document = json.loads(cli.created(f"token create --workspace {workspace_id} --json"))
+    assert TOKEN_LINE.fullmatch(document["token"] + "\n")
+    assert document["id"] == token_id_of(document["token"])
+    assert document["workspace_id"] == workspace_id
+
+
+def test_token_create_for_an_unknown_workspace(cli: Cli) -> None:
+    failed(cli("token create --workspace nope"), 1, "workspace nope does not exist")
+
+
+def test_template_add_prints_the_local_id_and_defaults_to_pending(
+    cli: Cli, workspace_id: str
+) -> None:
+    cli.channel(workspace_id)
+    first = cli.template(workspace_id, "1001")
+    second = cli.template(workspace_id, "1002", "--status", "approved", "--category", "UTILITY")
+    assert second != first
+    listed, _ = with_store(
+        cli.database_url,
+        lambda store: store.list_templates(workspace_id, TemplateFilter(), 0, 100),
+    )
+    found = {t.id: t for t in listed}
+    assert found[first].status == "PENDING" and found[first].provider_id == "1001"
+    assert found[first].category is None
+    assert found[second].status == "APPROVED" and found[second].category == "UTILITY"
+    assert (found[second].name, found[second].language) == ("t_1002", "en_US")
+
+
+def test_template_add_json(cli: Cli, workspace_id: str) -> None:
+    cli.channel(workspace_id)
+    command = (
+        f"template add --workspace {workspace_id} --waba-id {WABA} --provider-id 77 "
+        "--name n --language en --json"
+    )
+    document = json.loads(cli.created(command))
+    assert isinstance(document["id"], int) and document["provider_id"] == "77"
+
+
+def template_add(workspace_id: str, provider_id: str = "1001") -> str:
+    return (
+        f"template add --workspace {workspace_id} --waba-id {WABA} "
+        f"--provider-id {provider_id} --name n --language en"
+    )
+
+
+def test_template_add_rejects_an_unknown_status(cli: Cli, workspace_id: str) -> None:
+    cli.channel(workspace_id)
+    failed(cli(template_add(workspace_id), "--status", "LIVE"), 2, "--status")
+
+
+def test_template_add_rejects_a_non_numeric_provider_id(cli: Cli, workspace_id: str) -> None:
+    cli.channel(workspace_id)
+    failed(cli(template_add(workspace_id, "abc")), 2, "numeric")
+
+
+def test_template_add_needs_a_channel_in_that_workspace(cli: Cli, workspace_id: str) -> None:
+    failed(
+        cli(template_add(workspace_id)),
+        1,
+        f"workspace {workspace_id} has no channel for WABA {WABA}",
+    )
+    cli.channel(cli.workspace("Other"))  # the WABA belongs to another workspace
+    failed(cli(template_add(workspace_id)), 1, f"has no channel for WABA {WABA}")
+
+
+def test_template_add_duplicate_provider_id(cli: Cli, workspace_id: str) -> None:
+    cli.channel(workspace_id)
+    cli.template(workspace_id, "1001")
+    failed(cli(template_add(workspace_id)), 1, f"template 1001 of WABA {WABA} exists already")
+
+
+def test_templates_table(cli: Cli, workspace_id: str) -> None:
+    cli.channel(workspace_id)
+    pending = cli.template(workspace_id, "1001")
+    approved = cli.template(workspace_id, "1002", "--status", "APPROVED")
+    rejected = cli.template(workspace_id, "1003", "--status", "REJECTED")
+
+    header, *rows = cli.ok(f"templates --workspace {workspace_id}").stdout.splitlines()
+    assert header.split() == ["ID", "PROVIDER_ID", "NAME", "LANGUAGE", "STATUS", "SOURCE"]
+    assert [row.split() for row in rows] == [
+        [str(pending), "1001", "t_1001", "en_US", "PENDING", "api"],
+        [str(approved), "1002", "t_1002", "en_US", "APPROVED", "api"],
+        [str(rejected), "1003", "t_1003", "en_US", "REJECTED", "api"],
+    ]
+    status_column = header.index("STATUS")
+    assert all(row[status_column:].split()[0] == row.split()[4] for row in rows)  # aligned
+
+    filtered = cli.ok(f"templates --workspace {workspace_id} --status approved").stdout
+    assert [row.split()[0] for row in filtered.splitlines()[1:]] == [str(approved)]
+    several = cli.ok(f"templates --workspace {workspace_id}", "--status", "APPROVED, rejected")
+    assert [row.split()[0] for row in several.stdout.splitlines()[1:]] == [
+        str(approved),
+        str(rejected),
+    ]
+    as_json = json.loads(cli.ok(f"templates --workspace {workspace_id} --json").stdout)
+    assert [(t["id"], t["status"]) for t in as_json] == [
+        (pending, "PENDING"),
+        (approved, "APPROVED"),
+        (rejected, "REJECTED"),
+    ]
+
+
+def test_templates_of_an_empty_workspace_prints_the_header(cli: Cli, workspace_id: str) -> None:
+    stdout = cli.ok(f"templates --workspace {workspace_id}").stdout
+    assert stdout == "ID  PROVIDER_ID  NAME  LANGUAGE  STATUS  SOURCE\n"
+
+
+def test_templates_of_an_unknown_workspace(cli: Cli) -> None:
+    missing = str(uuid.uuid4())
+    failed(cli(f"templates --workspace {missing}"), 1, f"workspace {missing} does not exist")
+
+
+def test_deliveries_on_an_empty_store(cli: Cli) -> None:
+    assert cli.ok("deliveries").stdout == ""
+    assert cli.ok("deliveries --quarantined --body").stdout == ""
+
+
+def test_keys_generate_prints_a_fernet_key(cli: Cli) -> None:
+    first = cli.created("keys generate")
+    assert cli.created("keys generate") != first
+    encrypted = Fernet(first.encode()).encrypt(b"meta-token").decode()
+    assert TokenCipher((Secret(first),)).decrypt(encrypted) == "meta-token"
+
+
+def test_bad_configuration_is_a_clear_error(cli: Cli) -> None:
+    result = cli("workspace list", TEMPLATE_SYNC_PORT="eighty")
+    failed(result, 1, "TEMPLATE_SYNC_PORT must be a number")
+
+
+def test_bad_encryption_key_is_a_clear_error(cli: Cli, workspace_id: str) -> None:
+    command = f"channel add --workspace {workspace_id} --waba-id {WABA} --access-token-env T"
+    result = cli(command, T=META_TOKEN, TEMPLATE_SYNC_ENCRYPTION_KEYS="not-a-fernet-key")
+    failed(result, 1, "TEMPLATE_SYNC_ENCRYPTION_KEYS must be Fernet keys")
+    assert "not-a-fernet-key" not in result.stderr
+
+
+def test_unreachable_database_is_a_clear_error() -> None:
+    cli = Cli("postgresql://nobody@127.0.0.1:1/none", generate_key())
+    failed(cli("workspace list"), 1, "cannot connect to PostgreSQL")
+
+
+def test_unknown_command_is_a_usage_error(cli: Cli) -> None:
+    failed(cli("frobnicate"), 2, "No such command")
+
+
+def test_entry_points_run_for_real(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPLATE_SYNC_")}
+    env |= {
+        "TEMPLATE_SYNC_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db",
+        "TEMPLATE_SYNC_ENCRYPTION_KEYS": generate_key(),
+        "TEMPLATE_SYNC_LOG_FORMAT": "json",
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30, check=False
+        )
+
+    script = str(VENV_BIN / "template-sync")
+    created = run(script, "workspace", "create", "X")
+    assert created.returncode == 0, created.stderr
+    assert re.fullmatch(r"[0-9a-f-]{36}\n", created.stdout), created.stdout
+    workspace_id = str(uuid.UUID(created.stdout.strip()))
+
+    assert run(script, "workspace", "list").stdout == f"{workspace_id}  X\n"
+
+    missing = run(script, "templates", "--workspace", "nope")
+    assert missing.returncode == 1
+    assert missing.stdout == ""
+    assert "workspace nope does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+    helped = run(str(VENV_BIN / "python"), "-m", "service", "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "Usage: template-sync" in helped.stdout
+    for command in ("migrate", "workspace", "channel", "token", "template", "templates"):
+        assert command in helped.stdout
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cli.db"]  # no .env, no data/
