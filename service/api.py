@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -14,19 +14,14 @@ from starlette.responses import JSONResponse
 from .crypto import token_id_of, token_matches
 from .errors import ApiError
 from .state import services
-from .storage import HistoryEvent, Template, TemplateFilter
+from .storage import HistoryEvent, SyncRun, Template, TemplateFilter
+from .sync import NoPendingTemplates, report_json
+from .times import iso
 
 MAX_PER_PAGE = 100
 STATUS_WORD = re.compile(r"[A-Z_]{1,32}")
 MAX_ID = 2**63 - 1
 TIME_FIELDS = ("status_updated_at", "last_webhook_at", "last_synced_at", "created_at", "updated_at")
-
-
-def iso(ms: int | None) -> str | None:
-    """Milliseconds since the epoch as ISO 8601 UTC with a Z."""
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def template_json(template: Template) -> dict[str, Any]:
@@ -120,3 +115,45 @@ async def template_history(request: Request) -> JSONResponse:
     if events is None:
         raise ApiError(404, "Template not found")
     return JSONResponse({"success": True, "data": [history_json(event) for event in events]})
+
+
+async def sync_templates(request: Request) -> JSONResponse:
+    """The seed's endpoint: bring pending templates to Meta's current status."""
+    workspace_id = await authorise(request)
+    try:
+        report = await services(request).syncer.sync(workspace_id, "api")
+    except NoPendingTemplates:
+        raise ApiError(404, "No pending templates found") from None
+    if report.failures:
+        failure = report.failures[0]
+        headers = {}
+        if failure.retry_after_s is not None:
+            headers["Retry-After"] = str(math.ceil(failure.retry_after_s))
+        error = {"waba_id": failure.waba_id, "code": failure.code, "kind": failure.kind,
+                 "detail": failure.detail, "fbtrace_id": failure.fbtrace_id}  # fmt: skip
+        raise ApiError(
+            500, "Failed to sync the templates", headers=headers, error=error,
+            data=report_json(report),
+        )  # fmt: skip
+    return JSONResponse(
+        {"success": True, "message": "Templates synced successfully", "data": report_json(report)}
+    )
+
+
+def run_json(run: SyncRun) -> dict[str, Any]:
+    data = dataclasses.asdict(run)
+    del data["lease_until"], data["workspace_id"]
+    data.update(
+        started_at=iso(run.started_at),
+        finished_at=iso(run.finished_at),
+        errors=json.loads(run.error or "[]"),
+    )
+    del data["error"]
+    return data
+
+
+async def last_sync(request: Request) -> JSONResponse:
+    """The workspace's latest sync run (null before the first)."""
+    workspace_id = await authorise(request)
+    run = await services(request).store.last_sync_run(workspace_id)
+    return JSONResponse({"success": True, "data": run_json(run) if run else None})

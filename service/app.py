@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -17,12 +18,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import api, webhooks
 from .config import Settings
+from .crypto import load_cipher
 from .errors import ApiError
 from .logs import silence_leaky_loggers
 from .metrics import Metrics
 from .openapi import openapi_document
 from .state import Services, services
 from .storage import StoreUnavailable, open_store
+from .sync import Syncer
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("service.access")
@@ -57,6 +60,8 @@ ROUTES = [
     Route("/webhooks/meta", webhooks.handshake, methods=["GET"]),
     Route("/webhooks/meta", webhooks.receive, methods=["POST"]),
     Route("/api/v3/workspaces/{workspace}/templates", api.list_templates, methods=["GET"]),
+    Route("/api/v3/workspaces/{workspace}/templates/sync", api.sync_templates, methods=["POST"]),
+    Route("/api/v3/workspaces/{workspace}/templates/sync", api.last_sync, methods=["GET"]),
     Route("/api/v3/workspaces/{workspace}/templates/{id}", api.get_template, methods=["GET"]),
     Route(
         "/api/v3/workspaces/{workspace}/templates/{id}/history",
@@ -133,8 +138,14 @@ def create_app(settings: Settings) -> Starlette:
         store = await open_store(settings.database_url)
         try:
             await store.migrate()
-            announce(settings)
-            yield {"services": Services(settings, store, app_metrics)}
+            cipher = load_cipher(settings)
+            async with aiohttp.ClientSession() as session:
+                syncer = Syncer(
+                    store, session, settings.graph_url, settings.current_app_secret, cipher,
+                    app_metrics,
+                )  # fmt: skip
+                announce(settings)
+                yield {"services": Services(settings, store, app_metrics, syncer)}
         finally:
             await store.close()
 

@@ -7,24 +7,30 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import aiohttp
 import click
 
-from .api import iso
 from .config import ConfigError, Settings
 from .crypto import generate_key, load_cipher, new_bearer_token
 from .events import STATUS_EVENTS
 from .logs import configure
-from .storage import Conflict, NewTemplate, NotFound, Store, StoreUnavailable, open_store
+from .metrics import Metrics
+from .storage import (
+    Conflict,
+    NewTemplate,
+    NotFound,
+    RemoteCounts,
+    Store,
+    StoreUnavailable,
+    open_store,
+)
+from .sync import NoPendingTemplates, Syncer, WabaFailure, report_json
+from .times import iso, now_ms
 
 T = TypeVar("T")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def load_settings() -> Settings:
@@ -54,6 +60,22 @@ def with_store(
         return asyncio.run(run())
     except (StoreUnavailable, Conflict, NotFound) as error:
         raise click.ClickException(str(error)) from None
+
+
+def with_syncer(settings: Settings, action: Callable[[Syncer], Awaitable[T]]) -> T:
+    """Run `action` with a Syncer over a migrated store and a fresh HTTP session."""
+
+    async def run(store: Store) -> T:
+        try:
+            cipher = load_cipher(settings)
+        except ConfigError as error:
+            raise click.ClickException(str(error)) from None
+        async with aiohttp.ClientSession() as session:
+            secret = settings.current_app_secret
+            syncer = Syncer(store, session, settings.graph_url, secret, cipher, Metrics())
+            return await action(syncer)
+
+    return with_store(settings, run)
 
 
 def emit(value: str, as_json: bool, **fields: Any) -> None:
@@ -257,6 +279,39 @@ def templates(workspace_id: str, status: str | None, as_json: bool) -> None:
         click.echo(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+
+
+@main.command()
+@click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
+def sync(workspace_id: str) -> None:
+    """Sync pending templates with Meta, like the API endpoint; prints the result."""
+    try:
+        report = with_syncer(load_settings(), lambda syncer: syncer.sync(workspace_id, "cli"))
+    except NoPendingTemplates:
+        raise click.ClickException("No pending templates found") from None
+    click.echo(json.dumps({**report_json(report), "graph_calls": report.graph_calls}))
+    for failure in report.failures:
+        click.echo(f"WABA {failure.waba_id}: {failure.kind} (Graph code {failure.code}): "
+                   f"{failure.detail}", err=True)  # fmt: skip
+    if report.failures:
+        raise click.ClickException("Failed to sync the templates")
+
+
+@main.command("import")
+@click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
+def import_(workspace_id: str) -> None:
+    """Add or update every template Meta has for the workspace's WABAs (onboarding)."""
+
+    async def run(syncer: Syncer) -> tuple[RemoteCounts, list[WabaFailure]]:
+        return await syncer.import_workspace(workspace_id)
+
+    counts, failures = with_syncer(load_settings(), run)
+    click.echo(json.dumps(dataclasses.asdict(counts)))
+    for failure in failures:
+        click.echo(f"WABA {failure.waba_id}: {failure.kind} (Graph code {failure.code}): "
+                   f"{failure.detail}", err=True)  # fmt: skip
+    if failures:
+        raise click.ClickException("some WABAs could not be imported")
 
 
 @main.command()

@@ -127,6 +127,11 @@ class Settings:
         if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ConfigError(f"{PREFIX}DATABASE_URL must start with sqlite:/// or postgresql://")
 
+    @property
+    def current_app_secret(self) -> str | None:
+        """The secret Graph calls prove with (`appsecret_proof`): the first configured."""
+        return self.meta_app_secrets[0].value if self.meta_app_secrets else None
+
     def unset_variables(self) -> list[str]:
         """Variables a production deployment still has to set, for the start-up banner."""
         missing = []

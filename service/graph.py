@@ -293,6 +293,10 @@ class GraphClient:
         self.calls = 0
         self.last_usage: Usage | None = None
 
+    @property
+    def page_limit(self) -> int:
+        return self._page_limit
+
     async def list_templates(self, waba_id: str, access_token: str) -> list[GraphTemplate]:
         """All templates of a WABA, following `paging.next` until it is absent."""
         url = self._url(f"{quote(waba_id, safe='')}/message_templates")

@@ -30,6 +30,18 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.graph_calls = Counter(
+            "template_sync_graph_calls",
+            "Graph API requests sent, by what asked for them (api, poller, cli, import).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.syncs = Counter(
+            "template_sync_syncs",
+            "Syncs run, by trigger and outcome (succeeded, partial, failed).",
+            ["trigger", "status"],
+            registry=self.registry,
+        )
         self.request_seconds = Histogram(
             "template_sync_http_request_duration_seconds",
             "HTTP request latency by route and status.",

@@ -91,13 +91,15 @@ def _success(data: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return _object({"success": {"const": True}, "data": data, **extra})
 
 
-def _api_get(summary: str, params: list[dict[str, Any]], ok: dict[str, Any]) -> dict[str, Any]:
+def _api_get(
+    summary: str, params: list[dict[str, Any]], ok: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
     return {
         "get": {
             "summary": summary,
             "security": [{"bearer": []}],
             "parameters": params,
-            "responses": {"200": _json(ok, "OK"), **AUTH_ERRORS},
+            "responses": {"200": _json(ok, "OK"), **AUTH_ERRORS, **extra},
         }
     }
 
@@ -155,6 +157,56 @@ def _webhook_paths() -> dict[str, Any]:
     }
 
 
+SYNC_DATA = _object(
+    {
+        "checked": {"type": "integer"},
+        "updated": {"type": "integer"},
+        "unchanged": {"type": "integer"},
+        "missing": {"type": "integer"},
+        "synced_at": TIME,
+    }
+)
+SYNC_RUN = {
+    "type": ["object", "null"],
+    "properties": {
+        "id": {"type": "integer"},
+        "trigger": {"type": "string", "enum": ["api", "cli", "poller"]},
+        "status": {"type": "string", "enum": ["running", "succeeded", "partial", "failed"]},
+        "started_at": TIME,
+        "finished_at": NULLABLE_TIME,
+        "checked": {"type": "integer"},
+        "updated": {"type": "integer"},
+        "unchanged": {"type": "integer"},
+        "missing": {"type": "integer"},
+        "graph_calls": {"type": "integer"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
+def _sync_paths() -> dict[str, Any]:
+    synced = _object({"success": {"const": True}, "message": STRING, "data": _ref("SyncResult")})
+    failed = _json(
+        _object({"success": {"const": False}, "message": STRING, "error": {"type": "object"},
+                 "data": _ref("SyncResult")}),
+        "Failed to sync the templates: error names the WABA, Graph code and detail",
+    )  # fmt: skip
+    return {
+        "post": {
+            "summary": "Sync pending templates with Meta (the seed's endpoint)",
+            "security": [{"bearer": []}],
+            "parameters": [WORKSPACE],
+            "responses": {
+                "200": _json(synced, "Templates synced successfully"),
+                **AUTH_ERRORS,
+                "404": _error("No pending templates found, or workspace not found"),
+                "500": failed,
+            },
+        },
+        **_api_get("The latest sync run, or null", [WORKSPACE], _success(SYNC_RUN)),
+    }
+
+
 def _probe(summary: str, *extra: str) -> dict[str, Any]:
     responses: dict[str, Any] = {"200": {"description": "OK"}}
     responses.update({code: {"description": "Not ready"} for code in extra})
@@ -173,6 +225,7 @@ def openapi_document() -> dict[str, Any]:
                 "HistoryEvent": HISTORY_EVENT,
                 "PageMeta": PAGE_META,
                 "Error": ERROR,
+                "SyncResult": SYNC_DATA,
             },
         },
         "paths": {
@@ -180,7 +233,9 @@ def openapi_document() -> dict[str, Any]:
                 "List templates",
                 LIST_PARAMS,
                 _success({"type": "array", "items": _ref("Template")}, meta=_ref("PageMeta")),
+                **{"422": _error("A query parameter is out of range (see errors)")},
             ),
+            BASE + "/sync": _sync_paths(),
             BASE + "/{id}": _api_get(
                 "One template", [WORKSPACE, TEMPLATE_ID], _success(_ref("Template"))
             ),

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from .config import Settings
 from .metrics import Metrics
 from .storage import Store
+from .sync import Syncer
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class Services:
     settings: Settings
     store: Store
     metrics: Metrics
+    syncer: Syncer
 
     @property
     def app_secrets(self) -> tuple[bytes, ...]:

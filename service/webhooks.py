@@ -7,7 +7,6 @@ import hmac
 import json
 import logging
 import re
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from .events import (
 )
 from .state import services
 from .storage import StoreUnavailable
+from .times import now_ms
 
 logger = logging.getLogger(__name__)
 
@@ -194,9 +194,7 @@ async def receive(request: Request) -> Response:
     except PayloadError as error:
         changes, errors = [], [str(error)]
     try:
-        result = await svc.store.record_delivery(
-            body, int(time.time() * 1000), changes, "; ".join(errors) or None
-        )
+        result = await svc.store.record_delivery(body, now_ms(), changes, "; ".join(errors) or None)
     except StoreUnavailable as error:
         svc.metrics.rejected.labels("store_unavailable").inc()
         logger.error("webhook not stored, asking Meta to retry: %s", error)

@@ -30,6 +30,7 @@ VERIFY_TOKEN = "test-verify-token"
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 WABA_ID = "102290129340398"
 NOW_MS = 1_780_000_000_000
+META_TOKEN = "EAAG-meta-token"
 
 
 def fixture_body(name: str) -> bytes:
@@ -104,7 +105,7 @@ class Tenant:
 async def make_tenant(store: Store, settings: Settings, waba_id: str = WABA_ID) -> Tenant:
     workspace = await store.create_workspace("Acme", NOW_MS)
     cipher = TokenCipher(settings.encryption_keys)
-    await store.add_channel(workspace.id, waba_id, cipher.encrypt("EAAG-meta-token"), NOW_MS)
+    await store.add_channel(workspace.id, waba_id, cipher.encrypt(META_TOKEN), NOW_MS)
     new = new_bearer_token()
     await store.create_token(workspace.id, new.token_id, new.token_hash, "tests", NOW_MS)
     return Tenant(workspace.id, new.token, new.token_id, waba_id)

@@ -35,6 +35,7 @@ async def test_openapi_lists_every_route(server: Server) -> None:
     assert status == 200 and document["openapi"].startswith("3.1")
     assert set(document["paths"]) == {
         "/api/v3/workspaces/{workspace}/templates",
+        "/api/v3/workspaces/{workspace}/templates/sync",
         "/api/v3/workspaces/{workspace}/templates/{id}",
         "/api/v3/workspaces/{workspace}/templates/{id}/history",
         "/webhooks/meta",

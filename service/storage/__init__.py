@@ -109,6 +109,76 @@ class TemplateFilter:
     provider_id: str | None = None
 
 
+@dataclass(frozen=True)
+class PendingTemplate:
+    id: int
+    waba_id: str
+    provider_id: str
+
+
+class RemoteTemplate(Protocol):
+    """A template as Meta reports it (service.graph.GraphTemplate has this shape)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def language(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def category(self) -> str | None: ...
+    @property
+    def rejected_reason(self) -> str | None: ...
+    @property
+    def quality_score(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class RemoteCounts:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+    def __add__(self, other: RemoteCounts) -> RemoteCounts:
+        return RemoteCounts(
+            self.created + other.created,
+            self.updated + other.updated,
+            self.unchanged + other.unchanged,
+        )
+
+
+@dataclass(frozen=True)
+class SyncRun:
+    id: int
+    workspace_id: str
+    trigger: str
+    status: str  # running, succeeded, partial, failed
+    started_at: int
+    finished_at: int | None
+    lease_until: int
+    checked: int
+    updated: int
+    unchanged: int
+    missing: int
+    graph_calls: int
+    error: str | None  # JSON: the failing WABAs
+
+
+@dataclass(frozen=True)
+class SyncClaim:
+    run_id: int
+    owner: bool  # False: another sync of the workspace is running; wait for run_id
+
+
+@dataclass(frozen=True)
+class Throttle:
+    waba_id: str
+    blocked_until: int
+    code: int | None
+
+
 @dataclass
 class DeliveryResult:
     """What one stored delivery did; counts are per template change."""
@@ -156,6 +226,25 @@ class Store(Protocol):
         self, body: bytes, received_at_ms: int, changes: Sequence[Change], error: str | None
     ) -> DeliveryResult: ...
     async def list_deliveries(self, outcome: str | None, limit: int) -> list[Delivery]: ...
+
+    async def pending_templates(self, workspace_id: str) -> list[PendingTemplate]: ...
+    async def template_counts(self, workspace_id: str) -> dict[str, int]: ...
+    async def apply_remote(
+        self,
+        workspace_id: str,
+        waba_id: str,
+        templates: Sequence[RemoteTemplate],
+        now_ms: int,
+        create: bool,
+    ) -> RemoteCounts: ...
+    async def claim_sync(
+        self, workspace_id: str, trigger: str, now_ms: int, lease_ms: int
+    ) -> SyncClaim: ...
+    async def finish_sync(self, run: SyncRun) -> None: ...
+    async def get_sync_run(self, run_id: int) -> SyncRun | None: ...
+    async def last_sync_run(self, workspace_id: str) -> SyncRun | None: ...
+    async def throttles(self, waba_ids: Sequence[str]) -> dict[str, Throttle]: ...
+    async def set_throttle(self, throttle: Throttle) -> None: ...
 
 
 async def open_store(url: str) -> Store:

@@ -84,6 +84,32 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX webhook_deliveries_received ON webhook_deliveries (received_at)
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE sync_runs (
+            id {serial},
+            workspace_id TEXT NOT NULL REFERENCES workspaces (id),
+            trigger TEXT NOT NULL,
+            status TEXT NOT NULL,
+            started_at BIGINT NOT NULL,
+            finished_at BIGINT,
+            lease_until BIGINT NOT NULL,
+            checked INTEGER NOT NULL DEFAULT 0,
+            updated INTEGER NOT NULL DEFAULT 0,
+            unchanged INTEGER NOT NULL DEFAULT 0,
+            missing INTEGER NOT NULL DEFAULT 0,
+            graph_calls INTEGER NOT NULL DEFAULT 0,
+            error TEXT
+        );
+        CREATE INDEX sync_runs_workspace ON sync_runs (workspace_id, id);
+        CREATE TABLE waba_throttles (
+            waba_id TEXT PRIMARY KEY,
+            blocked_until BIGINT NOT NULL,
+            code INTEGER
+        )
+        """,
+    ),
 ]
 
 

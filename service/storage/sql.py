@@ -28,6 +28,7 @@ from . import (
 )
 from .ingest import apply_change_row
 from .schema import MIGRATIONS, statements
+from .syncs import SyncQueries
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def to_history(row: dict[str, Any]) -> HistoryEvent:
     return HistoryEvent(**{**row, "applied": bool(row["applied"])})
 
 
-class SqlStore:
+class SqlStore(SyncQueries):
     def __init__(self, backend: Backend) -> None:
         self._db = backend
 

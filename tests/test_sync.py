@@ -1,0 +1,342 @@
+"""The seed's sync endpoint, the Syncer and the CLI, against the Meta simulator over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import requests
+
+from service.config import Settings
+from service.crypto import TokenCipher
+from service.graph import GraphTemplate
+from service.metrics import Metrics
+from service.simulator import Simulator, base_url, make_templates, serve
+from service.storage import Store, open_store
+from service.sync import Syncer
+
+from .conftest import (
+    APP_SECRET,
+    META_TOKEN,
+    WABA_ID,
+    Server,
+    Tenant,
+    add_template,
+    make_tenant,
+    start_server,
+)
+
+OTHER_WABA = "102290129340400"
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[tuple[Simulator, str]]:
+    simulator = Simulator(app_secret=APP_SECRET)
+    simulator.add_waba(WABA_ID, META_TOKEN)
+    simulator.add_waba(OTHER_WABA, META_TOKEN)
+    runner = await serve(simulator)
+    try:
+        yield simulator, base_url(runner)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+def settings(settings: Settings, sim: tuple[Simulator, str]) -> Settings:
+    return replace(settings, graph_url=sim[1])
+
+
+async def seed(
+    sim: Simulator, store: Store, tenant: Tenant, count: int, pending: int, waba_id: str = WABA_ID
+) -> list[dict[str, Any]]:
+    """`count` templates at Meta and here (imported), the last `pending` of them PENDING."""
+    templates = make_templates(waba_id, count, pending=pending)
+    sim.add_templates(waba_id, templates)
+    remote = [GraphTemplate.from_graph(t) for t in templates]
+    await store.apply_remote(tenant.workspace_id, waba_id, remote, 1, create=True)
+    return templates
+
+
+def graph_calls(sim: Simulator) -> int:
+    return len(sim.calls)
+
+
+async def sync(server: Server, tenant: Tenant) -> tuple[int, Any, Any]:
+    path = f"/api/v3/workspaces/{tenant.workspace_id}/templates/sync"
+    headers = {"Authorization": f"Bearer {tenant.token}"}
+    return await server.request("POST", path, headers=headers)
+
+
+async def test_seed_python_example_after_paging_through_250_templates(
+    server: Server, store: Store, tenant: Tenant, sim: tuple[Simulator, str]
+) -> None:
+    simulator, _ = sim
+    templates = await seed(simulator, store, tenant, 250, pending=30)
+    for template in templates[-30:-10]:
+        simulator.set_status(template["id"], "APPROVED")
+    for template in templates[-10:-5]:
+        simulator.set_status(template["id"], "REJECTED", rejected_reason="INVALID_FORMAT")
+
+    def sync_templates(workspace_id: str, api_token: str) -> Any:  # the seed's example
+        url = f"{server.base_url}/api/v3/workspaces/{workspace_id}/templates/sync"
+        headers = {"Authorization": f"Bearer {api_token}"}
+        response = requests.post(url, headers=headers, timeout=30)
+        return response.json()
+
+    answer = await asyncio.to_thread(sync_templates, tenant.workspace_id, tenant.token)
+    assert answer["success"] is True and answer["message"] == "Templates synced successfully"
+    assert {k: v for k, v in answer["data"].items() if k != "synced_at"} == {
+        "checked": 30, "updated": 25, "unchanged": 5, "missing": 0,
+    }  # fmt: skip
+    assert graph_calls(simulator) == 3  # 250 templates at limit 100: every page, no more
+    _, listing, _ = await server.api(tenant, "/templates", params={"status": "REJECTED"})
+    assert listing["meta"]["total"] == 5
+    rejected = listing["data"][0]
+    assert (rejected["rejected_reason"], rejected["status_source"]) == ("INVALID_FORMAT", "sync")
+    assert rejected["last_synced_at"] is not None
+    history = (await server.api(tenant, f"/templates/{rejected['id']}/history"))[1]["data"]
+    assert (history[-1]["source"], history[-1]["old_status"], history[-1]["new_status"]) == (
+        "sync", "PENDING", "REJECTED",
+    )  # fmt: skip
+
+
+async def test_no_pending_templates_is_the_seeds_404(
+    server: Server, store: Store, tenant: Tenant, sim: tuple[Simulator, str]
+) -> None:
+    await add_template(store, tenant, "1", status="APPROVED")
+    status, body, _ = await sync(server, tenant)
+    assert (status, body) == (404, {"success": False, "message": "No pending templates found"})
+    assert graph_calls(sim[0]) == 0
+
+
+async def test_one_pending_template_costs_one_call(
+    server: Server, store: Store, tenant: Tenant, sim: tuple[Simulator, str]
+) -> None:
+    simulator, _ = sim
+    templates = await seed(simulator, store, tenant, 1000, pending=1)
+    simulator.set_status(templates[-1]["id"], "APPROVED")
+    status, body, _ = await sync(server, tenant)
+    assert status == 200 and body["data"]["updated"] == 1
+    assert graph_calls(simulator) == 1
+
+
+@pytest.mark.parametrize(("count", "pending"), [(1000, 1), (250, 30)])
+async def test_template_deleted_at_meta_is_missing(
+    server: Server,
+    store: Store,
+    tenant: Tenant,
+    sim: tuple[Simulator, str],
+    count: int,
+    pending: int,
+) -> None:
+    await seed(sim[0], store, tenant, count, pending=pending)
+    await add_template(store, tenant, "999999999")  # pending here, unknown at Meta
+    status, body, _ = await sync(server, tenant)
+    assert status == 200 and body["data"]["missing"] == 1
+    assert body["data"]["checked"] == pending + 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "expected_kind"),
+    [("190", 190, "token_invalid"), ("malformed", None, "invalid_response")],
+)
+async def test_graph_failures_answer_the_seeds_500_with_detail(
+    server: Server,
+    store: Store,
+    tenant: Tenant,
+    sim: tuple[Simulator, str],
+    kind: str,
+    code: int | None,
+    expected_kind: str,
+) -> None:
+    simulator, _ = sim
+    await seed(simulator, store, tenant, 250, pending=3)
+    simulator.fail(WABA_ID, kind, sticky=True)
+    status, body, _ = await sync(server, tenant)
+    assert status == 500
+    assert (body["success"], body["message"]) == (False, "Failed to sync the templates")
+    assert body["error"]["waba_id"] == WABA_ID and body["error"]["code"] == code
+    assert body["error"]["kind"] == expected_kind and META_TOKEN not in json.dumps(body)
+    _, listing, _ = await server.api(tenant, "/templates", params={"status": "PENDING"})
+    assert listing["meta"]["total"] == 3  # nothing stored was lost or changed
+
+
+async def test_transient_5xx_is_retried_then_succeeds(
+    server: Server, store: Store, tenant: Tenant, sim: tuple[Simulator, str]
+) -> None:
+    simulator, _ = sim
+    await seed(simulator, store, tenant, 1000, pending=1)
+    simulator.fail(WABA_ID, "5xx", times=1)
+    status, _, _ = await sync(server, tenant)
+    assert status == 200 and graph_calls(simulator) == 2
+
+
+async def test_throttling_is_respected_across_a_restart(
+    settings: Settings, store: Store, tenant: Tenant, sim: tuple[Simulator, str]
+) -> None:
+    simulator, _ = sim
+    await seed(simulator, store, tenant, 1000, pending=1)
+    simulator.fail(WABA_ID, "80008", regain_min=7)
+    for _restart in range(2):  # the second server is a restarted process on the same store
+        uv, task, base = await start_server(settings)
+        try:
+            async with aiohttp.ClientSession() as session:
+                status, body, headers = await Server(base, session).request(
+                    "POST",
+                    f"/api/v3/workspaces/{tenant.workspace_id}/templates/sync",
+                    headers={"Authorization": f"Bearer {tenant.token}"},
+                )
+        finally:
+            uv.should_exit = True
+            await task
+        assert status == 500 and body["error"]["kind"] == "throttled"
+        assert 400 <= int(headers["Retry-After"]) <= 420
+        assert graph_calls(simulator) == 1  # the restarted process did not call Meta again
+
+
+async def test_partial_failure_keeps_the_wabas_that_succeeded(
+    server: Server, store: Store, settings: Settings, sim: tuple[Simulator, str]
+) -> None:
+    simulator, _ = sim
+    tenant = await make_tenant(store, settings)
+    await store.add_channel(tenant.workspace_id, OTHER_WABA, TokenCipher(
+        settings.encryption_keys).encrypt(META_TOKEN), 1)  # fmt: skip
+    good = await seed(simulator, store, tenant, 5, pending=1)
+    await seed(simulator, store, tenant, 5, pending=1, waba_id=OTHER_WABA)
+    simulator.set_status(good[-1]["id"], "APPROVED")
+    simulator.fail(OTHER_WABA, "190", sticky=True)
+    status, body, _ = await sync(server, tenant)
+    assert status == 500 and body["error"]["waba_id"] == OTHER_WABA
+    assert body["data"]["updated"] == 1
+    _, listing, _ = await server.api(tenant, "/templates", params={"provider_id": good[-1]["id"]})
+    assert listing["data"][0]["status"] == "APPROVED"
+
+
+async def test_concurrent_requests_share_one_sync(
+    server: Server, store: Store, tenant: Tenant, sim: tuple[Simulator, str]
+) -> None:
+    simulator, _ = sim
+    templates = await seed(simulator, store, tenant, 1000, pending=2)
+    simulator.set_status(templates[-1]["id"], "APPROVED")
+    simulator.fail(None, "slow", delay_s=0.3, times=2)
+    answers = await asyncio.gather(*(sync(server, tenant) for _ in range(10)))
+    assert {status for status, _, _ in answers} == {200}
+    assert len({json.dumps(body) for _, body, _ in answers}) == 1
+    assert graph_calls(simulator) == 2  # one sync: one GET per pending template
+    _, last, _ = await server.api(tenant, "/templates/sync")
+    assert last["data"]["id"] == 1 and last["data"]["status"] == "succeeded"
+
+
+async def test_two_processes_share_one_sync_through_the_store(
+    settings: Settings, database_url: str, store: Store, tenant: Tenant, sim: tuple[Simulator, str]
+) -> None:
+    simulator, _ = sim
+    templates = await seed(simulator, store, tenant, 1000, pending=1)
+    simulator.set_status(templates[-1]["id"], "APPROVED")
+    simulator.fail(None, "slow", delay_s=0.5, times=1)
+    other_store = await open_store(database_url)  # a second replica's connection
+    try:
+        async with aiohttp.ClientSession() as session:
+            syncers = [
+                Syncer(s, session, settings.graph_url, APP_SECRET,
+                       TokenCipher(settings.encryption_keys), Metrics())
+                for s in (store, other_store)
+            ]  # fmt: skip
+            first = asyncio.create_task(syncers[0].sync(tenant.workspace_id, "api"))
+            await asyncio.sleep(0.1)
+            second = await syncers[1].sync(tenant.workspace_id, "poller")
+            assert await first == second and second.updated == 1
+    finally:
+        await other_store.close()
+    assert graph_calls(simulator) == 1
+
+
+async def test_every_graph_call_has_a_deadline(
+    settings: Settings, store: Store, tenant: Tenant, sim: tuple[Simulator, str]
+) -> None:
+    simulator, _ = sim
+    await seed(simulator, store, tenant, 1000, pending=1)
+    simulator.fail(None, "slow", delay_s=5, sticky=True)
+    async with aiohttp.ClientSession() as session:
+        syncer = Syncer(store, session, settings.graph_url, APP_SECRET,
+                        TokenCipher(settings.encryption_keys), Metrics(),
+                        graph_timeout_s=0.2, sleep=lambda _: asyncio.sleep(0))  # fmt: skip
+        report = await asyncio.wait_for(syncer.sync(tenant.workspace_id, "api"), timeout=5)
+    assert [f.kind for f in report.failures] == ["network"]
+    run = await store.last_sync_run(tenant.workspace_id)
+    assert run is not None and run.status == "failed" and "network" in (run.error or "")
+
+
+async def test_wrong_app_secret_fails_the_appsecret_proof(
+    settings: Settings, store: Store, tenant: Tenant, sim: tuple[Simulator, str]
+) -> None:
+    simulator, _ = sim
+    await seed(simulator, store, tenant, 1000, pending=1)
+    async with aiohttp.ClientSession() as session:
+        cipher = TokenCipher(settings.encryption_keys)
+        wrong = Syncer(store, session, settings.graph_url, "not-the-secret", cipher, Metrics())
+        report = await wrong.sync(tenant.workspace_id, "api")
+        assert report.failures and report.failures[0].code == 100
+        right = Syncer(store, session, settings.graph_url, APP_SECRET, cipher, Metrics())
+        assert (await right.sync(tenant.workspace_id, "api")).failures == []
+
+
+async def test_no_token_in_any_log_line(
+    server: Server,
+    store: Store,
+    tenant: Tenant,
+    sim: tuple[Simulator, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("DEBUG")
+    simulator, _ = sim
+    await seed(simulator, store, tenant, 250, pending=3)
+    await sync(server, tenant)
+    simulator.fail(WABA_ID, "190")
+    await sync(server, tenant)
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "sync of WABA" in text and "190" in text
+    assert META_TOKEN not in text and "access_token=" not in text and APP_SECRET not in text
+
+
+async def test_last_sync_is_null_before_the_first(server: Server, tenant: Tenant) -> None:
+    status, body, _ = await server.api(tenant, "/templates/sync")
+    assert (status, body) == (200, {"success": True, "data": None})
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_cli_import_then_sync(
+    settings: Settings, store: Store, tenant: Tenant, sim: tuple[Simulator, str], tmp_path: Path
+) -> None:
+    simulator, graph_url = sim
+    templates = make_templates(WABA_ID, 120, pending=4)
+    simulator.add_templates(WABA_ID, templates)
+    env = {**os.environ, "TEMPLATE_SYNC_DATABASE_URL": settings.database_url,
+           "TEMPLATE_SYNC_GRAPH_URL": graph_url, "TEMPLATE_SYNC_META_APP_SECRET": APP_SECRET,
+           "TEMPLATE_SYNC_ENCRYPTION_KEYS": settings.encryption_keys[0].value}  # fmt: skip
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service", *args, env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await process.communicate()
+        return process.returncode or 0, out.decode(), err.decode()
+
+    code, out, _ = await cli("import", "--workspace", tenant.workspace_id)
+    assert code == 0 and json.loads(out) == {"created": 120, "updated": 0, "unchanged": 0}
+    simulator.set_status(templates[-1]["id"], "APPROVED")
+    code, out, err = await cli("sync", "--workspace", tenant.workspace_id)
+    assert code == 0, err
+    assert {k: v for k, v in json.loads(out).items() if k != "synced_at"} == {
+        "checked": 4, "updated": 1, "unchanged": 3, "missing": 0, "graph_calls": 2,
+    }  # fmt: skip
+    assert META_TOKEN not in out + err
