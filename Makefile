@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run test lint format clean
+.PHONY: install install-dev run test lint format bench-sync demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +28,16 @@ test: install-dev  ## the whole suite; PostgreSQL too when TEMPLATE_SYNC_TEST_PO
 	$(BIN)/pytest
 
 lint: install-dev
-	$(BIN)/ruff check service tests
-	$(BIN)/ruff format --check service tests
+	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy
 
+bench-sync: install  ## Graph calls per sync for both strategies (simulator, offline)
+	$(BIN)/python bench/sync_calls.py
+
 format: install-dev
-	$(BIN)/ruff format service tests
-	$(BIN)/ruff check --fix service tests
+	$(BIN)/ruff format service tests bench
+	$(BIN)/ruff check --fix service tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

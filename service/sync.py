@@ -236,7 +236,7 @@ class Syncer:
     ) -> list[GraphTemplate]:
         """Meta's state of the pending templates, by the cheaper strategy (module doc)."""
         wanted = {item.provider_id for item in items}
-        if len(wanted) < math.ceil(stored / graph.page_limit):
+        if read_one_by_one(len(wanted), stored, graph.page_limit):
             found = [await _get_or_none(graph, provider_id, token) for provider_id in wanted]
             return [template for template in found if template is not None]
         return [t for t in await graph.list_templates(waba_id, token) if t.id in wanted]
@@ -273,6 +273,11 @@ class Syncer:
         return WabaFailure(
             waba_id, error.code, error.kind, error.message, error.fbtrace_id, retry_after_s
         )
+
+
+def read_one_by_one(pending: int, stored: int, page_limit: int) -> bool:
+    """True when a GET per pending template costs fewer calls than paging the list."""
+    return pending < math.ceil(stored / page_limit)
 
 
 async def _get_or_none(graph: GraphClient, template_id: str, token: str) -> GraphTemplate | None:
