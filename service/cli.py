@@ -281,6 +281,14 @@ def templates(workspace_id: str, status: str | None, as_json: bool) -> None:
         )
 
 
+def echo_failures(failures: list[WabaFailure]) -> None:
+    for failure in failures:
+        click.echo(
+            f"WABA {failure.waba_id}: {failure.kind} (Graph code {failure.code}): {failure.detail}",
+            err=True,
+        )
+
+
 @main.command()
 @click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
 def sync(workspace_id: str) -> None:
@@ -290,9 +298,7 @@ def sync(workspace_id: str) -> None:
     except NoPendingTemplates:
         raise click.ClickException("No pending templates found") from None
     click.echo(json.dumps({**report_json(report), "graph_calls": report.graph_calls}))
-    for failure in report.failures:
-        click.echo(f"WABA {failure.waba_id}: {failure.kind} (Graph code {failure.code}): "
-                   f"{failure.detail}", err=True)  # fmt: skip
+    echo_failures(report.failures)
     if report.failures:
         raise click.ClickException("Failed to sync the templates")
 
@@ -307,9 +313,7 @@ def import_(workspace_id: str) -> None:
 
     counts, failures = with_syncer(load_settings(), run)
     click.echo(json.dumps(dataclasses.asdict(counts)))
-    for failure in failures:
-        click.echo(f"WABA {failure.waba_id}: {failure.kind} (Graph code {failure.code}): "
-                   f"{failure.detail}", err=True)  # fmt: skip
+    echo_failures(failures)
     if failures:
         raise click.ClickException("some WABAs could not be imported")
 

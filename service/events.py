@@ -98,6 +98,13 @@ def apply_change(state: TemplateState, change: Change) -> Outcome:
     return Outcome(state, False)  # a category notice: the change has not happened yet
 
 
+def next_pending_since(before: str, after: str, current: int | None, now_ms: int) -> int | None:
+    """When the template became pending: kept while pending, set on entry, cleared on exit."""
+    if after not in PENDING_STATUSES:
+        return None
+    return current if before in PENDING_STATUSES else now_ms
+
+
 def normalise_reason(reason: object) -> str | None:
     """Meta's rejection reason, with its "NONE" placeholder read as no reason."""
     if not isinstance(reason, str) or not reason or reason.upper() == "NONE":

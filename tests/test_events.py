@@ -13,6 +13,7 @@ from service.events import (
     TemplateState,
     apply_change,
     apply_status_event,
+    next_pending_since,
     normalise_reason,
 )
 
@@ -89,3 +90,15 @@ def test_dedupe_key_names_waba_template_field_event_and_time() -> None:
 )  # fmt: skip
 def test_normalise_reason(raw: object, expected: str | None) -> None:
     assert normalise_reason(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "current", "expected"),
+    [("APPROVED", "PENDING", None, 500), ("PENDING", "IN_APPEAL", 100, 100),
+     ("PENDING", "PENDING", 100, 100), ("PENDING", "APPROVED", 100, None),
+     ("UNKNOWN", "PENDING", None, 500), ("REJECTED", "PAUSED", None, None)],
+)  # fmt: skip
+def test_pending_since_marks_when_waiting_began(
+    before: str, after: str, current: int | None, expected: int | None
+) -> None:
+    assert next_pending_since(before, after, current, 500) == expected

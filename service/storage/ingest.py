@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..events import (
-    PENDING_STATUSES,
     STATUS_FIELD,
     UNKNOWN_STATUS,
     Change,
     Outcome,
     TemplateState,
     apply_change,
+    next_pending_since,
 )
 from . import DeliveryResult
 
@@ -128,9 +128,7 @@ async def _save(
     status_event_at = row["status_event_at"]
     if outcome.applied and change.field == STATUS_FIELD:
         status_event_at = max(status_event_at, change.entry_time * 1000)
-    pending_since = row["pending_since"] if after.status in PENDING_STATUSES else None
-    if moved and after.status in PENDING_STATUSES and before.status not in PENDING_STATUSES:
-        pending_since = now_ms
+    pending_since = next_pending_since(before.status, after.status, row["pending_since"], now_ms)
     await tx.execute(
         "UPDATE templates SET status = ?, rejected_reason = ?, flagged = ?, "
         "status_before_archive = ?, quality_score = ?, category = ?, status_event_at = ?, "

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-from ..events import PENDING_STATUSES
+from ..events import PENDING_STATUSES, next_pending_since
 from . import PendingTemplate, RemoteCounts, RemoteTemplate, SyncClaim, SyncRun, Throttle
 
 if TYPE_CHECKING:
@@ -16,8 +16,7 @@ RUN_COLUMNS = (
     "id, workspace_id, trigger, status, started_at, finished_at, lease_until, checked, updated, "
     "unchanged, missing, graph_calls, error"
 )
-PENDING_IN = "status IN ('PENDING', 'IN_APPEAL')"
-assert {"PENDING", "IN_APPEAL"} == PENDING_STATUSES
+PENDING_IN = "status IN (" + ", ".join(f"'{status}'" for status in sorted(PENDING_STATUSES)) + ")"
 
 
 class SyncQueries:
@@ -180,9 +179,7 @@ async def _update_remote(tx: Tx, row: dict[str, Any], remote: RemoteTemplate, no
         await tx.execute("UPDATE templates SET last_synced_at = ? WHERE id = ?", now_ms, row["id"])
         return False
     moved = state["status"] != row["status"]
-    pending_since = row["pending_since"] if state["status"] in PENDING_STATUSES else None
-    if moved and state["status"] in PENDING_STATUSES and row["status"] not in PENDING_STATUSES:
-        pending_since = now_ms
+    pending_since = next_pending_since(row["status"], state["status"], row["pending_since"], now_ms)
     await tx.execute(
         "UPDATE templates SET status = ?, rejected_reason = ?, quality_score = ?, category = ?, "
         "pending_since = ?, last_synced_at = ?, updated_at = ?, "
