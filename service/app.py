@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 import aiohttp
@@ -17,14 +17,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import api, webhooks
-from .config import Settings
+from .config import PREFIX, Settings
 from .crypto import load_cipher
 from .errors import ApiError
 from .logs import silence_leaky_loggers
 from .metrics import Metrics
 from .openapi import openapi_document
+from .poller import Poller
 from .state import Services, services
-from .storage import StoreUnavailable, open_store
+from .storage import Store, StoreUnavailable, open_store
 from .sync import Syncer
 
 logger = logging.getLogger(__name__)
@@ -144,8 +145,10 @@ def create_app(settings: Settings) -> Starlette:
                     store, session, settings.graph_url, settings.current_app_secret, cipher,
                     app_metrics,
                 )  # fmt: skip
-                announce(settings)
-                yield {"services": Services(settings, store, app_metrics, syncer)}
+                poller = make_poller(settings, store, syncer, app_metrics)
+                async with poller.running() if settings.poll_enabled else nullcontext():
+                    announce(settings)
+                    yield {"services": Services(settings, store, app_metrics, syncer)}
         finally:
             await store.close()
 
@@ -163,8 +166,21 @@ def create_app(settings: Settings) -> Starlette:
     return app
 
 
+def make_poller(settings: Settings, store: Store, syncer: Syncer, metrics: Metrics) -> Poller:
+    return Poller(
+        store,
+        syncer,
+        tick_s=settings.poll_tick_s,
+        grace_s=settings.poll_grace_s,
+        interval_s=settings.poll_interval_s,
+        metrics=metrics,
+    )
+
+
 def announce(settings: Settings) -> None:
     """Say where Meta should send webhooks and what is still to configure."""
     logger.info("webhook URL: http://%s:%d/webhooks/meta", settings.host, settings.port)
+    if not settings.poll_enabled:
+        logger.info("polling fallback disabled (%sPOLL_ENABLED=false)", PREFIX)
     for name in settings.unset_variables():
         logger.warning("%s is not set; see README 'Configuration'", name)

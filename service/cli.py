@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -316,6 +317,30 @@ def import_(workspace_id: str) -> None:
     echo_failures(failures)
     if failures:
         raise click.ClickException("some WABAs could not be imported")
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="One pass, then exit (for cron or a check).")
+def poll(once: bool) -> None:
+    """The polling fallback on its own: sync workspaces whose webhooks did not come."""
+    from .app import make_poller
+
+    settings = load_settings()
+
+    async def run(syncer: Syncer) -> None:
+        poller = make_poller(settings, syncer.store, syncer, Metrics())
+        if once:
+            report = await poller.run_once()
+            click.echo(json.dumps(dataclasses.asdict(report)))
+            return
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        click.echo(f"polling every {settings.poll_tick_s:g} s; Ctrl-C stops", err=True)
+        await poller.run(stop)
+
+    with_syncer(settings, run)
 
 
 @main.command()

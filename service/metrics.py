@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .storage import DeliveryResult
 
@@ -40,6 +40,22 @@ class Metrics:
             "template_sync_syncs",
             "Syncs run, by trigger and outcome (succeeded, partial, failed).",
             ["trigger", "status"],
+            registry=self.registry,
+        )
+        self.due_workspaces = Gauge(
+            "template_sync_poll_due_workspaces",
+            "Workspaces the last polling pass found due (pending templates without webhooks).",
+            registry=self.registry,
+        )
+        self.polls = Counter(
+            "template_sync_polls",
+            "Workspaces polled, by outcome (succeeded, partial, failed, no_pending, error).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.poll_repairs = Counter(
+            "template_sync_poll_repairs",
+            "Pending templates a poll found decided at Meta: status webhooks Meta did not deliver.",
             registry=self.registry,
         )
         self.request_seconds = Histogram(

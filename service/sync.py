@@ -109,6 +109,10 @@ class Syncer:
         self._graph_timeout_s = graph_timeout_s
         self._inflight: dict[str, asyncio.Future[SyncReport]] = {}
 
+    @property
+    def store(self) -> Store:
+        return self._store
+
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 

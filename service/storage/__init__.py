@@ -179,6 +179,20 @@ class Throttle:
     code: int | None
 
 
+@dataclass(frozen=True)
+class PollState:
+    """The polling fallback's state of one workspace (service.storage.polls)."""
+
+    workspace_id: str
+    next_poll_at: int  # not polled before this (interval after a claim, or failure backoff)
+    lease_owner: str | None  # the replica polling it now; None when released
+    lease_until: int
+    failures: int  # consecutive failed polls; 0 after a success
+    last_polled_at: int | None
+    last_outcome: str | None  # succeeded, partial, failed, no_pending, error
+    last_error: str | None
+
+
 @dataclass
 class DeliveryResult:
     """What one stored delivery did; counts are per template change."""
@@ -245,6 +259,24 @@ class Store(Protocol):
     async def last_sync_run(self, workspace_id: str) -> SyncRun | None: ...
     async def throttles(self, waba_ids: Sequence[str]) -> dict[str, Throttle]: ...
     async def set_throttle(self, throttle: Throttle) -> None: ...
+
+    async def due_workspaces(
+        self, now_ms: int, grace_ms: int, interval_ms: int, limit: int
+    ) -> list[str]: ...
+    async def claim_poll(
+        self, workspace_id: str, owner: str, now_ms: int, lease_ms: int, interval_ms: int
+    ) -> bool: ...
+    async def record_poll(
+        self,
+        workspace_id: str,
+        owner: str,
+        outcome: str,
+        now_ms: int,
+        next_poll_at: int,
+        failures: int,
+        error: str | None,
+    ) -> bool: ...
+    async def poll_state(self, workspace_id: str) -> PollState | None: ...
 
 
 async def open_store(url: str) -> Store:

@@ -110,6 +110,25 @@ MIGRATIONS: list[tuple[int, str]] = [
         )
         """,
     ),
+    (
+        3,
+        """
+        CREATE TABLE workspace_polls (
+            workspace_id TEXT PRIMARY KEY REFERENCES workspaces (id),
+            next_poll_at BIGINT NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_until BIGINT NOT NULL DEFAULT 0,
+            failures INTEGER NOT NULL DEFAULT 0,
+            last_polled_at BIGINT,
+            last_outcome TEXT,
+            last_error TEXT
+        );
+        CREATE INDEX templates_awaiting_webhook ON templates (pending_since, workspace_id)
+            WHERE status IN ('PENDING', 'IN_APPEAL')
+            AND (last_webhook_at IS NULL OR last_webhook_at <= pending_since);
+        CREATE INDEX sync_runs_workspace_started ON sync_runs (workspace_id, started_at)
+        """,
+    ),
 ]
 
 

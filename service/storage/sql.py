@@ -27,6 +27,7 @@ from . import (
     Workspace,
 )
 from .ingest import apply_change_row
+from .polls import PollQueries
 from .schema import MIGRATIONS, statements
 from .syncs import SyncQueries
 
@@ -68,7 +69,7 @@ def to_history(row: dict[str, Any]) -> HistoryEvent:
     return HistoryEvent(**{**row, "applied": bool(row["applied"])})
 
 
-class SqlStore(SyncQueries):
+class SqlStore(SyncQueries, PollQueries):
     def __init__(self, backend: Backend) -> None:
         self._db = backend
 
