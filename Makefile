@@ -32,6 +32,9 @@ lint: install-dev
 	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy
 
+demo: install  ## the whole loop offline: simulator, service, webhook, lost webhook repaired by sync
+	$(BIN)/template-sync demo --workdir demo
+
 bench-sync: install  ## Graph calls per sync for both strategies (simulator, offline)
 	$(BIN)/python bench/sync_calls.py
 

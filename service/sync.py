@@ -2,8 +2,8 @@
 
 Strategy per WABA, in Graph calls: one `GET /{template_id}` per pending template costs P
 calls; paging the whole list costs ceil(N / page_limit) calls for N templates (N estimated
-from the templates stored here). The sync takes per-template reads when P is smaller than
-the page count, the list otherwise.
+from the templates stored here, a lower bound when Meta has templates not registered here).
+The sync reads template by template when P is at most that page count, the list otherwise.
 """
 
 from __future__ import annotations
@@ -280,8 +280,8 @@ class Syncer:
 
 
 def read_one_by_one(pending: int, stored: int, page_limit: int) -> bool:
-    """True when a GET per pending template costs fewer calls than paging the list."""
-    return pending < math.ceil(stored / page_limit)
+    """True when a GET per pending template costs no more calls than paging the list."""
+    return pending <= math.ceil(max(stored, 1) / page_limit)
 
 
 async def _get_or_none(graph: GraphClient, template_id: str, token: str) -> GraphTemplate | None:

@@ -430,3 +430,18 @@ def test_entry_points_run_for_real(tmp_path: Path) -> None:
     for command in ("migrate", "workspace", "channel", "token", "template", "templates"):
         assert command in helped.stdout
     assert sorted(path.name for path in tmp_path.iterdir()) == ["cli.db"]  # no .env, no data/
+
+
+def test_send_webhook_needs_the_app_secret(cli: Cli) -> None:
+    result = cli("send-webhook --waba-id 1 --template-id 2 --name n")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "TEMPLATE_SYNC_META_APP_SECRET" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_send_webhook_to_nothing_is_a_clear_error(cli: Cli) -> None:
+    result = cli(
+        "send-webhook --url http://127.0.0.1:9/webhooks/meta --waba-id 1 --template-id 2 --name n",
+        TEMPLATE_SYNC_META_APP_SECRET="s",
+    )
+    assert result.exit_code == 1 and "could not reach" in result.stderr
+    assert "Traceback" not in result.stderr
