@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import api, webhooks
 from .config import PREFIX, Settings
-from .crypto import load_cipher
+from .crypto import TokenCipher, load_cipher
 from .errors import ApiError
 from .logs import silence_leaky_loggers
 from .metrics import Metrics
@@ -141,10 +141,7 @@ def create_app(settings: Settings) -> Starlette:
             await store.migrate()
             cipher = load_cipher(settings)
             async with aiohttp.ClientSession() as session:
-                syncer = Syncer(
-                    store, session, settings.graph_url, settings.current_app_secret, cipher,
-                    app_metrics,
-                )  # fmt: skip
+                syncer = make_syncer(settings, store, session, cipher, app_metrics)
                 poller = make_poller(settings, store, syncer, app_metrics)
                 async with poller.running() if settings.poll_enabled else nullcontext():
                     announce(settings)
@@ -164,6 +161,20 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.add_middleware(AccessLog, metrics=app_metrics)
     return app
+
+
+def make_syncer(
+    settings: Settings,
+    store: Store,
+    session: aiohttp.ClientSession,
+    cipher: TokenCipher,
+    metrics: Metrics,
+) -> Syncer:
+    secret = settings.current_app_secret
+    return Syncer(
+        store, session, settings.graph_url, secret, cipher, metrics,
+        deadline_s=settings.sync_deadline_s,
+    )  # fmt: skip
 
 
 def make_poller(settings: Settings, store: Store, syncer: Syncer, metrics: Metrics) -> Poller:

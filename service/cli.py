@@ -66,6 +66,7 @@ def with_store(
 
 def with_syncer(settings: Settings, action: Callable[[Syncer], Awaitable[T]]) -> T:
     """Run `action` with a Syncer over a migrated store and a fresh HTTP session."""
+    from .app import make_syncer
 
     async def run(store: Store) -> T:
         try:
@@ -73,9 +74,7 @@ def with_syncer(settings: Settings, action: Callable[[Syncer], Awaitable[T]]) ->
         except ConfigError as error:
             raise click.ClickException(str(error)) from None
         async with aiohttp.ClientSession() as session:
-            secret = settings.current_app_secret
-            syncer = Syncer(store, session, settings.graph_url, secret, cipher, Metrics())
-            return await action(syncer)
+            return await action(make_syncer(settings, store, session, cipher, Metrics()))
 
     return with_store(settings, run)
 
@@ -324,7 +323,7 @@ def import_(workspace_id: str) -> None:
 @click.option("--once", is_flag=True, help="One pass, then exit (for cron or a check).")
 def poll(once: bool) -> None:
     """The polling fallback on its own: sync workspaces whose webhooks did not come."""
-    from .app import make_poller
+    from .app import make_poller  # the app module imports Starlette: only when needed
 
     settings = load_settings()
 

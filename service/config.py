@@ -84,6 +84,7 @@ class Settings:
     poll_tick_s: float = 30.0
     poll_grace_s: float = 300.0
     poll_interval_s: float = 1800.0
+    sync_deadline_s: float = 90.0
     max_body_bytes: int = 4 * 1024 * 1024
     log_format: str = "text" if sys.stderr.isatty() else "json"
     log_level: str = "INFO"
@@ -157,5 +158,6 @@ _NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
     "POLL_TICK_S": ("poll_tick_s", float, 0.01, _DAY_S),
     "POLL_GRACE_S": ("poll_grace_s", float, 0, 30 * _DAY_S),
     "POLL_INTERVAL_S": ("poll_interval_s", float, 0, 30 * _DAY_S),
+    "SYNC_DEADLINE_S": ("sync_deadline_s", float, 1, 3600),
     "MAX_BODY_BYTES": ("max_body_bytes", int, 1, 1 << 30),
 }

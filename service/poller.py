@@ -32,9 +32,9 @@ from .sync import NoPendingTemplates, Syncer, SyncReport
 logger = logging.getLogger(__name__)
 
 TRIGGER = "poller"
-# Longer than a sync's worst case: waiting out another run's lease (120 s) plus its own
-# deadline (90 s). A replica that dies holding a claim delays that workspace this long.
-LEASE_S = 300.0
+# A claim outlives a sync's worst case: waiting out another run's lease, then its own
+# deadline (300 s by default). A replica that dies holding a claim delays that workspace so long.
+LEASES_PER_SYNC_LEASE = 2.5
 MIN_BACKOFF_S = 60.0  # backoff base when the interval is shorter
 MAX_BACKOFF_S = 6 * 3600.0  # backoff cap (or the interval, when that is longer)
 BACKOFF_JITTER = 0.2  # a backoff is shortened by up to this fraction, spreading retries
@@ -84,7 +84,7 @@ class Poller:
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
-        lease_s: float = LEASE_S,
+        lease_s: float | None = None,
         batch: int = BATCH,
         jitter: Callable[[], float] = random.random,
     ) -> None:
@@ -99,7 +99,7 @@ class Poller:
         self.owner = owner or default_owner()
         self._clock = clock
         self._metrics = metrics or Metrics()
-        self._lease_ms = int(lease_s * 1000)
+        self._lease_ms = int((lease_s or syncer.lease_s * LEASES_PER_SYNC_LEASE) * 1000)
         self._batch = batch
         self._jitter = jitter
 

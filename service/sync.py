@@ -28,8 +28,10 @@ from .times import iso
 
 logger = logging.getLogger(__name__)
 
-LEASE_S = 120.0  # a claimed sync another caller waits for; taken over once expired
 DEADLINE_S = 90.0  # a whole sync; every Graph call also has its own timeout
+# A claimed sync that others wait for is taken over once its lease (deadline + a third)
+# has expired: its owner died.
+LEASE_PER_DEADLINE = 4 / 3
 WAIT_POLL_S = 0.2
 NOT_FOUND = (100, 33)  # Graph: "object does not exist"
 
@@ -97,6 +99,7 @@ class Syncer:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         graph_timeout_s: float = 10.0,
+        deadline_s: float = DEADLINE_S,
     ) -> None:
         self._store = store
         self._session = session
@@ -107,6 +110,8 @@ class Syncer:
         self._clock = clock
         self._sleep = sleep
         self._graph_timeout_s = graph_timeout_s
+        self.deadline_s = deadline_s
+        self.lease_s = deadline_s * LEASE_PER_DEADLINE
         self._inflight: dict[str, asyncio.Future[SyncReport]] = {}
 
     @property
@@ -149,12 +154,13 @@ class Syncer:
         if not pending:
             raise NoPendingTemplates(workspace_id)
         started = self._now_ms()
-        claim = await self._store.claim_sync(workspace_id, trigger, started, int(LEASE_S * 1000))
+        lease_ms = int(self.lease_s * 1000)
+        claim = await self._store.claim_sync(workspace_id, trigger, started, lease_ms)
         if not claim.owner:
             return await self._wait_for(claim.run_id, workspace_id, trigger)
         report = SyncReport(claim.run_id, started)
         try:
-            async with asyncio.timeout(DEADLINE_S):
+            async with asyncio.timeout(self.deadline_s):
                 await self._run(workspace_id, trigger, pending, report)
         except TimeoutError:
             report.failures.append(WabaFailure("", None, "timeout", "sync exceeded its deadline"))
