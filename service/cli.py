@@ -119,6 +119,9 @@ def serve(host: str | None, port: int | None) -> None:
         log_config=None,
         access_log=False,
         lifespan="on",
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
     server = uvicorn.Server(config)
     server.run()

@@ -80,6 +80,8 @@ class Settings:
     data_dir: Path = Path("data")
     host: str = "127.0.0.1"
     port: int = 8000
+    forwarded_allow_ips: str = "127.0.0.1"
+    shutdown_timeout_s: float = 20.0
     poll_enabled: bool = True
     poll_tick_s: float = 30.0
     poll_grace_s: float = 300.0
@@ -149,6 +151,7 @@ _PLAIN = {
     "DATABASE_URL": "database_url",
     "GRAPH_URL": "graph_url",
     "HOST": "host",
+    "FORWARDED_ALLOW_IPS": "forwarded_allow_ips",
     "LOG_FORMAT": "log_format",
     "LOG_LEVEL": "log_level",
 }
@@ -159,5 +162,6 @@ _NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
     "POLL_GRACE_S": ("poll_grace_s", float, 0, 30 * _DAY_S),
     "POLL_INTERVAL_S": ("poll_interval_s", float, 0, 30 * _DAY_S),
     "SYNC_DEADLINE_S": ("sync_deadline_s", float, 1, 3600),
+    "SHUTDOWN_TIMEOUT_S": ("shutdown_timeout_s", float, 1, 3600),
     "MAX_BODY_BYTES": ("max_body_bytes", int, 1, 1 << 30),
 }
