@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
@@ -129,14 +129,19 @@ class AccessLog:
             )  # fmt: skip
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The ASGI app; the store is opened and migrated when the lifespan starts."""
+def create_app(
+    settings: Settings, store_opener: Callable[[str], Awaitable[Store]] = open_store
+) -> Starlette:
+    """The ASGI app; the store is opened and migrated when the lifespan starts.
+
+    `store_opener` lets a test wrap the store (for example to crash after a commit).
+    """
     silence_leaky_loggers()
     app_metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        store = await open_store(settings.database_url)
+        store = await store_opener(settings.database_url)
         try:
             await store.migrate()
             cipher = load_cipher(settings)

@@ -17,11 +17,12 @@ import aiohttp
 import click
 
 from .config import ConfigError, Settings
-from .crypto import generate_key, load_cipher, new_bearer_token
+from .crypto import DecryptionError, generate_key, load_cipher, new_bearer_token
 from .events import STATUS_EVENTS
 from .logs import configure
 from .metrics import Metrics
 from .storage import (
+    Channel,
     Conflict,
     NewTemplate,
     NotFound,
@@ -433,6 +434,39 @@ def demo(workdir: str) -> None:
 @main.group()
 def keys() -> None:
     """Encryption keys for Meta access tokens at rest."""
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Re-encrypt every stored Meta token under the first of TEMPLATE_SYNC_ENCRYPTION_KEYS.
+
+    Tokens under a key no longer configured are listed and left as they are.
+    """
+    settings = load_settings()
+    try:
+        cipher = load_cipher(settings)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+
+    async def rotate(store: Store) -> list[Channel]:
+        unreadable = []
+        for item in await store.all_channels():
+            try:
+                await store.set_channel_token(item.id, cipher.rotate(item.access_token_enc))
+            except DecryptionError:
+                unreadable.append(item)
+        return unreadable
+
+    unreadable = with_store(settings, rotate)
+    for item in unreadable:
+        click.echo(
+            f"channel {item.id} (WABA {item.waba_id}): encrypted under a key that is not "
+            "configured; add that key back or run 'channel add' again for this WABA",
+            err=True,
+        )
+    if unreadable:
+        raise click.ClickException(f"{len(unreadable)} token(s) could not be re-encrypted")
+    click.echo("every stored Meta token is encrypted under the first key", err=True)
 
 
 @keys.command("generate")

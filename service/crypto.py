@@ -42,6 +42,13 @@ class TokenCipher:
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode()
 
+    def rotate(self, ciphertext: str) -> str:
+        """The same plaintext encrypted under the first key."""
+        try:
+            return self._fernet.rotate(ciphertext.encode()).decode()
+        except InvalidToken:
+            raise DecryptionError("stored token was encrypted under an unknown key") from None
+
     def decrypt(self, ciphertext: str) -> str:
         try:
             return self._fernet.decrypt(ciphertext.encode()).decode()

@@ -445,3 +445,27 @@ def test_send_webhook_to_nothing_is_a_clear_error(cli: Cli) -> None:
     )
     assert result.exit_code == 1 and "could not reach" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_keys_rotate_reencrypts_and_reports_what_it_cannot_read(
+    cli: Cli, workspace_id: str
+) -> None:
+    old_key, new_key = cli.key, generate_key()
+    cli.channel(workspace_id, "111")
+    both = f"{new_key},{old_key}"
+    result = cli.ok("keys rotate", TEMPLATE_SYNC_ENCRYPTION_KEYS=both)
+    assert "first key" in result.stderr
+
+    async def stored() -> str:
+        store = await open_store(cli.database_url)
+        try:
+            [channel] = await store.list_channels(workspace_id)
+            return channel.access_token_enc
+        finally:
+            await store.close()
+
+    rotated = asyncio.run(stored())
+    assert TokenCipher((Secret(new_key),)).decrypt(rotated) == META_TOKEN  # old key not needed
+    cli.channel(workspace_id, "222")  # encrypted under old_key, the current key of `cli`
+    result = cli("keys rotate", TEMPLATE_SYNC_ENCRYPTION_KEYS=new_key)
+    assert result.exit_code == 1 and "222" in result.stderr and "Traceback" not in result.stderr

@@ -13,7 +13,8 @@ import asyncpg
 
 from . import StoreUnavailable
 
-CONNECT_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 5.0  # opening the pool at start-up
+ACQUIRE_TIMEOUT_S = 1.0  # a request waits this long for a connection before 503
 # Errors that mean "the server cannot be used right now", not "the query is wrong".
 _UNAVAILABLE = (
     OSError,
@@ -69,7 +70,7 @@ class PostgresBackend:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Tx]:
         try:
-            async with self._pool.acquire(timeout=CONNECT_TIMEOUT_S) as conn, conn.transaction():
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
                 yield _Tx(conn)
         except _UNAVAILABLE as error:
             raise StoreUnavailable(f"PostgreSQL: {type(error).__name__}") from error

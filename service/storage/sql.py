@@ -38,6 +38,7 @@ TEMPLATE_COLUMNS = (
     "quality_score, flagged, status_source, status_updated_at, last_webhook_at, last_synced_at, "
     "created_at, updated_at"
 )
+CHANNEL_COLUMNS = "id, workspace_id, waba_id, access_token_enc, created_at"
 HISTORY_COLUMNS = (
     "id, field, event, old_status, new_status, source, event_time, received_at, reason, applied"
 )
@@ -151,11 +152,24 @@ class SqlStore(SyncQueries, PollQueries):
     async def list_channels(self, workspace_id: str) -> list[Channel]:
         async with self._tx() as tx:
             rows = await tx.fetch(
-                "SELECT id, workspace_id, waba_id, access_token_enc, created_at FROM channels "
-                "WHERE workspace_id = ? ORDER BY created_at",
+                f"SELECT {CHANNEL_COLUMNS} FROM channels WHERE workspace_id = ? "
+                "ORDER BY created_at",
                 workspace_id,
             )
         return [Channel(**row) for row in rows]
+
+    async def all_channels(self) -> list[Channel]:
+        async with self._tx() as tx:
+            rows = await tx.fetch(f"SELECT {CHANNEL_COLUMNS} FROM channels ORDER BY created_at")
+        return [Channel(**row) for row in rows]
+
+    async def set_channel_token(self, channel_id: str, access_token_enc: str) -> None:
+        async with self._tx() as tx:
+            await tx.execute(
+                "UPDATE channels SET access_token_enc = ? WHERE id = ?",
+                access_token_enc,
+                channel_id,
+            )
 
     async def create_token(
         self, workspace_id: str, token_id: str, token_hash: str, name: str | None, now_ms: int

@@ -18,7 +18,9 @@ PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
     "PRAGMA foreign_keys=ON",
-    "PRAGMA busy_timeout=5000",
+    # Another process holding the write lock (a CLI command, a backup) makes a webhook wait
+    # this long before it is refused with 503 and retried by Meta.
+    "PRAGMA busy_timeout=500",
 )
 # Result codes that mean "the database cannot be used right now", not "the query is wrong".
 _UNAVAILABLE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
