@@ -27,6 +27,7 @@ from .poller import Poller
 from .state import Services, services
 from .storage import Store, StoreUnavailable, open_store
 from .sync import Syncer
+from .times import now_ms
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("service.access")
@@ -38,7 +39,7 @@ async def healthz(request: Request) -> JSONResponse:
 
 async def readyz(request: Request) -> JSONResponse:
     try:
-        await services(request).store.ping()
+        await services(request).store.ping(now_ms())
     except StoreUnavailable:
         return JSONResponse({"success": False, "message": "Store unavailable"}, status_code=503)
     return JSONResponse({"success": True, "status": "ready"})

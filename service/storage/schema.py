@@ -129,6 +129,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX sync_runs_workspace_started ON sync_runs (workspace_id, started_at)
         """,
     ),
+    (
+        4,
+        """
+        CREATE TABLE heartbeats (
+            id INTEGER PRIMARY KEY,
+            beat_at BIGINT NOT NULL
+        )
+        """,
+    ),
 ]
 
 

@@ -100,9 +100,14 @@ class SqlStore(SyncQueries, PollQueries):
                 )
             return applied
 
-    async def ping(self) -> None:
+    async def ping(self, now_ms: int) -> None:
+        """Commit a tiny write: a store that can be read but not written is not ready."""
         async with self._tx() as tx:
-            await tx.fetch("SELECT 1 AS ok")
+            await tx.execute(
+                "INSERT INTO heartbeats (id, beat_at) VALUES (1, ?) "
+                "ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at",
+                now_ms,
+            )
 
     async def close(self) -> None:
         await self._db.close()

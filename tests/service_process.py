@@ -1,0 +1,126 @@
+"""The real `template-sync serve` in a subprocess, and an open-loop webhook sender for it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from service.config import Settings
+
+from .conftest import APP_SECRET, VERIFY_TOKEN, sign
+
+START_TIMEOUT_S = 20.0
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPLATE_SYNC_")}
+    env.update(
+        TEMPLATE_SYNC_DATABASE_URL=settings.database_url,
+        TEMPLATE_SYNC_META_APP_SECRET=APP_SECRET,
+        TEMPLATE_SYNC_META_VERIFY_TOKEN=VERIFY_TOKEN,
+        TEMPLATE_SYNC_ENCRYPTION_KEYS=settings.encryption_keys[0].value,
+        TEMPLATE_SYNC_POLL_ENABLED="false",
+        TEMPLATE_SYNC_LOG_FORMAT="json",
+        TEMPLATE_SYNC_LOG_LEVEL="WARNING",
+        PYTHONPATH=str(REPO),  # for `-m tests.fault_server` from another working directory
+        **extra,
+    )
+    return env
+
+
+@dataclass
+class ServiceProcess:
+    """One `serve` process at a time on a fixed port; restartable after a kill."""
+
+    env: dict[str, str]
+    cwd: Path
+    command: Sequence[str] = ("-m", "service", "serve")
+    port: int = field(default_factory=free_port)
+    process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        log = (self.cwd / "service.log").open("ab")
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, *self.command, "--port", str(self.port), env=self.env, cwd=self.cwd,
+            stdout=log, stderr=log,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.process.returncode is not None:
+                    raise RuntimeError(f"service exited with {self.process.returncode}")
+                try:
+                    async with session.get(self.url + "/healthz") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise RuntimeError("service did not become healthy")
+
+    async def stop(self, signum: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(signum)
+        return await asyncio.wait_for(self.process.wait(), timeout_s)
+
+
+@dataclass
+class Ledger:
+    """What an open-loop sender saw: every delivery sent is acked, refused or failed."""
+
+    outcome: dict[int, str] = field(default_factory=dict)
+
+    def counts(self) -> Counter[str]:
+        return Counter(self.outcome.values())
+
+    def ids(self, outcome: str) -> list[int]:
+        return [i for i, seen in self.outcome.items() if seen == outcome]
+
+
+async def send_open_loop(
+    url: str, bodies: Sequence[bytes], rate_per_s: float, ledger: Ledger, timeout_s: float = 3
+) -> None:
+    """Send each body at its scheduled time whatever the answers (open loop)."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    started = time.monotonic()
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def one(index: int, body: bytes) -> None:
+            headers = {"X-Hub-Signature-256": sign(body), "Content-Type": "application/json"}
+            try:
+                async with session.post(url + "/webhooks/meta", data=body, headers=headers) as resp:
+                    await resp.read()
+                    ledger.outcome[index] = "acked" if resp.status == 200 else "refused"
+            except (aiohttp.ClientError, TimeoutError):
+                ledger.outcome[index] = "failed"
+
+        tasks = []
+        for index, body in enumerate(bodies):
+            delay = started + index / rate_per_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(index, body)))
+        await asyncio.gather(*tasks)

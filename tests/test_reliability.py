@@ -1,0 +1,223 @@
+"""No acknowledged delivery is lost: kills, graceful restarts, a full disk, a locked store.
+
+The service runs as a real `serve` process; deliveries are sent open-loop and every answer
+is kept in a ledger that must balance: sent = acknowledged + refused + failed, and every
+acknowledged delivery is in the store with its effect applied exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from service.config import Settings
+from service.demo import build_status_delivery
+from service.storage import Store, TemplateFilter
+
+from .conftest import WABA_ID, Tenant, sign
+from .fault_server import CRASH_EXIT_CODE
+from .service_process import Ledger, ServiceProcess, send_open_loop, service_env
+
+FIRST_ID = 5_000_000_000_000_000
+# uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so the exit status
+# says why it stopped (systemd counts that as a clean stop).
+GRACEFUL = (0, -signal.SIGTERM)
+
+
+def deliveries(count: int) -> list[bytes]:
+    """Distinct signed-to-be deliveries, each approving a template of its own."""
+    return [
+        build_status_delivery(waba_id=WABA_ID, template_id=str(FIRST_ID + i), event="APPROVED",
+                              name=f"ledger_{i}", language="en_US", entry_time=1_751_000_000 + i)
+        for i in range(count)
+    ]  # fmt: skip
+
+
+async def assert_applied_once(store: Store, tenant: Tenant, indexes: list[int]) -> None:
+    """Each delivery's template exists, APPROVED by exactly one webhook history row."""
+    templates, _ = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 10**6)
+    by_provider = {t.provider_id: t for t in templates}
+    for index in indexes:
+        template = by_provider.get(str(FIRST_ID + index))
+        assert template is not None, f"acknowledged delivery {index} is not in the store"
+        assert template.status == "APPROVED"
+        history = await store.template_history(tenant.workspace_id, template.id)
+        assert history is not None and [h.source for h in history] == ["webhook"]
+
+
+async def resend(url: str, bodies: list[bytes], indexes: list[int]) -> None:
+    """Meta's retries of what was not acknowledged: now every one must be."""
+    async with aiohttp.ClientSession() as session:
+        for index in indexes:
+            body = bodies[index]
+            headers = {"X-Hub-Signature-256": sign(body)}
+            async with session.post(url + "/webhooks/meta", data=body, headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+
+
+def integrity_ok(database_url: str) -> bool:
+    if not database_url.startswith("sqlite:///"):
+        return True
+    with sqlite3.connect(database_url.removeprefix("sqlite:///")) as conn:
+        return bool(conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+
+
+async def test_crash_ledger_balances_across_sigkills(
+    settings: Settings, store: Store, tenant: Tenant, tmp_path: Path
+) -> None:
+    service = ServiceProcess(service_env(settings), tmp_path)
+    await service.start()
+    bodies = deliveries(500)
+    ledger = Ledger()
+    sender = asyncio.create_task(send_open_loop(service.url, bodies, 100, ledger))
+    rng = random.Random(7)
+    for _ in range(3):  # kill at random moments, restart at once
+        await asyncio.sleep(rng.uniform(0.6, 1.2))
+        assert await service.stop(signal.SIGKILL) == -signal.SIGKILL
+        await service.start()
+    await sender
+    counts = ledger.counts()
+    assert sum(counts.values()) == len(bodies) == len(ledger.outcome)
+    assert counts["acked"] > 0 and counts["failed"] + counts["refused"] > 0, counts
+    await assert_applied_once(store, tenant, ledger.ids("acked"))
+    await resend(service.url, bodies, ledger.ids("failed") + ledger.ids("refused"))
+    assert await service.stop() in GRACEFUL
+    await assert_applied_once(store, tenant, list(range(len(bodies))))
+    assert integrity_ok(settings.database_url)
+
+
+async def test_sigterm_under_load_loses_nothing_acknowledged(
+    settings: Settings, store: Store, tenant: Tenant, tmp_path: Path
+) -> None:
+    service = ServiceProcess(service_env(settings), tmp_path)
+    await service.start()
+    bodies, ledger = deliveries(300), Ledger()
+    sender = asyncio.create_task(send_open_loop(service.url, bodies, 150, ledger))
+    await asyncio.sleep(1.0)
+    assert await service.stop(signal.SIGTERM) in GRACEFUL  # in-flight requests finish
+    await sender
+    await assert_applied_once(store, tenant, ledger.ids("acked"))
+    await service.start()
+    await resend(service.url, bodies, ledger.ids("failed") + ledger.ids("refused"))
+    await service.stop()
+    await assert_applied_once(store, tenant, list(range(len(bodies))))
+
+
+async def test_crash_after_commit_before_response_has_one_effect_when_meta_retries(
+    settings: Settings, store: Store, tenant: Tenant, tmp_path: Path
+) -> None:
+    env = service_env(settings)
+    faulty = ServiceProcess(env, tmp_path, command=("-m", "tests.fault_server"))
+    await faulty.start()
+    [body] = deliveries(1)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientError):  # the process died before answering
+            headers = {"X-Hub-Signature-256": sign(body)}
+            await session.post(faulty.url + "/webhooks/meta", data=body, headers=headers)
+    assert await faulty.stop() == CRASH_EXIT_CODE
+    healthy = ServiceProcess(env, tmp_path, port=faulty.port)
+    await healthy.start()
+    await resend(healthy.url, [body], [0])  # Meta retries the unanswered delivery
+    await healthy.stop()
+    assert len(await store.list_deliveries(None, 10)) == 2  # both arrivals kept, raw
+    await assert_applied_once(store, tenant, [0])  # one effect, one history row
+
+
+# --- SQLite outages ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs the test can fill up (needs root and mount, as on this kind of machine)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    with filler.open("wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
+async def expect_503_within_1s(session: aiohttp.ClientSession, url: str, body: bytes) -> None:
+    started = time.monotonic()
+    headers = {"X-Hub-Signature-256": sign(body)}
+    async with session.post(url + "/webhooks/meta", data=body, headers=headers) as resp:
+        assert resp.status == 503 and resp.headers["Retry-After"], await resp.text()
+        assert "Traceback" not in await resp.text()
+    assert time.monotonic() - started < 1.0
+    async with session.get(url + "/readyz") as resp:
+        assert resp.status == 503
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_full_disk_refuses_with_503_then_recovers(
+    settings: Settings, small_disk: Path, tmp_path: Path
+) -> None:
+    settings = replace(settings, database_url=f"sqlite:///{small_disk}/template-sync.db")
+    service = ServiceProcess(service_env(settings), tmp_path)
+    await service.start()
+    bodies = deliveries(3)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await resend(service.url, bodies, [0])
+            filler = fill(small_disk)
+            await expect_503_within_1s(session, service.url, bodies[1])
+            filler.unlink()
+            await resend(service.url, bodies, [1, 2])
+            async with session.get(service.url + "/readyz") as resp:
+                assert resp.status == 200
+    finally:
+        await service.stop()
+    assert integrity_ok(settings.database_url)
+    with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM webhook_deliveries").fetchone()[0] == 3
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_database_locked_by_another_process_refuses_with_503(
+    settings: Settings, store: Store, tenant: Tenant, tmp_path: Path
+) -> None:
+    service = ServiceProcess(service_env(settings), tmp_path)
+    await service.start()
+    bodies = deliveries(1)
+    path = settings.database_url.removeprefix("sqlite:///")
+    try:
+        async with aiohttp.ClientSession() as session:
+            locker = sqlite3.connect(path, isolation_level=None)
+            locker.execute("BEGIN EXCLUSIVE")  # e.g. a backup or a long CLI command
+            try:
+                await expect_503_within_1s(session, service.url, bodies[0])
+            finally:
+                locker.execute("ROLLBACK")
+                locker.close()
+            await resend(service.url, bodies, [0])
+    finally:
+        await service.stop()
+    await assert_applied_once(store, tenant, [0])
