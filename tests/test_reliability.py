@@ -8,12 +8,15 @@ acknowledged delivery is in the store with its effect applied exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,11 +25,11 @@ import pytest
 
 from service.config import Settings
 from service.demo import build_status_delivery
-from service.storage import Store, TemplateFilter
+from service.storage import Store, TemplateFilter, open_store
 
 from .conftest import WABA_ID, Tenant, sign
 from .fault_server import CRASH_EXIT_CODE
-from .service_process import Ledger, ServiceProcess, send_open_loop, service_env
+from .service_process import Ledger, ServiceProcess, free_port, send_open_loop, service_env
 
 FIRST_ID = 5_000_000_000_000_000
 # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so the exit status
@@ -221,3 +224,76 @@ async def test_database_locked_by_another_process_refuses_with_503(
     finally:
         await service.stop()
     await assert_applied_once(store, tenant, [0])
+
+
+# --- PostgreSQL outage: a private cluster the test starts and stops itself ----------------
+
+PG_BIN = Path("/usr/lib/postgresql")
+
+
+def pg_tool(name: str) -> str:
+    found = sorted(PG_BIN.glob(f"*/bin/{name}"))
+    if not found:
+        pytest.skip(f"PostgreSQL server binaries ({name}) are not installed")
+    return str(found[-1])
+
+
+def as_postgres(*command: str) -> None:
+    subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True,
+                   capture_output=True)  # fmt: skip
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
+    """(url, stop, start) of a throwaway cluster on a free port; never the machine's server."""
+    root = Path(tempfile.mkdtemp(prefix="template-sync-pg-"))
+    shutil.chown(root, "postgres")
+    data, port = root / "data", free_port()
+    as_postgres(pg_tool("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+
+    def start() -> None:
+        log = str(root / "postgres.log")  # the server must not hold our pipes open
+        as_postgres(pg_tool("pg_ctl"), "-D", str(data), "-o", options, "-l", log, "-w", "start")
+
+    def stop() -> None:
+        as_postgres(pg_tool("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+
+    start()
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", stop, start
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the store is private here
+async def test_postgres_stopped_refuses_with_503_then_stores_retries_once(
+    settings: Settings,
+    private_postgres: tuple[str, Callable[[], None], Callable[[], None]],
+    tmp_path: Path,
+) -> None:
+    url, stop_postgres, start_postgres = private_postgres
+    settings = replace(settings, database_url=url)
+    service = ServiceProcess(service_env(settings), tmp_path)
+    await service.start()
+    bodies = deliveries(3)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await resend(service.url, bodies, [0])
+            stop_postgres()
+            await expect_503_within_1s(session, service.url, bodies[1])
+            start_postgres()
+            await resend(service.url, bodies, [1, 2])
+            await resend(service.url, bodies, [1])  # a duplicate retry: stored, no effect
+            async with session.get(service.url + "/readyz") as resp:
+                assert resp.status == 200
+    finally:
+        await service.stop()
+    opened = await open_store(url)
+    try:
+        assert len(await opened.list_deliveries(None, 10)) == 4
+        assert [w.name for w in await opened.list_workspaces()] == []
+    finally:
+        await opened.close()
