@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run test lint format bench-sync demo clean
+.PHONY: install install-dev run test lint format soak bench-sync demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: install-dev
 	$(BIN)/ruff check service tests bench
 	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy
+
+soak: install-dev  ## the crash ledger for TEMPLATE_SYNC_SOAK_S seconds (default 300) on SQLite
+	TEMPLATE_SYNC_SOAK_S=$${TEMPLATE_SYNC_SOAK_S:-300} $(BIN)/pytest -s -p no:cacheprovider \
+	  -o timeout=0 "tests/test_reliability.py::test_crash_ledger_balances_across_sigkills[sqlite]"
 
 demo: install  ## the whole loop offline: simulator, service, webhook, lost webhook repaired by sync
 	$(BIN)/template-sync demo --workdir demo

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import shutil
 import signal
@@ -35,6 +36,8 @@ FIRST_ID = 5_000_000_000_000_000
 # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so the exit status
 # says why it stopped (systemd counts that as a clean stop).
 GRACEFUL = (0, -signal.SIGTERM)
+SOAK_S = float(os.environ.get("TEMPLATE_SYNC_SOAK_S", "0"))
+RATE_PER_S = 100
 
 
 def deliveries(count: int) -> list[bytes]:
@@ -78,14 +81,18 @@ def integrity_ok(database_url: str) -> bool:
 async def test_crash_ledger_balances_across_sigkills(
     settings: Settings, store: Store, tenant: Tenant, tmp_path: Path
 ) -> None:
+    """Short here; `make soak` runs it for TEMPLATE_SYNC_SOAK_S seconds with more kills."""
+    duration_s = SOAK_S or 5.0
+    kills = max(5, int(duration_s // 30)) if SOAK_S else 3
     service = ServiceProcess(service_env(settings), tmp_path)
     await service.start()
-    bodies = deliveries(500)
+    bodies = deliveries(int(duration_s * RATE_PER_S))
     ledger = Ledger()
-    sender = asyncio.create_task(send_open_loop(service.url, bodies, 100, ledger))
+    sender = asyncio.create_task(send_open_loop(service.url, bodies, RATE_PER_S, ledger))
     rng = random.Random(7)
-    for _ in range(3):  # kill at random moments, restart at once
-        await asyncio.sleep(rng.uniform(0.6, 1.2))
+    started = time.monotonic()
+    for moment in sorted(rng.uniform(0.5, duration_s - 1) for _ in range(kills)):
+        await asyncio.sleep(max(0.0, started + moment - time.monotonic()))
         assert await service.stop(signal.SIGKILL) == -signal.SIGKILL
         await service.start()
     await sender
@@ -93,6 +100,10 @@ async def test_crash_ledger_balances_across_sigkills(
     assert sum(counts.values()) == len(bodies) == len(ledger.outcome)
     assert counts["acked"] > 0 and counts["failed"] + counts["refused"] > 0, counts
     await assert_applied_once(store, tenant, ledger.ids("acked"))
+    stored = len(await store.list_deliveries(None, 10**7))
+    print(f"ledger: sent {len(bodies)}, acknowledged {counts['acked']}, refused "
+          f"{counts['refused']}, failed {counts['failed']}, stored {stored}, kills {kills}, "
+          "and every acknowledged one found applied exactly once")  # fmt: skip
     await resend(service.url, bodies, ledger.ids("failed") + ledger.ids("refused"))
     assert await service.stop() in GRACEFUL
     await assert_applied_once(store, tenant, list(range(len(bodies))))
