@@ -145,8 +145,20 @@ async def test_template_deleted_at_meta_is_missing(
 
 
 @pytest.mark.parametrize(
-    ("kind", "code", "expected_kind"),
-    [("190", 190, "token_invalid"), ("malformed", None, "invalid_response")],
+    ("kind", "code", "expected_kind", "options"),
+    [
+        ("190", 190, "token_invalid", {}),
+        ("malformed", None, "invalid_response", {}),
+        (
+            "error",
+            10,
+            "permission",
+            {"code": 10, "message": "Application does not have permission"},
+        ),
+        ("error", 2, "transient", {"code": 2, "is_transient": True}),
+        ("5xx", None, "transient", {"http_status": 503}),
+        ("error", 131059, "other", {"code": 131059, "message": "Invalid cursor"}),
+    ],
 )
 async def test_graph_failures_answer_the_seeds_500_with_detail(
     server: Server,
@@ -156,10 +168,11 @@ async def test_graph_failures_answer_the_seeds_500_with_detail(
     kind: str,
     code: int | None,
     expected_kind: str,
+    options: dict[str, Any],
 ) -> None:
     simulator, _ = sim
     await seed(simulator, store, tenant, 250, pending=3)
-    simulator.fail(WABA_ID, kind, sticky=True)
+    simulator.fail(WABA_ID, kind, sticky=True, **options)
     status, body, _ = await sync(server, tenant)
     assert status == 500
     assert (body["success"], body["message"]) == (False, "Failed to sync the templates")
