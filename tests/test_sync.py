@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -353,3 +354,49 @@ async def test_cli_import_then_sync(
         "checked": 4, "updated": 1, "unchanged": 3, "missing": 0, "graph_calls": 2,
     }  # fmt: skip
     assert META_TOKEN not in out + err
+
+
+SEED_JAVASCRIPT = """
+const YOUR_API_TOKEN = process.env.API_TOKEN;
+async function syncTemplates(workspaceId) {
+  const response = await fetch(
+    `${process.env.BASE}/api/v3/workspaces/${workspaceId}/templates/sync`,
+    {
+      method: 'POST',
+      headers: {
+        'Authorization': `Bearer ${YOUR_API_TOKEN}`
+      }
+    }
+  );
+  const data = await response.json();
+  console.log(data.message);
+}
+syncTemplates(process.env.WORKSPACE);
+"""
+
+
+async def run_tool(*command: str, env: dict[str, str]) -> str:
+    process = await asyncio.create_subprocess_exec(
+        *command, env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0
+    return out.decode().strip()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_seed_curl_and_javascript_examples_work_unchanged(
+    server: Server, store: Store, tenant: Tenant, sim: tuple[Simulator, str]
+) -> None:
+    """The seed's cURL and JavaScript snippets, with only the base URL changed."""
+    if not shutil.which("curl") or not shutil.which("node"):
+        pytest.skip("the seed's examples need curl and node (Node.js 18+ for fetch)")
+    simulator, _ = sim
+    templates = await seed(simulator, store, tenant, 1000, pending=2)
+    simulator.set_status(templates[-1]["id"], "APPROVED")
+    url = f"{server.base_url}/api/v3/workspaces/{tenant.workspace_id}/templates/sync"
+    curl = await run_tool("curl", "-s", "-X", "POST", url,
+                          "-H", f"Authorization: Bearer {tenant.token}", env={})  # fmt: skip
+    assert json.loads(curl)["message"] == "Templates synced successfully"
+    env = {"API_TOKEN": tenant.token, "BASE": server.base_url, "WORKSPACE": tenant.workspace_id}
+    assert await run_tool("node", "-e", SEED_JAVASCRIPT, env=env) == "Templates synced successfully"
