@@ -48,10 +48,6 @@ def configure(log_format: str, level: str) -> None:
 
 
 def silence_leaky_loggers() -> None:
-    """Mute libraries that would log secrets, whoever set logging up.
-
-    uvicorn's access log prints query strings (the handshake's verify token; ours does
-    not), and aiosqlite's debug log prints statement parameters (raw webhook bodies).
-    """
+    """Mute uvicorn's access log, whoever set logging up: it prints query strings, and the
+    handshake's carries the verify token (ours does not)."""
     logging.getLogger("uvicorn.access").disabled = True
-    logging.getLogger("aiosqlite").setLevel(logging.INFO)

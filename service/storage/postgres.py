@@ -7,11 +7,14 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 from . import StoreUnavailable
+from .steps import Steps, drive
+
+T = TypeVar("T")
 
 CONNECT_TIMEOUT_S = 5.0  # opening the pool at start-up
 ACQUIRE_TIMEOUT_S = 1.0  # a request waits this long for a connection before 503
@@ -74,6 +77,15 @@ class PostgresBackend:
                 yield _Tx(conn)
         except _UNAVAILABLE as error:
             raise StoreUnavailable(f"PostgreSQL: {type(error).__name__}") from error
+
+    async def run(self, steps: Steps[T]) -> T:
+        """Run `steps` as one transaction."""
+        async with self.transaction() as tx:
+            return await drive(tx, steps)
+
+    @staticmethod
+    def unavailable(error: Exception) -> bool:
+        return isinstance(error, _UNAVAILABLE)
 
     async def close(self) -> None:
         await self._pool.close()

@@ -9,7 +9,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..events import Change
 from . import (
@@ -21,17 +21,19 @@ from . import (
     HistoryEvent,
     NewTemplate,
     NotFound,
-    StoreUnavailable,
     Template,
     TemplateFilter,
     Workspace,
 )
-from .ingest import apply_change_row
+from .ingest import NewDelivery, record_batch
 from .polls import PollQueries
 from .schema import MIGRATIONS, statements
+from .steps import Steps
 from .syncs import SyncQueries
+from .writer import DeliveryWriter
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TEMPLATE_COLUMNS = (
     "id, workspace_id, waba_id, provider_id, name, language, category, status, rejected_reason, "
@@ -59,6 +61,8 @@ class Backend(Protocol):
     migration_lock: str | None
 
     def transaction(self) -> AbstractAsyncContextManager[Any]: ...
+    async def run(self, steps: Steps[T]) -> T: ...
+    def unavailable(self, error: Exception) -> bool: ...
     async def close(self) -> None: ...
 
 
@@ -73,6 +77,7 @@ def to_history(row: dict[str, Any]) -> HistoryEvent:
 class SqlStore(SyncQueries, PollQueries):
     def __init__(self, backend: Backend) -> None:
         self._db = backend
+        self._writer = DeliveryWriter(self._commit_deliveries)
 
     def _tx(self) -> AbstractAsyncContextManager[Tx]:
         return _WithDialect(self._db)
@@ -110,6 +115,7 @@ class SqlStore(SyncQueries, PollQueries):
             )
 
     async def close(self) -> None:
+        await self._writer.close()
         await self._db.close()
 
     async def create_workspace(self, name: str, now_ms: int) -> Workspace:
@@ -282,26 +288,16 @@ class SqlStore(SyncQueries, PollQueries):
     async def record_delivery(
         self, body: bytes, received_at_ms: int, changes: Sequence[Change], error: str | None
     ) -> DeliveryResult:
-        """Store the signed bytes and apply their changes in one transaction.
+        """Store the signed bytes and apply their changes; returns once committed.
 
-        If applying fails for any reason but an unreachable store, the bytes are still
-        stored, quarantined with the error, so a signed delivery is never lost.
+        Deliveries arriving together share one transaction (writer.py). One that cannot be
+        applied is still stored, quarantined with the error, so nothing signed is lost.
         """
-        try:
-            async with self._tx() as tx:
-                result = await _insert_delivery(tx, body, received_at_ms, error)
-                owners: dict[str, str | None] = {}
-                for change in changes:
-                    await apply_change_row(tx, change, result, owners, received_at_ms)
-                return result
-        except StoreUnavailable:
-            raise
-        except Exception as exc:  # a bug or bad data must not lose the delivery
-            logger.exception("applying a delivery failed; storing it quarantined")
-            async with self._tx() as tx:
-                return await _insert_delivery(
-                    tx, body, received_at_ms, f"could not apply: {type(exc).__name__}"
-                )
+        return await self._writer.submit(NewDelivery(body, received_at_ms, changes, error))
+
+    async def _commit_deliveries(self, items: list[NewDelivery]) -> list[DeliveryResult]:
+        batch = record_batch(items, self._db.for_update, self._db.unavailable)
+        return await self._db.run(batch)
 
     async def list_deliveries(self, outcome: str | None, limit: int) -> list[Delivery]:
         """The newest stored deliveries, optionally only those with `outcome`."""
@@ -335,22 +331,6 @@ class _WithDialect:
 async def _require_workspace(tx: Tx, workspace_id: str) -> None:
     if not await tx.fetchrow("SELECT id FROM workspaces WHERE id = ?", workspace_id):
         raise NotFound(f"workspace {workspace_id} does not exist")
-
-
-async def _insert_delivery(
-    tx: Tx, body: bytes, received_at_ms: int, error: str | None
-) -> DeliveryResult:
-    outcome = "quarantined" if error else "processed"
-    row = await tx.fetchrow(
-        "INSERT INTO webhook_deliveries (received_at, body, outcome, error) "
-        "VALUES (?, ?, ?, ?) RETURNING id",
-        received_at_ms,
-        body,
-        outcome,
-        error,
-    )
-    assert row is not None
-    return DeliveryResult(delivery_id=int(row["id"]), outcome=outcome)
 
 
 def _template_filter(workspace_id: str, where: TemplateFilter) -> tuple[str, list[Any]]:

@@ -1,18 +1,24 @@
-"""SQLite backend: one connection in WAL mode with synchronous=FULL, writes serialised."""
+"""SQLite backend: one connection in WAL mode with synchronous=FULL, in a thread of its own.
+
+Every statement runs in that thread; a batch of steps (the webhook hot path) runs there
+whole, in one hop and one transaction.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from . import StoreUnavailable
+from .steps import Steps, drive_sync
+
+T = TypeVar("T")
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -26,25 +32,54 @@ PRAGMAS = (
 _UNAVAILABLE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
 
 
-def _unavailable(error: sqlite3.Error) -> bool:
+def unavailable(error: Exception) -> bool:
     code = getattr(error, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in _UNAVAILABLE_CODES
+    return (
+        isinstance(error, sqlite3.Error) and code is not None and code & 0xFF in _UNAVAILABLE_CODES
+    )
+
+
+class _SyncTx:
+    """Statements on the connection, called from the database thread."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        return [dict(row) for row in self._conn.execute(sql, args).fetchall()]
+
+    def fetchrow(self, sql: str, *args: Any) -> dict[str, Any] | None:
+        row = self._conn.execute(sql, args).fetchone()
+        return dict(row) if row is not None else None
+
+    def execute(self, sql: str, *args: Any) -> None:
+        self._conn.execute(sql, args)
 
 
 class _Tx:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
+    """The same statements for the event loop: each one a hop to the database thread."""
+
+    def __init__(self, backend: SqliteBackend) -> None:
+        self._backend = backend
+        self._sync = _SyncTx(backend.conn)
 
     async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
-        async with self._conn.execute(sql, args) as cursor:
-            return [dict(row) for row in await cursor.fetchall()]
+        return await self._backend.call(self._sync.fetch, sql, *args)
 
     async def fetchrow(self, sql: str, *args: Any) -> dict[str, Any] | None:
-        rows = await self.fetch(sql, *args)
-        return rows[0] if rows else None
+        return await self._backend.call(self._sync.fetchrow, sql, *args)
 
     async def execute(self, sql: str, *args: Any) -> None:
-        await self._conn.execute(sql, args)
+        await self._backend.call(self._sync.execute, sql, *args)
+
+
+def _open(path: str) -> sqlite3.Connection:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    for pragma in PRAGMAS:
+        conn.execute(pragma)
+    return conn
 
 
 class SqliteBackend:
@@ -52,40 +87,64 @@ class SqliteBackend:
     blob = "BLOB"
     for_update = ""
     migration_lock: str | None = None  # BEGIN IMMEDIATE already excludes other writers
+    unavailable = staticmethod(unavailable)
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
+    def __init__(self, conn: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
+        self.conn = conn
+        self._thread = thread
         self._lock = asyncio.Lock()
 
     @classmethod
     async def connect(cls, path: str) -> SqliteBackend:
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            conn = await aiosqlite.connect(path, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            for pragma in PRAGMAS:
-                await conn.execute(pragma)
+            conn = await asyncio.get_running_loop().run_in_executor(thread, _open, path)
         except (OSError, sqlite3.Error) as error:
+            thread.shutdown()
             raise StoreUnavailable(f"cannot open SQLite database {path}: {error}") from error
-        return cls(conn)
+        return cls(conn, thread)
+
+    async def call(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Tx]:
         async with self._lock:
             try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-                yield _Tx(self._conn)
-                await self._conn.execute("COMMIT")
+                await self.call(self.conn.execute, "BEGIN IMMEDIATE")
+                yield _Tx(self)
+                await self.call(self.conn.execute, "COMMIT")
             except BaseException as error:
-                if self._conn.in_transaction:
-                    await asyncio.shield(self._rollback())
-                if isinstance(error, sqlite3.Error) and _unavailable(error):
+                await asyncio.shield(self.call(self._rollback))
+                if isinstance(error, Exception) and unavailable(error):
                     raise StoreUnavailable(f"SQLite: {error}") from error
                 raise
 
-    async def _rollback(self) -> None:
-        with contextlib.suppress(sqlite3.Error):  # a failed statement may have rolled back
-            await self._conn.execute("ROLLBACK")
+    async def run(self, steps: Steps[T]) -> T:
+        """Run `steps` as one transaction, entirely in the database thread."""
+        async with self._lock:
+            try:
+                return await self.call(self._run_in_thread, steps)
+            except sqlite3.Error as error:
+                if unavailable(error):
+                    raise StoreUnavailable(f"SQLite: {error}") from error
+                raise
+
+    def _run_in_thread(self, steps: Steps[T]) -> T:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = drive_sync(_SyncTx(self.conn), steps)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return result
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # a failed statement may have rolled back
+                self.conn.execute("ROLLBACK")
 
     async def close(self) -> None:
-        await self._conn.close()
+        await self.call(self.conn.close)
+        self._thread.shutdown(wait=True)

@@ -1,0 +1,85 @@
+"""Group commit: deliveries that arrive together are committed together.
+
+Each caller waits for the commit of the batch its delivery is in, so no webhook is
+acknowledged before its bytes are durable, while one commit (and, on SQLite, one fsync
+and one thread hop) serves many requests. There is no timer: a batch is whatever queued
+up while the previous one was committing, so a lone delivery is written at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from . import DeliveryResult, StoreUnavailable
+from .ingest import NewDelivery
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 256
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+
+Commit = Callable[[list[NewDelivery]], Awaitable[list[DeliveryResult]]]
+Waiter = tuple[NewDelivery, "asyncio.Future[DeliveryResult]"]
+
+
+class DeliveryWriter:
+    def __init__(self, commit: Commit) -> None:
+        self._commit = commit
+        self._queue: list[Waiter] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: NewDelivery) -> DeliveryResult:
+        """Resolves once `item` is committed; StoreUnavailable when it could not be."""
+        future: asyncio.Future[DeliveryResult] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="delivery writer")
+        self._wakeup.set()
+        return await asyncio.shield(future)  # a caller gone away does not cancel the commit
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                await self._commit_one(self._take())
+
+    def _take(self) -> list[Waiter]:
+        size = count = 0
+        for item, _ in self._queue[:MAX_BATCH]:
+            size += len(item.body)
+            if count and size > MAX_BATCH_BYTES:
+                break
+            count += 1
+        batch, self._queue = self._queue[:count], self._queue[count:]
+        return batch
+
+    async def _commit_one(self, batch: list[Waiter]) -> None:
+        try:
+            results = await self._commit([item for item, _ in batch])
+        except Exception as error:
+            if not isinstance(error, StoreUnavailable):
+                logger.exception(
+                    "a batch of %d deliveries failed; asking Meta to retry", len(batch)
+                )
+                error = StoreUnavailable(f"batch failed: {type(error).__name__}")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop."""
+        while self._queue:
+            await self._commit_one(self._take())
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,126 @@
+"""Group commit: order kept, one bad delivery isolated, nothing acknowledged before its commit."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service.events import STATUS_FIELD, Change
+from service.storage import DeliveryResult, Store, StoreUnavailable, TemplateFilter, open_store
+from service.storage.ingest import NewDelivery
+from service.storage.sql import SqlStore
+from service.storage.writer import MAX_BATCH, DeliveryWriter
+
+from .conftest import NOW_MS, WABA_ID, Tenant
+
+
+def change(event: str, entry_time: int, template_id: str = "42", name: str = "promo") -> Change:
+    return Change(WABA_ID, STATUS_FIELD, event, template_id, name, "en", None, None, entry_time)
+
+
+def delivery(*changes: Change) -> NewDelivery:
+    return NewDelivery(b"{}", NOW_MS, changes, None)
+
+
+def sql_store(store: Store) -> SqlStore:
+    assert isinstance(store, SqlStore)
+    return store
+
+
+async def test_concurrent_deliveries_share_a_commit_and_keep_their_order(
+    store: Store, tenant: Tenant
+) -> None:
+    batches: list[int] = []
+    real = sql_store(store)
+
+    async def counted(items: list[NewDelivery]) -> list[DeliveryResult]:
+        batches.append(len(items))
+        return await real._commit_deliveries(items)
+
+    writer = DeliveryWriter(counted)
+    events = [change("PENDING" if i % 2 else "APPROVED", 1000 + i) for i in range(40)]
+    results = await asyncio.gather(*(writer.submit(delivery(e)) for e in events))
+    await writer.close()
+    assert batches == [40]  # queued together, committed together
+    ids = [r.delivery_id for r in results]
+    assert ids == sorted(ids) and len(set(ids)) == 40  # stored in arrival order
+    [template], _ = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 10)
+    assert template.status == "PENDING"  # entry.time 1039, the last, wins
+    history = await store.template_history(tenant.workspace_id, template.id)
+    assert history is not None and [h.event_time for h in history] == [
+        (1000 + i) * 1000 for i in range(40)
+    ]
+
+
+async def test_batches_are_capped(store: Store, tenant: Tenant) -> None:
+    batches: list[int] = []
+    real = sql_store(store)
+
+    async def counted(items: list[NewDelivery]) -> list[DeliveryResult]:
+        batches.append(len(items))
+        return await real._commit_deliveries(items)
+
+    writer = DeliveryWriter(counted)
+    count = MAX_BATCH + 10
+    await asyncio.gather(
+        *(writer.submit(delivery(change("APPROVED", i, str(i)))) for i in range(count))
+    )
+    await writer.close()
+    assert batches == [MAX_BATCH, 10]
+
+
+async def test_one_unstorable_delivery_is_quarantined_and_the_batch_lands(
+    store: Store, tenant: Tenant
+) -> None:
+    good = [delivery(change("APPROVED", 1, str(i))) for i in range(5)]
+    bad = delivery(change("APPROVED", 1, "99", name="bad\ud800"))  # no store can hold this
+    items = [*good[:2], bad, *good[2:]]
+    results = await asyncio.gather(*(store.record_delivery(i.body, NOW_MS, i.changes, None)
+                                     for i in items))  # fmt: skip
+    assert [r.outcome for r in results] == ["processed"] * 2 + ["quarantined"] + ["processed"] * 3
+    assert [r.created for r in results] == [1, 1, 0, 1, 1, 1]
+    templates, total = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 10)
+    assert total == 5 and "99" not in {t.provider_id for t in templates}
+    [quarantined] = await store.list_deliveries("quarantined", 10)
+    assert quarantined.id == results[2].delivery_id and "could not apply" in (
+        quarantined.error or ""
+    )
+
+
+async def test_no_caller_is_answered_before_its_commit(
+    database_url: str, store: Store, tenant: Tenant
+) -> None:
+    release = asyncio.Event()
+    real = sql_store(store)
+
+    async def slow_commit(items: list[NewDelivery]) -> list[DeliveryResult]:
+        await release.wait()
+        return await real._commit_deliveries(items)
+
+    writer = DeliveryWriter(slow_commit)
+    pending = asyncio.create_task(writer.submit(delivery(change("APPROVED", 1))))
+    await asyncio.sleep(0.05)
+    assert not pending.done()  # the commit has not happened: no answer yet
+    release.set()
+    result = await pending
+    reader = await open_store(database_url)  # another connection sees it: it is committed
+    try:
+        [stored] = await reader.list_deliveries(None, 10)
+        assert stored.id == result.delivery_id
+    finally:
+        await reader.close()
+        await writer.close()
+
+
+@pytest.mark.parametrize("failure", [StoreUnavailable("disk full"), RuntimeError("bug")])
+async def test_a_failed_commit_refuses_every_caller_of_the_batch(failure: Exception) -> None:
+    async def failing(items: list[NewDelivery]) -> list[DeliveryResult]:
+        raise failure
+
+    writer = DeliveryWriter(failing)
+    outcomes = await asyncio.gather(
+        *(writer.submit(delivery(change("APPROVED", i))) for i in range(3)), return_exceptions=True
+    )
+    await writer.close()
+    assert all(isinstance(o, StoreUnavailable) for o in outcomes)  # 503: Meta retries
