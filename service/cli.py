@@ -18,6 +18,7 @@ import click
 
 from .config import ConfigError, Settings
 from .crypto import DecryptionError, generate_key, load_cipher, new_bearer_token
+from .doctor import Check, check_channel, failed, render, run_doctor
 from .events import STATUS_EVENTS
 from .logs import configure
 from .metrics import Metrics
@@ -178,27 +179,95 @@ def read_access_token(env_var: str | None, from_stdin: bool) -> str:
     return token
 
 
+def check_options(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option(
+        "--subscribe", is_flag=True, help="Subscribe the app to the WABA's webhooks if needed."
+    )(command)
+    return click.option(
+        "--check/--no-check", default=True, show_default=True,
+        help="Check the token and the webhook subscription with Meta.",
+    )(command)  # fmt: skip
+
+
+def encrypt(settings: Settings, token: str) -> str:
+    try:
+        return load_cipher(settings).encrypt(token)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def report_channel_checks(checks: list[Check]) -> None:
+    """Checks of a stored channel: shown on stderr; the channel stays stored either way."""
+    if checks:
+        click.echo(render(checks), err=True)
+    if failed(checks):
+        click.echo(
+            "the channel is stored; fix the above, then run 'template-sync doctor'", err=True
+        )
+
+
 @channel.command("add")
 @click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
 @click.option("--waba-id", required=True, callback=digits, help="WhatsApp Business Account id.")
 @click.option("--access-token-env", metavar="VAR", help="Read the Meta token from this variable.")
 @click.option("--access-token-stdin", is_flag=True, help="Read the Meta token from stdin.")
+@check_options
 @json_flag
 def channel_add(
     workspace_id: str, waba_id: str, access_token_env: str | None, access_token_stdin: bool,
-    as_json: bool,
+    check: bool, subscribe: bool, as_json: bool,
 ) -> None:  # fmt: skip
     """Add a WABA to a workspace; its token is encrypted at rest. Prints the channel id."""
     token = read_access_token(access_token_env, access_token_stdin)
     settings = load_settings()
-    try:
-        ciphertext = load_cipher(settings).encrypt(token)
-    except ConfigError as error:
-        raise click.ClickException(str(error)) from None
-    created = with_store(
-        settings, lambda store: store.add_channel(workspace_id, waba_id, ciphertext, now_ms())
-    )
+    ciphertext = encrypt(settings, token)
+
+    async def add(store: Store) -> tuple[Channel, list[Check]]:
+        created = await store.add_channel(workspace_id, waba_id, ciphertext, now_ms())
+        if not check:
+            return created, []
+        return created, await check_channel(settings, store, waba_id, token, do_subscribe=subscribe)
+
+    created, checks = with_store(settings, add)
     emit(created.id, as_json, id=created.id, workspace_id=workspace_id, waba_id=waba_id)
+    report_channel_checks(checks)
+
+
+@channel.command("set-token")
+@click.option("--waba-id", required=True, callback=digits, help="WhatsApp Business Account id.")
+@click.option("--access-token-env", metavar="VAR", help="Read the Meta token from this variable.")
+@click.option("--access-token-stdin", is_flag=True, help="Read the Meta token from stdin.")
+@check_options
+def channel_set_token(
+    waba_id: str, access_token_env: str | None, access_token_stdin: bool, check: bool,
+    subscribe: bool,
+) -> None:  # fmt: skip
+    """Replace the Meta access token of a WABA's channel (e.g. after error 190)."""
+    token = read_access_token(access_token_env, access_token_stdin)
+    settings = load_settings()
+    ciphertext = encrypt(settings, token)
+
+    async def replace_token(store: Store) -> list[Check]:
+        found = await store.channel_for_waba(waba_id)
+        if found is None:
+            raise NotFound(f"no channel for WABA {waba_id}; add one with 'channel add'")
+        await store.set_channel_token(found.id, ciphertext)
+        if not check:
+            return []
+        return await check_channel(settings, store, waba_id, token, do_subscribe=subscribe)
+
+    checks = with_store(settings, replace_token)
+    click.echo(f"token of WABA {waba_id} replaced", err=True)
+    report_channel_checks(checks)
+
+
+@main.command()
+def doctor() -> None:
+    """Check configuration, store and every channel with Meta; exit 1 on any failure."""
+    checks = asyncio.run(run_doctor(load_settings()))
+    click.echo(render(checks))
+    if failed(checks):
+        sys.exit(1)
 
 
 @main.group()
@@ -461,7 +530,7 @@ def keys_rotate() -> None:
     for item in unreadable:
         click.echo(
             f"channel {item.id} (WABA {item.waba_id}): encrypted under a key that is not "
-            "configured; add that key back or run 'channel add' again for this WABA",
+            "configured; add that key back or run 'channel set-token' for this WABA",
             err=True,
         )
     if unreadable:

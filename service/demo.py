@@ -187,8 +187,11 @@ def _service_env(workdir: Path, secret: str, graph_url: str, meta_token: str) ->
 
 
 def _prepare(workdir: Path) -> Path:
-    """The working directory, created and absolute (the service runs inside it)."""
+    """The working directory, created and absolute (the service runs inside it); each run
+    starts from an empty database."""
     workdir.mkdir(parents=True, exist_ok=True)
+    for leftover in workdir.glob("demo.db*"):
+        leftover.unlink()
     return workdir.resolve()
 
 
@@ -257,8 +260,9 @@ async def _create_tenant(
     demo.say(f"created workspace {demo.workspace}")
     ws = ("--workspace", demo.workspace)
     await _cli(workdir, env, "channel", "add", *ws, "--waba-id", DEMO_WABA_ID,
-               "--access-token-env", TOKEN_ENV)  # fmt: skip
-    demo.say(f"added WABA {DEMO_WABA_ID}; its Meta token is encrypted at rest")
+               "--access-token-env", TOKEN_ENV, "--subscribe")  # fmt: skip
+    demo.say(f"added WABA {DEMO_WABA_ID}: token checked with Meta, app subscribed to its "
+             "webhooks, token encrypted at rest")  # fmt: skip
     demo.bearer = await _cli(workdir, env, "token", "create", *ws, "--name", "demo")
     demo.say("created an API bearer token (shown once; kept in memory by the demo)")
     local_ids = []

@@ -68,7 +68,7 @@ class Cli:
         return self.created("workspace create", name)
 
     def channel(self, workspace_id: str, waba_id: str = WABA) -> str:
-        command = f"channel add --workspace {workspace_id} --waba-id {waba_id}"
+        command = f"channel add --workspace {workspace_id} --waba-id {waba_id} --no-check"
         return self.created(command, "--access-token-env", "META_TOKEN", META_TOKEN=META_TOKEN)
 
     def template(self, workspace_id: str, provider_id: str, *extra: str) -> int:
@@ -167,7 +167,9 @@ def test_channel_add_from_env_stores_the_token_encrypted(cli: Cli, workspace_id:
 
 
 def test_channel_add_from_stdin(cli: Cli, workspace_id: str) -> None:
-    command = f"channel add --workspace {workspace_id} --waba-id {WABA} --access-token-stdin"
+    command = (
+        f"channel add --workspace {workspace_id} --waba-id {WABA} --access-token-stdin --no-check"
+    )
     channel_id = cli.created(command, input=f"  {META_TOKEN}  \n")
     channels = with_store(cli.database_url, lambda store: store.list_channels(workspace_id))
     assert channels[0].id == channel_id
@@ -176,7 +178,9 @@ def test_channel_add_from_stdin(cli: Cli, workspace_id: str) -> None:
 
 
 def test_channel_add_json(cli: Cli, workspace_id: str) -> None:
-    command = f"channel add --workspace {workspace_id} --waba-id {WABA} --access-token-stdin"
+    command = (
+        f"channel add --workspace {workspace_id} --waba-id {WABA} --access-token-stdin --no-check"
+    )
     document = json.loads(cli.created(command, "--json", input=META_TOKEN))
     assert document["workspace_id"] == workspace_id and document["waba_id"] == WABA
     assert document["id"] == str(uuid.UUID(document["id"]))
@@ -382,7 +386,9 @@ def test_bad_configuration_is_a_clear_error(cli: Cli) -> None:
 
 
 def test_bad_encryption_key_is_a_clear_error(cli: Cli, workspace_id: str) -> None:
-    command = f"channel add --workspace {workspace_id} --waba-id {WABA} --access-token-env T"
+    command = (
+        f"channel add --workspace {workspace_id} --waba-id {WABA} --access-token-env T --no-check"
+    )
     result = cli(command, T=META_TOKEN, TEMPLATE_SYNC_ENCRYPTION_KEYS="not-a-fernet-key")
     failed(result, 1, "TEMPLATE_SYNC_ENCRYPTION_KEYS must be Fernet keys")
     assert "not-a-fernet-key" not in result.stderr

@@ -56,6 +56,10 @@ class PostgresBackend:
     blob = "BYTEA"
     for_update = " FOR UPDATE"
     migration_lock: str | None = "SELECT pg_advisory_xact_lock(7240411)"
+    table_exists = (
+        "SELECT 1 AS ok FROM information_schema.tables "
+        "WHERE table_schema = current_schema() AND table_name = ?"
+    )
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool

@@ -59,6 +59,7 @@ class Backend(Protocol):
     blob: str
     for_update: str
     migration_lock: str | None
+    table_exists: str  # one `?`: the table name
 
     def transaction(self) -> AbstractAsyncContextManager[Any]: ...
     async def run(self, steps: Steps[T]) -> T: ...
@@ -104,6 +105,14 @@ class SqlStore(SyncQueries, PollQueries):
                     "INSERT INTO schema_migrations (version, applied_at) VALUES (?, 0)", version
                 )
             return applied
+
+    async def schema_version(self) -> int:
+        """The newest migration applied here; 0 for an empty database."""
+        async with self._tx() as tx:
+            if not await tx.fetchrow(self._db.table_exists, "schema_migrations"):
+                return 0
+            row = await tx.fetchrow("SELECT MAX(version) AS version FROM schema_migrations")
+        return int(row["version"] or 0) if row else 0
 
     async def ping(self, now_ms: int) -> None:
         """Commit a tiny write: a store that can be read but not written is not ready."""
@@ -168,6 +177,13 @@ class SqlStore(SyncQueries, PollQueries):
                 workspace_id,
             )
         return [Channel(**row) for row in rows]
+
+    async def channel_for_waba(self, waba_id: str) -> Channel | None:
+        async with self._tx() as tx:
+            row = await tx.fetchrow(
+                f"SELECT {CHANNEL_COLUMNS} FROM channels WHERE waba_id = ?", waba_id
+            )
+        return Channel(**row) if row else None
 
     async def all_channels(self) -> list[Channel]:
         async with self._tx() as tx:

@@ -87,6 +87,7 @@ class SqliteBackend:
     blob = "BLOB"
     for_update = ""
     migration_lock: str | None = None  # BEGIN IMMEDIATE already excludes other writers
+    table_exists = "SELECT 1 AS ok FROM sqlite_master WHERE type = 'table' AND name = ?"
     unavailable = staticmethod(unavailable)
 
     def __init__(self, conn: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
