@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run test lint format soak bench-sync demo clean
+.PHONY: install install-dev run test lint format soak bench-sync bench-poller demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ demo: install  ## the whole loop offline: simulator, service, webhook, lost webh
 
 bench-sync: install  ## Graph calls per sync for both strategies (simulator, offline)
 	$(BIN)/python bench/sync_calls.py
+
+bench-poller: install  ## one simulated day: Graph calls and delays, poller vs. two peers (~8 min)
+	$(BIN)/python bench/poller_cost.py $(BENCH_ARGS)
 
 format: install-dev
 	$(BIN)/ruff format service tests bench
