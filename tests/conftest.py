@@ -10,6 +10,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ import uvicorn
 from service.app import create_app
 from service.config import Secret, Settings
 from service.crypto import TokenCipher, generate_key, new_bearer_token
+from service.simulator import Simulator
+from service.simulator import base_url as simulator_url
+from service.simulator import serve as serve_simulator
 from service.storage import NewTemplate, Store, open_store
 
 POSTGRES_URL = os.environ.get("TEMPLATE_SYNC_TEST_POSTGRES_URL")
@@ -171,6 +175,16 @@ async def start_server(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task
             raise RuntimeError("server stopped during start-up")
         await asyncio.sleep(0.01)
     return server, task, f"http://127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def simulated(simulator: Simulator) -> AsyncIterator[tuple[Simulator, str]]:
+    """The Meta simulator on a loopback port: (simulator, Graph base URL with version)."""
+    runner = await serve_simulator(simulator)
+    try:
+        yield simulator, simulator_url(runner)
+    finally:
+        await runner.cleanup()
 
 
 @pytest.fixture

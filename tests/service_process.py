@@ -30,18 +30,20 @@ def free_port() -> int:
 
 
 def service_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `serve` subprocess for `settings`; `extra` overrides."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPLATE_SYNC_")}
     env.update(
         TEMPLATE_SYNC_DATABASE_URL=settings.database_url,
         TEMPLATE_SYNC_META_APP_SECRET=APP_SECRET,
         TEMPLATE_SYNC_META_VERIFY_TOKEN=VERIFY_TOKEN,
         TEMPLATE_SYNC_ENCRYPTION_KEYS=settings.encryption_keys[0].value,
+        TEMPLATE_SYNC_GRAPH_URL=settings.graph_url,
         TEMPLATE_SYNC_POLL_ENABLED="false",
         TEMPLATE_SYNC_LOG_FORMAT="json",
         TEMPLATE_SYNC_LOG_LEVEL="WARNING",
         PYTHONPATH=str(REPO),  # for `-m tests.fault_server` from another working directory
-        **extra,
     )
+    env.update(extra)
     return env
 
 

@@ -22,12 +22,12 @@ from service.doctor import (
     run_doctor,
     subscribe,
 )
-from service.simulator import Simulator, base_url, serve
+from service.simulator import Simulator
 from service.storage import Store, Throttle, open_store
 from service.storage.schema import MIGRATIONS
 from service.times import now_ms
 
-from .conftest import APP_SECRET, META_TOKEN, WABA_ID, Tenant
+from .conftest import APP_SECRET, META_TOKEN, WABA_ID, Tenant, simulated
 from .service_process import service_env
 
 HEALTHY = [
@@ -46,11 +46,8 @@ HEALTHY = [
 async def sim() -> AsyncIterator[tuple[Simulator, str]]:
     simulator = Simulator(app_secret=APP_SECRET, app_name="Acme template-sync")
     simulator.add_waba(WABA_ID, META_TOKEN, name="Acme WABA")
-    runner = await serve(simulator)
-    try:
-        yield simulator, base_url(runner)
-    finally:
-        await runner.cleanup()
+    async with simulated(simulator) as running:
+        yield running
 
 
 @pytest.fixture

@@ -43,12 +43,11 @@ from service.config import Secret, Settings
 from service.crypto import generate_key
 from service.storage import open_store
 
-from .conftest import WABA_ID, add_template, make_tenant
+from .conftest import APP_SECRET, VERIFY_TOKEN, WABA_ID, add_template, make_tenant
+from .service_process import service_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "deploy" / "nginx.conf"
-APP_SECRET = "nginx-test-app-secret"
-VERIFY_TOKEN = "nginx-test-verify-token"
 CLIENT_IP = "127.0.0.2"  # the "internet" client; nginx and the service are on 127.0.0.1
 MAX_BODY_BYTES = 4 * 1024 * 1024  # TEMPLATE_SYNC_MAX_BODY_BYTES' default
 META_CN = "client.webhooks.fbclientcerts.com"
@@ -300,7 +299,11 @@ class Service:
 
 
 async def seed(database_url: str) -> tuple[str, str, Settings]:
-    settings = Settings(database_url=database_url, encryption_keys=(Secret(generate_key()),))
+    settings = Settings(
+        database_url=database_url,
+        encryption_keys=(Secret(generate_key()),),
+        graph_url="http://127.0.0.1:9/v25.0",  # nothing here calls Meta
+    )
     store = await open_store(database_url)
     try:
         await store.migrate()
@@ -317,16 +320,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     workdir = tmp_path_factory.mktemp("service")
     workspace_id, api_token, settings = asyncio.run(seed(f"sqlite:///{workdir}/template-sync.db"))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPLATE_SYNC_")}
-    env.update(
-        TEMPLATE_SYNC_DATABASE_URL=settings.database_url,
-        TEMPLATE_SYNC_META_APP_SECRET=APP_SECRET,
-        TEMPLATE_SYNC_META_VERIFY_TOKEN=VERIFY_TOKEN,
-        TEMPLATE_SYNC_ENCRYPTION_KEYS=settings.encryption_keys[0].value,
-        TEMPLATE_SYNC_FORWARDED_ALLOW_IPS="127.0.0.1",
-        TEMPLATE_SYNC_GRAPH_URL="http://127.0.0.1:9/v25.0",
-        TEMPLATE_SYNC_POLL_ENABLED="false",
-        TEMPLATE_SYNC_LOG_FORMAT="json",
+    env = service_env(
+        settings, TEMPLATE_SYNC_FORWARDED_ALLOW_IPS="127.0.0.1", TEMPLATE_SYNC_LOG_LEVEL="INFO"
     )
     log = workdir / "service.log"
     with log.open("wb") as stderr:

@@ -22,13 +22,13 @@ from service.crypto import TokenCipher
 from service.events import QUALITY_FIELD, STATUS_FIELD, Change
 from service.metrics import Metrics
 from service.poller import MAX_BACKOFF_S, Poller, PollReport
-from service.simulator import Simulator, base_url, make_templates, serve
+from service.simulator import Simulator, make_templates
 from service.storage import Store, TemplateFilter, open_store
 from service.storage.polls import DUE_SQL, due_args
 from service.storage.postgres import _numbered
 from service.sync import Syncer
 
-from .conftest import APP_SECRET, META_TOKEN, NOW_MS, Tenant, add_template, make_tenant
+from .conftest import APP_SECRET, META_TOKEN, NOW_MS, Tenant, add_template, make_tenant, simulated
 
 GRACE_S = 300.0
 INTERVAL_S = 1800.0
@@ -62,12 +62,8 @@ class Replica:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[tuple[Simulator, str]]:
-    simulator = Simulator(app_secret=APP_SECRET)
-    runner = await serve(simulator)
-    try:
-        yield simulator, base_url(runner)
-    finally:
-        await runner.cleanup()
+    async with simulated(Simulator(app_secret=APP_SECRET)) as running:
+        yield running
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ import asyncpg
 import pytest
 
 from service.config import Settings
-from service.simulator import Simulator, base_url, make_templates, serve
+from service.simulator import Simulator, make_templates
 from service.storage import Store
 
-from .conftest import APP_SECRET, META_TOKEN, add_template, make_tenant
+from .conftest import APP_SECRET, META_TOKEN, add_template, make_tenant, simulated
 
 WORKSPACES = 30
 DEADLINE_S = 2.0  # sync lease 2.7 s, poll claim 6.7 s: a dead replica's work moves on quickly
@@ -26,12 +26,8 @@ DEADLINE_S = 2.0  # sync lease 2.7 s, poll claim 6.7 s: a dead replica's work mo
 
 @pytest.fixture
 async def sim() -> AsyncIterator[tuple[Simulator, str]]:
-    simulator = Simulator(app_secret=APP_SECRET)
-    runner = await serve(simulator)
-    try:
-        yield simulator, base_url(runner)
-    finally:
-        await runner.cleanup()
+    async with simulated(Simulator(app_secret=APP_SECRET)) as running:
+        yield running
 
 
 async def succeeded_runs(database_url: str) -> dict[str, int]:

@@ -20,7 +20,7 @@ from service.config import Settings
 from service.crypto import TokenCipher
 from service.graph import GraphTemplate
 from service.metrics import Metrics
-from service.simulator import Simulator, base_url, make_templates, serve
+from service.simulator import Simulator, make_templates
 from service.storage import Store, open_store
 from service.sync import Syncer
 
@@ -32,6 +32,7 @@ from .conftest import (
     Tenant,
     add_template,
     make_tenant,
+    simulated,
     start_server,
 )
 
@@ -41,13 +42,10 @@ OTHER_WABA = "102290129340400"
 @pytest.fixture
 async def sim() -> AsyncIterator[tuple[Simulator, str]]:
     simulator = Simulator(app_secret=APP_SECRET)
-    simulator.add_waba(WABA_ID, META_TOKEN)
-    simulator.add_waba(OTHER_WABA, META_TOKEN)
-    runner = await serve(simulator)
-    try:
-        yield simulator, base_url(runner)
-    finally:
-        await runner.cleanup()
+    for waba_id in (WABA_ID, OTHER_WABA):
+        simulator.add_waba(waba_id, META_TOKEN)
+    async with simulated(simulator) as running:
+        yield running
 
 
 @pytest.fixture
