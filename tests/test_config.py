@@ -32,7 +32,7 @@ def test_defaults_without_any_variable() -> None:
     assert settings.poll_enabled is True
     assert (settings.poll_tick_s, settings.poll_grace_s, settings.poll_interval_s) == (
         30.0,
-        300.0,
+        1800.0,  # design.md says 300; see README "Polling fallback" for why 1800
         1800.0,
     )
     assert settings.max_body_bytes == 4194304
