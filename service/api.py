@@ -19,8 +19,10 @@ from .sync import NoPendingTemplates, report_json
 from .times import iso
 
 MAX_PER_PAGE = 100
-STATUS_WORD = re.compile(r"[A-Z_]{1,32}")
+STATUS_LIST = re.compile(r"[A-Za-z_ ,]*")  # comma-separated statuses, any case
 MAX_ID = 2**63 - 1
+MAX_TEXT_PARAM = 512
+MAX_PAGE = MAX_ID // MAX_PER_PAGE
 TIME_FIELDS = ("status_updated_at", "last_webhook_at", "last_synced_at", "created_at", "updated_at")
 
 
@@ -53,36 +55,49 @@ def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdecimal() or not 1 <= int(raw) <= maximum:
+    if not _digits(raw, maximum) or not 1 <= int(raw) <= maximum:
         message = f"The {name} field must be an integer between 1 and {maximum}."
         raise ApiError(422, message, errors={name: [message]})
     return int(raw)
 
 
+def _digits(raw: str, maximum: int) -> bool:
+    """ASCII digits, no longer than `maximum` (int() of a huge string is slow, then fails)."""
+    return raw.isascii() and raw.isdecimal() and len(raw) <= len(str(maximum))
+
+
+def _text_param(request: Request, name: str) -> str | None:
+    value = request.query_params.get(name)
+    if value is not None and (len(value) > MAX_TEXT_PARAM or "\x00" in value):
+        message = f"The {name} field must be at most {MAX_TEXT_PARAM} characters, without NUL."
+        raise ApiError(422, message, errors={name: [message]})
+    return value
+
+
 def _filter(request: Request) -> TemplateFilter:
-    params = request.query_params
-    statuses = tuple(s.strip().upper() for s in params.get("status", "").split(",") if s.strip())
-    if not all(STATUS_WORD.fullmatch(status) for status in statuses):
+    raw = _text_param(request, "status") or ""
+    if not STATUS_LIST.fullmatch(raw):
         message = "The status field must be a comma-separated list of statuses."
         raise ApiError(422, message, errors={"status": [message]})
+    statuses = tuple(part.strip().upper() for part in raw.split(",") if part.strip())
     return TemplateFilter(
         statuses=statuses,
-        name=params.get("name"),
-        language=params.get("language"),
-        provider_id=params.get("provider_id"),
+        name=_text_param(request, "name"),
+        language=_text_param(request, "language"),
+        provider_id=_text_param(request, "provider_id"),
     )
 
 
 def _template_id(request: Request) -> int:
     raw = request.path_params["id"]
-    if not raw.isdecimal() or not 0 < int(raw) <= MAX_ID:
+    if not _digits(raw, MAX_ID) or not 0 < int(raw) <= MAX_ID:
         raise ApiError(404, "Template not found")
     return int(raw)
 
 
 async def list_templates(request: Request) -> JSONResponse:
     workspace_id = await authorise(request)
-    page = _int_param(request, "page", 1, MAX_ID // MAX_PER_PAGE)
+    page = _int_param(request, "page", 1, MAX_PAGE)
     per_page = _int_param(request, "per_page", 10, MAX_PER_PAGE)
     where = _filter(request)
     templates, total = await services(request).store.list_templates(

@@ -29,6 +29,7 @@ from .storage import Store, StoreUnavailable, open_store
 from .sync import Syncer
 from .times import now_ms
 
+Endpoint = Callable[[Request], Awaitable[Response]]
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("service.access")
 
@@ -54,22 +55,36 @@ async def openapi(request: Request) -> JSONResponse:
     return JSONResponse(openapi_document())
 
 
+def by_method(name: str, **handlers: Endpoint) -> Endpoint:
+    """One endpoint for several methods of a path, so a 405 lists every allowed method."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    endpoint.__name__ = name  # the `route` label of the latency metric
+    return endpoint
+
+
+TEMPLATES = "/api/v3/workspaces/{workspace}/templates"
 ROUTES = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
-    Route("/webhooks/meta", webhooks.handshake, methods=["GET"]),
-    Route("/webhooks/meta", webhooks.receive, methods=["POST"]),
-    Route("/api/v3/workspaces/{workspace}/templates", api.list_templates, methods=["GET"]),
-    Route("/api/v3/workspaces/{workspace}/templates/sync", api.sync_templates, methods=["POST"]),
-    Route("/api/v3/workspaces/{workspace}/templates/sync", api.last_sync, methods=["GET"]),
-    Route("/api/v3/workspaces/{workspace}/templates/{id}", api.get_template, methods=["GET"]),
     Route(
-        "/api/v3/workspaces/{workspace}/templates/{id}/history",
-        api.template_history,
-        methods=["GET"],
+        "/webhooks/meta",
+        by_method("webhooks_meta", GET=webhooks.handshake, POST=webhooks.receive),
+        methods=["GET", "POST"],
     ),
+    Route(TEMPLATES, api.list_templates, methods=["GET"]),
+    Route(
+        TEMPLATES + "/sync",
+        by_method("templates_sync", GET=api.last_sync, POST=api.sync_templates),
+        methods=["GET", "POST"],
+    ),
+    Route(TEMPLATES + "/{id}", api.get_template, methods=["GET"]),
+    Route(TEMPLATES + "/{id}/history", api.template_history, methods=["GET"]),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 
 STATUS_FIELD = "message_template_status_update"
@@ -46,9 +47,9 @@ class Change:
 
     @property
     def dedupe_key(self) -> str:
-        return "|".join(
-            (self.waba_id, self.template_id, self.field, self.event, str(self.entry_time))
-        )
+        """SHA-256 of (WABA, template, field, event, entry.time): a fixed size for any index."""
+        parts = (self.waba_id, self.template_id, self.field, self.event, str(self.entry_time))
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

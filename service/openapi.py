@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from . import __version__
+from .api import MAX_PAGE, MAX_TEXT_PARAM
 
 STRING = {"type": "string"}
+TEXT_PARAM = {"type": "string", "maxLength": MAX_TEXT_PARAM, "pattern": "^[^\\x00]*$"}
+STATUS_LIST = {"type": "string", "maxLength": MAX_TEXT_PARAM, "pattern": "^[A-Za-z_ ,]*$"}
 NULLABLE_STRING = {"type": ["string", "null"]}
 TIME = {"type": "string", "format": "date-time"}
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -111,22 +114,26 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 LIST_PARAMS = [
     WORKSPACE,
-    _query("page", {"type": "integer", "minimum": 1, "default": 1}, "Page number"),
+    _query("page", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1}, "Page"),
     _query(
         "per_page", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "Page size"
     ),
-    _query("status", STRING, "Comma-separated statuses, e.g. PENDING,IN_APPEAL"),
-    _query("name", STRING, "Exact template name"),
-    _query("language", STRING, "Exact language code"),
-    _query("provider_id", STRING, "Meta's template id"),
+    _query("status", STATUS_LIST, "Comma-separated statuses, e.g. PENDING,IN_APPEAL"),
+    _query("name", TEXT_PARAM, "Exact template name"),
+    _query("language", TEXT_PARAM, "Exact language code"),
+    _query("provider_id", TEXT_PARAM, "Meta's template id"),
 ]
 BASE = "/api/v3/workspaces/{workspace}/templates"
 
 
 def _webhook_paths() -> dict[str, Any]:
     hub = [
-        {"name": f"hub.{name}", "in": "query", "required": True, "schema": STRING}
-        for name in ("mode", "verify_token", "challenge")
+        {"name": f"hub.{name}", "in": "query", "required": True, "schema": schema}
+        for name, schema in (
+            ("mode", {"type": "string", "enum": ["subscribe"]}),
+            ("verify_token", STRING),
+            ("challenge", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}),
+        )
     ]
     signature = {"name": "X-Hub-Signature-256", "in": "header", "required": True, "schema": STRING}
     return {

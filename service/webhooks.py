@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from .config import PREFIX
@@ -34,6 +34,7 @@ CHALLENGE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 RETRY_AFTER_S = "5"
 MAX_TEXT = 1024
+MAX_INT_DIGITS = 4300  # Python's int-from-text limit (sys.get_int_max_str_digits)
 
 
 class SignatureError(Exception):
@@ -70,7 +71,7 @@ def parse_delivery(body: bytes) -> tuple[list[Change], list[str]]:
     Raises PayloadError when the body as a whole is unusable.
     """
     try:
-        document = json.loads(body, parse_constant=_reject_constant)
+        document = json.loads(body, parse_constant=_reject_constant, parse_int=_parse_int)
     except (ValueError, RecursionError) as error:
         raise PayloadError(f"body is not valid JSON: {type(error).__name__}") from None
     if not isinstance(document, dict) or not isinstance(document.get("entry"), list):
@@ -87,6 +88,12 @@ def parse_delivery(body: bytes) -> tuple[list[Change], list[str]]:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _parse_int(digits: str) -> int | str:
+    """An integer, or its digits as text when Python refuses to convert that many: the
+    field it sits in is then reported on its own and the rest of the delivery applies."""
+    return int(digits) if len(digits) <= MAX_INT_DIGITS else digits
 
 
 def _entry_changes(entry: Any, index: int, errors: list[str]) -> list[Change]:
@@ -219,9 +226,13 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         if int(declared) > max_bytes:
             raise ApiError(413, f"Body larger than {max_bytes} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise ApiError(413, f"Body larger than {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise ApiError(413, f"Body larger than {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        logger.info("client went away before sending the whole body; nothing stored")
+        raise ApiError(400, "Incomplete body") from None
     return b"".join(chunks)

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -49,29 +50,32 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 @dataclass
 class ServiceProcess:
-    """One `serve` process at a time on a fixed port; restartable after a kill."""
+    """One `serve` process at a time on a fixed port; restartable after a kill.
+
+    A plain Popen polled from the event loop: asyncio's child watcher sometimes loses the
+    exit status of a process that dies at once and reports 255.
+    """
 
     env: dict[str, str]
     cwd: Path
     command: Sequence[str] = ("-m", "service", "serve")
     port: int = field(default_factory=free_port)
-    process: asyncio.subprocess.Process | None = None
+    process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        log = (self.cwd / "service.log").open("ab")
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, *self.command, "--port", str(self.port), env=self.env, cwd=self.cwd,
-            stdout=log, stderr=log,
-        )  # fmt: skip
-        log.close()
+        with (self.cwd / "service.log").open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: ASYNC220 (starts at once)
+                [sys.executable, *self.command, "--port", str(self.port)],
+                env=self.env, cwd=self.cwd, stdout=log, stderr=log,
+            )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT_S
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
-                if self.process.returncode is not None:
+                if self.process.poll() is not None:
                     raise RuntimeError(f"service exited with {self.process.returncode}")
                 try:
                     async with session.get(self.url + "/healthz") as response:
@@ -84,9 +88,14 @@ class ServiceProcess:
 
     async def stop(self, signum: int = signal.SIGTERM, timeout_s: float = 30) -> int:
         assert self.process is not None
-        if self.process.returncode is None:
+        if self.process.poll() is None:
             self.process.send_signal(signum)
-        return await asyncio.wait_for(self.process.wait(), timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while self.process.poll() is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"service {self.process.pid} did not stop")
+            await asyncio.sleep(0.02)
+        return self.process.returncode
 
 
 @dataclass

@@ -80,8 +80,16 @@ def test_status_change_goes_through_the_status_table() -> None:
     assert apply_change(APPROVED, change(STATUS_FIELD, "PAUSED")).state.status == "PAUSED"
 
 
-def test_dedupe_key_names_waba_template_field_event_and_time() -> None:
-    assert change(STATUS_FIELD, "APPROVED").dedupe_key == f"1|2|{STATUS_FIELD}|APPROVED|1"
+def test_dedupe_key_covers_waba_template_field_event_and_time() -> None:
+    key = change(STATUS_FIELD, "APPROVED").dedupe_key
+    assert len(key) == 64 and key == change(STATUS_FIELD, "APPROVED").dedupe_key
+    others = [Change("9", STATUS_FIELD, "APPROVED", "2", "n", "en", None, None, 1),
+              Change("1", STATUS_FIELD, "APPROVED", "9", "n", "en", None, None, 1),
+              change(QUALITY_FIELD, "APPROVED"), change(STATUS_FIELD, "REJECTED"),
+              Change("1", STATUS_FIELD, "APPROVED", "2", "n", "en", None, None, 2)]  # fmt: skip
+    assert key not in {other.dedupe_key for other in others}
+    renamed = Change("1", STATUS_FIELD, "APPROVED", "2", "other", "pt", None, "X", 1)
+    assert renamed.dedupe_key == key  # name, language and reason are not part of the identity
 
 
 @pytest.mark.parametrize(
