@@ -48,6 +48,16 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+async def run_cli(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str]:
+    """`python -m service ARGS` as a user runs it: (exit code, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service", *args, env=env, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    return process.returncode or 0, out.decode(), err.decode()
+
+
 @dataclass
 class ServiceProcess:
     """One `serve` process at a time on a fixed port; restartable after a kill.

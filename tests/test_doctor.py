@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +26,7 @@ from service.storage.schema import MIGRATIONS
 from service.times import now_ms
 
 from .conftest import APP_SECRET, META_TOKEN, WABA_ID, Tenant, simulated
-from .service_process import service_env
+from .service_process import run_cli, service_env
 
 HEALTHY = [
     "config: app secret",
@@ -267,12 +265,7 @@ async def test_cli_channel_add_subscribe_set_token_and_doctor(
            "META_TOKEN": META_TOKEN, "NEW_TOKEN": "EAAG-rotated"}  # fmt: skip
 
     async def cli(*args: str) -> tuple[int, str, str]:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service", *args, env=env, cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await process.communicate()
-        return process.returncode or 0, out.decode(), err.decode()
+        return await run_cli(env, tmp_path, *args)
 
     add = ("channel", "add", "--workspace", workspace.id, "--waba-id", WABA_ID,
            "--access-token-env", "META_TOKEN")  # fmt: skip

@@ -12,10 +12,8 @@ assertions compare the store before and after each request.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,19 +23,6 @@ from service.storage import Store
 from .conftest import APP_SECRET, WABA_ID, Server, Tenant, add_template, sign
 
 MAX_EXAMPLES = 400
-
-
-@pytest.fixture
-async def server(server: Server) -> AsyncIterator[Server]:
-    """conftest's server, reached over a new connection per request.
-
-    conftest.start_server binds `socket.socket()`, whose proto is 0, so asyncio does not set
-    TCP_NODELAY on accepted connections and every request on a kept-alive connection waits
-    ~40 ms for a delayed ACK; a new connection per request takes ~1 ms.
-    """
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        yield Server(server.base_url, session)
 
 
 # --- JSON-ish values, including what strict JSON forbids ------------------------------

@@ -46,19 +46,6 @@ ENTRY_TIME = 1751247548
 HUGE_INT = "9" * 5000  # past Python's 4,300-digit int parsing limit
 
 
-@pytest.fixture
-async def server(server: Server) -> AsyncIterator[Server]:
-    """conftest's server, reached over a new connection per request.
-
-    conftest.start_server binds `socket.socket()`, whose proto is 0, so asyncio does not set
-    TCP_NODELAY on accepted connections and every request on a kept-alive connection waits
-    ~40 ms for a delayed ACK; a new connection per request takes ~1 ms.
-    """
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        yield Server(server.base_url, session)
-
-
 def status_change(template_id: Any, event: Any = "APPROVED", **value: Any) -> dict[str, Any]:
     return {
         "field": "message_template_status_update",

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import shutil
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +34,7 @@ from .conftest import (
     simulated,
     start_server,
 )
+from .service_process import run_cli
 
 OTHER_WABA = "102290129340400"
 
@@ -336,12 +336,7 @@ async def test_cli_import_then_sync(
            "TEMPLATE_SYNC_ENCRYPTION_KEYS": settings.encryption_keys[0].value}  # fmt: skip
 
     async def cli(*args: str) -> tuple[int, str, str]:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service", *args, env=env, cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await process.communicate()
-        return process.returncode or 0, out.decode(), err.decode()
+        return await run_cli(env, tmp_path, *args)
 
     code, out, _ = await cli("import", "--workspace", tenant.workspace_id)
     assert code == 0 and json.loads(out) == {"created": 120, "updated": 0, "unchanged": 0}
