@@ -181,3 +181,32 @@ async def test_bearer_scheme_is_case_insensitive(server: Server, tenant: Tenant)
         "GET", path, headers={"Authorization": f"bearer {tenant.token}"}
     )
     assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "workspace"),
+    list(itertools.product(["GET", "POST"], ["own", "other", "nonexistent"])),
+)
+async def test_isolation_matrix_of_the_sync_endpoints(
+    server: Server, two_tenants: dict[str, Any], method: str, workspace: str
+) -> None:
+    """The sync endpoint and its last-run view: same tenancy rules, nothing of others shown."""
+    own: Tenant = two_tenants["own"]
+    workspace_id = {"own": own.workspace_id, "other": two_tenants["other"].workspace_id,
+                    "nonexistent": "00000000-0000-4000-8000-000000000000"}[workspace]  # fmt: skip
+    path = f"/api/v3/workspaces/{workspace_id}/templates/sync"
+    for token in [two_tenants["revoked"].token, None, own.token + "x", "tsk_nothere.abc"]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        status, body, response_headers = await server.request(method, path, headers=headers)
+        assert (status, body) == (401, {"success": False, "message": "Unauthenticated"})
+        assert response_headers["WWW-Authenticate"] == "Bearer"
+    headers = {"Authorization": f"Bearer {own.token}"}
+    status, body, _ = await server.request(method, path, headers=headers)
+    if workspace != "own":
+        assert (status, body) == (404, {"success": False, "message": "Workspace not found"})
+    elif method == "POST":  # a pending template, and no Meta to reach in this test
+        assert (status, body["message"]) == (500, "Failed to sync the templates")
+        assert body["error"]["kind"] == "network"
+    else:
+        assert (status, body) == (200, {"success": True, "data": None})  # no sync ran yet
+    assert two_tenants["other"].workspace_id not in str(body)

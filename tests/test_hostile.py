@@ -256,7 +256,7 @@ async def test_body_cap_is_exact_for_declared_and_chunked_bodies(capped: str, st
         for start in range(0, len(body), 100):
             yield body[start : start + 100]
 
-    connector = aiohttp.TCPConnector(force_close=True)  # see the server fixture
+    connector = aiohttp.TCPConnector(force_close=True)  # a refused body spoils its connection
     async with aiohttp.ClientSession(connector=connector) as session:
         url = capped + "/webhooks/meta"
         for data, body, expected in [
