@@ -1,0 +1,125 @@
+"""Commands that run the service: serve, migrate, doctor, sync, import, poll."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import signal
+import sys
+
+import click
+
+from .cli_common import load_settings, with_store, with_syncer
+from .doctor import failed, render, run_doctor
+from .metrics import Metrics
+from .storage import RemoteCounts
+from .sync import NoPendingTemplates, Syncer, WabaFailure, report_json
+
+
+@click.command()
+@click.option("--host", help="Listen address (default TEMPLATE_SYNC_HOST or 127.0.0.1).")
+@click.option("--port", type=int, help="Listen port (default TEMPLATE_SYNC_PORT or 8000).")
+def serve(host: str | None, port: int | None) -> None:
+    """Serve the webhook receiver and the API; migrations are applied on start."""
+    import uvicorn
+
+    from .app import create_app
+
+    settings = load_settings()
+    settings = dataclasses.replace(
+        settings, host=host or settings.host, port=settings.port if port is None else port
+    )
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # start-up failed; uvicorn logged why
+
+
+@click.command()
+def migrate() -> None:
+    """Create or upgrade the schema."""
+    applied = with_store(load_settings(), lambda store: store.migrate(), migrate=False)
+    click.echo(f"schema up to date ({len(applied)} migrations applied now)", err=True)
+
+
+@click.command()
+def doctor() -> None:
+    """Check configuration, store and every channel with Meta; exit 1 on any failure."""
+    checks = asyncio.run(run_doctor(load_settings()))
+    click.echo(render(checks))
+    if failed(checks):
+        sys.exit(1)
+
+
+def echo_failures(failures: list[WabaFailure]) -> None:
+    for failure in failures:
+        click.echo(
+            f"WABA {failure.waba_id}: {failure.kind} (Graph code {failure.code}): {failure.detail}",
+            err=True,
+        )
+
+
+@click.command()
+@click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
+def sync(workspace_id: str) -> None:
+    """Sync pending templates with Meta, like the API endpoint; prints the result."""
+    try:
+        report = with_syncer(load_settings(), lambda syncer: syncer.sync(workspace_id, "cli"))
+    except NoPendingTemplates:
+        raise click.ClickException("No pending templates found") from None
+    click.echo(json.dumps({**report_json(report), "graph_calls": report.graph_calls}))
+    echo_failures(report.failures)
+    if report.failures:
+        raise click.ClickException("Failed to sync the templates")
+
+
+@click.command("import")
+@click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
+def import_(workspace_id: str) -> None:
+    """Add or update every template Meta has for the workspace's WABAs (onboarding)."""
+
+    async def run(syncer: Syncer) -> tuple[RemoteCounts, list[WabaFailure]]:
+        return await syncer.import_workspace(workspace_id)
+
+    counts, failures = with_syncer(load_settings(), run)
+    click.echo(json.dumps(dataclasses.asdict(counts)))
+    echo_failures(failures)
+    if failures:
+        raise click.ClickException("some WABAs could not be imported")
+
+
+@click.command()
+@click.option("--once", is_flag=True, help="One pass, then exit (for cron or a check).")
+def poll(once: bool) -> None:
+    """The polling fallback on its own: sync workspaces whose webhooks did not come."""
+    from .app import make_poller  # the app module imports Starlette: only when needed
+
+    settings = load_settings()
+
+    async def run(syncer: Syncer) -> None:
+        poller = make_poller(settings, syncer.store, syncer, Metrics())
+        if once:
+            report = await poller.run_once()
+            click.echo(json.dumps(dataclasses.asdict(report)))
+            return
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        click.echo(f"polling every {settings.poll_tick_s:g} s; Ctrl-C stops", err=True)
+        await poller.run(stop)
+
+    with_syncer(settings, run)
