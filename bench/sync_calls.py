@@ -18,7 +18,7 @@ from service.simulator import Simulator, base_url, make_templates, serve
 from service.sync import read_one_by_one
 
 WABA_ID = "102290129340398"
-TOKEN = "bench-token"  # noqa: S105 (the simulator's token)
+TOKEN = "bench-token"
 
 
 async def measure(templates: int, pending: int, page_limit: int) -> tuple[int, int]:
