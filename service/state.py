@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from starlette.requests import Request
 
@@ -19,7 +20,7 @@ class Services:
     metrics: Metrics
     syncer: Syncer
 
-    @property
+    @cached_property  # read on every webhook: encoded once
     def app_secrets(self) -> tuple[bytes, ...]:
         return tuple(secret.value.encode() for secret in self.settings.meta_app_secrets)
 

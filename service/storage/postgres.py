@@ -37,6 +37,8 @@ def _numbered(sql: str) -> str:
 
 
 class _Tx:
+    for_update = " FOR UPDATE"
+
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 

@@ -81,7 +81,7 @@ class SqlStore(SyncQueries, PollQueries):
         self._writer = DeliveryWriter(self._commit_deliveries)
 
     def _tx(self) -> AbstractAsyncContextManager[Tx]:
-        return _WithDialect(self._db)
+        return self._db.transaction()
 
     async def migrate(self) -> list[int]:
         """Apply the migrations this database lacks; returns their versions."""
@@ -326,22 +326,6 @@ class SqlStore(SyncQueries, PollQueries):
                 limit,
             )
         return [Delivery(**{**row, "body": bytes(row["body"])}) for row in rows]
-
-
-class _WithDialect:
-    """A backend transaction whose Tx also knows the dialect's FOR UPDATE suffix."""
-
-    def __init__(self, backend: Backend) -> None:
-        self._backend = backend
-        self._context = backend.transaction()
-
-    async def __aenter__(self) -> Tx:
-        tx = await self._context.__aenter__()
-        tx.for_update = self._backend.for_update
-        return tx  # type: ignore[no-any-return]
-
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
-        return await self._context.__aexit__(*exc_info)
 
 
 async def _require_workspace(tx: Tx, workspace_id: str) -> None:

@@ -59,6 +59,8 @@ class _SyncTx:
 class _Tx:
     """The same statements for the event loop: each one a hop to the database thread."""
 
+    for_update = ""  # BEGIN IMMEDIATE already holds the write lock
+
     def __init__(self, backend: SqliteBackend) -> None:
         self._backend = backend
         self._sync = _SyncTx(backend.conn)
