@@ -67,16 +67,16 @@ def by_method(name: str, **handlers: Endpoint) -> Endpoint:
 
 
 TEMPLATES = "/api/v3/workspaces/{workspace}/templates"
-ROUTES = [
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/readyz", readyz, methods=["GET"]),
-    Route("/metrics", metrics, methods=["GET"]),
-    Route("/openapi.json", openapi, methods=["GET"]),
+ROUTES = [  # the webhook first: routes are tried in order and it is the busiest
     Route(
         "/webhooks/meta",
         by_method("webhooks_meta", GET=webhooks.handshake, POST=webhooks.receive),
         methods=["GET", "POST"],
     ),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
     Route(TEMPLATES, api.list_templates, methods=["GET"]),
     Route(
         TEMPLATES + "/sync",
@@ -135,9 +135,7 @@ class AccessLog:
             elapsed = time.perf_counter() - started
             endpoint = scope.get("endpoint")
             route = getattr(endpoint, "__name__", "unmatched")
-            self.metrics.request_seconds.labels(scope["method"], route, str(status)).observe(
-                elapsed
-            )
+            self.metrics.request(scope["method"], route, status, elapsed)
             client = scope.get("client") or ("-", 0)
             access_logger.info(
                 '%s "%s %s" %d %.1fms', client[0], scope["method"], scope["path"], status,

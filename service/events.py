@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 STATUS_FIELD = "message_template_status_update"
 QUALITY_FIELD = "message_template_quality_update"
@@ -45,7 +46,7 @@ class Change:
     entry_time: int  # entry.time, unix seconds
     previous: str | None = None  # previous_category of a completed category change
 
-    @property
+    @cached_property
     def dedupe_key(self) -> str:
         """SHA-256 of (WABA, template, field, event, entry.time): a fixed size for any index."""
         parts = (self.waba_id, self.template_id, self.field, self.event, str(self.entry_time))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .storage import DeliveryResult
@@ -66,12 +68,24 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
 
+        # Children by label values, looked up once: `labels()` costs more than the increment.
+        self._delivered = {o: self.deliveries.labels(o) for o in ("processed", "quarantined")}
+        self._events = {name: self.events.labels(name) for name in EVENT_RESULTS}
+        self._latency: dict[tuple[str, str, int], Any] = {}
+
     def delivery(self, result: DeliveryResult) -> None:
-        self.deliveries.labels(result.outcome).inc()
-        for name in EVENT_RESULTS:
+        self._delivered[result.outcome].inc()
+        for name, counter in self._events.items():
             count = getattr(result, name)
             if count:
-                self.events.labels(name).inc(count)
+                counter.inc(count)
+
+    def request(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        child = self._latency.get(key)
+        if child is None:
+            child = self._latency[key] = self.request_seconds.labels(method, route, str(status))
+        child.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import pytest
 
@@ -124,3 +125,34 @@ async def test_a_failed_commit_refuses_every_caller_of_the_batch(failure: Except
     )
     await writer.close()
     assert all(isinstance(o, StoreUnavailable) for o in outcomes)  # 503: Meta retries
+
+
+async def test_an_older_event_later_in_the_same_batch_is_stale(
+    store: Store, tenant: Tenant
+) -> None:
+    newer, older = change("APPROVED", 200), change("REJECTED", 100)
+    results = await asyncio.gather(*(writer_submit(store, d) for d in (newer, older)))
+    assert [(r.applied, r.stale) for r in results] == [(1, 0), (0, 1)]
+    [template], _ = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 10)
+    history = await store.template_history(tenant.workspace_id, template.id)
+    assert template.status == "APPROVED" and history is not None
+    assert [(h.event, h.applied) for h in history] == [("APPROVED", True), ("REJECTED", False)]
+
+
+async def test_a_delivery_larger_than_one_statement_applies_whole(
+    store: Store, tenant: Tenant
+) -> None:
+    # 1,200 changes over 600 templates: more rows than one statement carries (ingest.py).
+    changes = [change("PENDING" if i < 600 else "APPROVED", 1 + i // 600, str(i % 600))
+               for i in range(1200)]  # fmt: skip
+    stranger = Change("999", STATUS_FIELD, "APPROVED", "1", "n", "en", None, None, 1)
+    result = await store.record_delivery(b"{}", NOW_MS, [*changes, stranger], None)
+    assert (result.created, result.applied, result.unknown_waba) == (600, 1200, 1)
+    templates, total = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 600)
+    assert total == 600 and {t.status for t in templates} == {"APPROVED"}
+    history = await store.template_history(tenant.workspace_id, templates[0].id)
+    assert history is not None and [h.new_status for h in history] == ["PENDING", "APPROVED"]
+
+
+def writer_submit(store: Store, event: Change) -> Awaitable[DeliveryResult]:
+    return store.record_delivery(b"{}", NOW_MS, [event], None)

@@ -30,7 +30,7 @@ _UNAVAILABLE = (
 )
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=4096)  # batch statements vary with the batch size
 def _numbered(sql: str) -> str:
     counter = iter(range(1, 10_000))
     return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
@@ -51,6 +51,9 @@ class _Tx:
 
     async def execute(self, sql: str, *args: Any) -> None:
         await self._conn.execute(_numbered(sql), *args)
+
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        await self._conn.executemany(_numbered(sql), rows)
 
 
 class PostgresBackend:

@@ -55,6 +55,9 @@ class _SyncTx:
     def execute(self, sql: str, *args: Any) -> None:
         self._conn.execute(sql, args)
 
+    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self._conn.executemany(sql, rows)
+
 
 class _Tx:
     """The same statements for the event loop: each one a hop to the database thread."""
@@ -77,7 +80,9 @@ class _Tx:
 
 def _open(path: str) -> sqlite3.Connection:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, cached_statements=1024
+    )  # batch statements vary with the batch size
     conn.row_factory = sqlite3.Row
     for pragma in PRAGMAS:
         conn.execute(pragma)

@@ -18,12 +18,16 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # "fetchrow" (answers a row dict or None) or "execute" (answers None)
+    kind: str  # "fetch" (answers row dicts), "fetchrow" (one or None), "execute", "executemany"
     sql: str
     args: tuple[Any, ...]
 
 
 Steps = Generator[Step, Any, T]
+
+
+def fetch(sql: str, *args: Any) -> Step:
+    return Step("fetch", sql, args)
 
 
 def fetchrow(sql: str, *args: Any) -> Step:
@@ -34,11 +38,17 @@ def execute(sql: str, *args: Any) -> Step:
     return Step("execute", sql, args)
 
 
+def executemany(sql: str, rows: list[tuple[Any, ...]]) -> Step:
+    return Step("executemany", sql, (rows,))
+
+
 class StepTx(Protocol):
     """Answers steps: asyncpg-backed methods return awaitables, sqlite3-backed ones values."""
 
+    def fetch(self, sql: str, *args: Any) -> Any: ...
     def fetchrow(self, sql: str, *args: Any) -> Any: ...
     def execute(self, sql: str, *args: Any) -> Any: ...
+    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> Any: ...
 
 
 async def drive(tx: StepTx, steps: Steps[T]) -> T:
