@@ -24,6 +24,7 @@ from .logs import silence_leaky_loggers
 from .metrics import Metrics
 from .openapi import openapi_document
 from .poller import Poller
+from .retention import pruning
 from .state import Services, services
 from .storage import Store, StoreUnavailable, open_store
 from .sync import Syncer
@@ -162,7 +163,10 @@ def create_app(
             async with aiohttp.ClientSession() as session:
                 syncer = make_syncer(settings, store, session, cipher, app_metrics)
                 poller = make_poller(settings, store, syncer, app_metrics)
-                async with poller.running() if settings.poll_enabled else nullcontext():
+                async with (
+                    poller.running() if settings.poll_enabled else nullcontext(),
+                    pruning(store, settings, app_metrics),
+                ):
                     announce(settings)
                     yield {"services": Services(settings, store, app_metrics, syncer)}
         finally:

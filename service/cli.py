@@ -15,7 +15,7 @@ def main() -> None:
 for command in (
     cli_ops.serve, cli_ops.migrate, cli_ops.doctor, cli_admin.workspace, cli_admin.channel,
     cli_admin.token, cli_admin.template, cli_admin.templates, cli_ops.import_, cli_ops.sync,
-    cli_ops.poll, cli_admin.deliveries, cli_admin.keys, cli_tools.simulator,
+    cli_ops.poll, cli_ops.prune, cli_admin.deliveries, cli_admin.keys, cli_tools.simulator,
     cli_tools.send_webhook, cli_tools.demo,
 ):  # fmt: skip
     main.add_command(command)

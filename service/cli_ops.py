@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import math
 import signal
@@ -11,11 +12,14 @@ import sys
 
 import click
 
+from . import retention
 from .cli_common import load_settings, with_store, with_syncer
 from .doctor import failed, render, run_doctor
 from .metrics import Metrics
+from .retention import Pruned
 from .storage import RemoteCounts
 from .sync import NoPendingTemplates, Syncer, WabaFailure, report_json
+from .times import now_ms
 
 
 @click.command()
@@ -43,9 +47,19 @@ def serve(host: str | None, port: int | None) -> None:
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
     )
     server = uvicorn.Server(config)
+    tune_garbage_collector()
     server.run()
     if not server.started:
         sys.exit(3)  # start-up failed; uvicorn logged why
+
+
+def tune_garbage_collector() -> None:
+    """Fewer, cheaper collections for a server: what start-up built lives as long as the
+    process, so it is frozen out of the full passes that otherwise stall every request in
+    flight for ~20 ms, and young objects are collected every 10,000 allocations, not 700.
+    (bench/ingest.py: p99 at 64 connections ~38 ms -> ~21 ms.)"""
+    gc.set_threshold(10_000, 10, 10)
+    gc.freeze()
 
 
 @click.command()
@@ -53,6 +67,20 @@ def migrate() -> None:
     """Create or upgrade the schema."""
     applied = with_store(load_settings(), lambda store: store.migrate(), migrate=False)
     click.echo(f"schema up to date ({len(applied)} migrations applied now)", err=True)
+
+
+@click.command()
+def prune() -> None:
+    """Delete raw deliveries older than RETENTION_DAYS and clear dedupe keys older than
+    DEDUPE_DAYS now (`serve` does it hourly); progress on stderr, totals on stdout."""
+    settings = load_settings()
+
+    def report(pruned: Pruned) -> None:
+        click.echo(f"pruned so far: {pruned.deliveries} deliveries, "
+                   f"{pruned.dedupe_keys} dedupe keys", err=True)  # fmt: skip
+
+    done = with_store(settings, lambda store: retention.prune(store, settings, now_ms(), report))
+    click.echo(json.dumps(dataclasses.asdict(done)))
 
 
 @click.command()

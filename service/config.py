@@ -91,6 +91,8 @@ class Settings:
     poll_interval_s: float = 1800.0
     sync_deadline_s: float = 90.0
     max_body_bytes: int = 4 * 1024 * 1024
+    retention_days: float = 30.0  # raw deliveries (retention.py)
+    dedupe_days: float = 8.0  # dedupe keys; Meta retries for up to 7 days
     log_format: str = "text" if sys.stderr.isatty() else "json"
     log_level: str = "INFO"
 
@@ -167,4 +169,6 @@ _NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
     "SYNC_DEADLINE_S": ("sync_deadline_s", float, 1, 3600),
     "SHUTDOWN_TIMEOUT_S": ("shutdown_timeout_s", float, 1, 3600),
     "MAX_BODY_BYTES": ("max_body_bytes", int, 1, 1 << 30),
+    "RETENTION_DAYS": ("retention_days", float, 1, 36500),
+    "DEDUPE_DAYS": ("dedupe_days", float, 7, 36500),
 }

@@ -60,6 +60,12 @@ class Metrics:
             "Pending templates a poll found decided at Meta: status webhooks Meta did not deliver.",
             registry=self.registry,
         )
+        self.pruned = Counter(
+            "template_sync_pruned",
+            "Rows pruned by retention: raw deliveries deleted, dedupe keys cleared.",
+            ["kind"],
+            registry=self.registry,
+        )
         self.request_seconds = Histogram(
             "template_sync_http_request_duration_seconds",
             "HTTP request latency by route and status.",

@@ -82,7 +82,7 @@ def test_status_change_goes_through_the_status_table() -> None:
 
 def test_dedupe_key_covers_waba_template_field_event_and_time() -> None:
     key = change(STATUS_FIELD, "APPROVED").dedupe_key
-    assert len(key) == 64 and key == change(STATUS_FIELD, "APPROVED").dedupe_key
+    assert len(key) == 77 and key == change(STATUS_FIELD, "APPROVED").dedupe_key
     others = [Change("9", STATUS_FIELD, "APPROVED", "2", "n", "en", None, None, 1),
               Change("1", STATUS_FIELD, "APPROVED", "9", "n", "en", None, None, 1),
               change(QUALITY_FIELD, "APPROVED"), change(STATUS_FIELD, "REJECTED"),
@@ -110,3 +110,10 @@ def test_pending_since_marks_when_waiting_began(
     before: str, after: str, current: int | None, expected: int | None
 ) -> None:
     assert next_pending_since(before, after, current, 500) == expected
+
+
+def test_dedupe_keys_sort_by_entry_time() -> None:
+    times = [1, 999, 1_751_000_000, 1_751_000_001, 2**42 - 1]
+    keys = [Change("1", STATUS_FIELD, "APPROVED", "2", None, None, None, None, t).dedupe_key
+            for t in times]  # fmt: skip
+    assert keys == sorted(keys) and {len(key) for key in keys} == {77}

@@ -10,6 +10,7 @@ from service.config import Settings
 from service.events import STATUS_FIELD, Change
 from service.storage import Conflict, NewTemplate, NotFound, Store, TemplateFilter, open_store
 from service.storage.schema import MIGRATIONS
+from service.storage.sql import SqlStore
 
 from .conftest import NOW_MS, WABA_ID, Tenant, add_template, make_tenant
 
@@ -30,6 +31,21 @@ async def test_migrations_applied_by_two_processes_at_once(database_url: str) ->
     finally:
         await first.close()
         await second.close()
+
+
+async def test_migration_5_keeps_events_stored_before_it_deduplicated(
+    store: Store, tenant: Tenant
+) -> None:
+    event = status_change("APPROVED")
+    await store.record_delivery(b"{}", NOW_MS, [event], None)
+    assert isinstance(store, SqlStore)
+    async with store._tx() as tx:  # back to the schema and key format before migration 5
+        await tx.execute("UPDATE template_events SET dedupe_key = ?", event.dedupe_key[13:])
+        await tx.execute("DROP INDEX template_events_dedupe_received")
+        await tx.execute("DELETE FROM schema_migrations WHERE version = 5")
+    assert await store.migrate() == [5]
+    again = await store.record_delivery(b"{}", NOW_MS, [event], None)
+    assert (again.duplicate, again.applied) == (1, 0)  # Meta's retry after the upgrade
 
 
 async def test_workspaces(store: Store) -> None:

@@ -24,7 +24,7 @@ from .steps import Steps, execute, executemany, fetch
 
 logger = logging.getLogger(__name__)
 
-ROWS_PER_STATEMENT = 500  # keeps every statement under both databases' parameter limits
+ROWS_PER_STATEMENT = 512  # keeps every statement under both databases' parameter limits
 Key = tuple[str, str]  # (WABA id, template id)
 
 
@@ -264,11 +264,19 @@ def _recorded(keys: set[str]) -> Steps[set[str]]:
 
 
 def _fetch_all(sql: str, group: str, rows: Sequence[Sequence[Any]]) -> Steps[list[dict[str, Any]]]:
-    """Run `sql` with `{rows}` replaced by one `group` of placeholders per row, in slices
-    small enough for either database's limit on parameters; the rows of every slice."""
+    """Run `sql` with `{rows}` replaced by one `group` of placeholders per row; the rows of
+    every statement.
+
+    Rows go in slices whose sizes are powers of two up to ROWS_PER_STATEMENT (37 rows: 32,
+    4 and 1), so each statement has one of a few texts, which both databases keep prepared,
+    and none exceeds either database's limit on parameters.
+    """
     answer: list[dict[str, Any]] = []
-    for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        part = rows[start : start + ROWS_PER_STATEMENT]
+    start = 0
+    while start < len(rows):
+        size = min(ROWS_PER_STATEMENT, 1 << ((len(rows) - start).bit_length() - 1))
+        part = rows[start : start + size]
         args = tuple(value for row in part for value in row)
-        answer += yield fetch(sql.format(rows=", ".join([group] * len(part))), *args)
+        answer += yield fetch(sql.format(rows=", ".join([group] * size)), *args)
+        start += size
     return answer

@@ -30,7 +30,7 @@ _UNAVAILABLE = (
 )
 
 
-@lru_cache(maxsize=4096)  # batch statements vary with the batch size
+@lru_cache(maxsize=512)
 def _numbered(sql: str) -> str:
     counter = iter(range(1, 10_000))
     return re.sub(r"\?", lambda _: f"${next(counter)}", sql)

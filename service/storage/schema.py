@@ -138,6 +138,19 @@ MIGRATIONS: list[tuple[int, str]] = [
         )
         """,
     ),
+    (
+        5,
+        # Dedupe keys lead with entry.time (13 digits, events.py): the old hash-only keys get
+        # the same prefix, so an event stored before the upgrade is still recognised. Keys
+        # still held are found by age for retention.py through a small partial index.
+        """
+        UPDATE template_events
+        SET dedupe_key = substr(CAST(event_time / 1000 + 10000000000000 AS TEXT), 2) || dedupe_key
+        WHERE dedupe_key IS NOT NULL AND length(dedupe_key) = 64;
+        CREATE INDEX template_events_dedupe_received ON template_events (received_at)
+            WHERE dedupe_key IS NOT NULL
+        """,
+    ),
 ]
 
 

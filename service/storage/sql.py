@@ -327,6 +327,30 @@ class SqlStore(SyncQueries, PollQueries):
             )
         return [Delivery(**{**row, "body": bytes(row["body"])}) for row in rows]
 
+    async def prune_deliveries(self, before_ms: int, limit: int) -> int:
+        """Delete up to `limit` of the oldest deliveries received before `before_ms`."""
+        async with self._tx() as tx:
+            rows = await tx.fetch(
+                "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries "
+                "WHERE received_at < ? ORDER BY received_at LIMIT ?) RETURNING id",
+                before_ms,
+                limit,
+            )
+        return len(rows)
+
+    async def forget_dedupe_keys(self, before_ms: int, limit: int) -> int:
+        """Clear up to `limit` dedupe keys of events received before `before_ms`; the history
+        rows stay."""
+        async with self._tx() as tx:
+            rows = await tx.fetch(
+                "UPDATE template_events SET dedupe_key = NULL WHERE id IN (SELECT id FROM "
+                "template_events WHERE dedupe_key IS NOT NULL AND received_at < ? "
+                "ORDER BY received_at LIMIT ?) RETURNING id",
+                before_ms,
+                limit,
+            )
+        return len(rows)
+
 
 async def _require_workspace(tx: Tx, workspace_id: str) -> None:
     if not await tx.fetchrow("SELECT id FROM workspaces WHERE id = ?", workspace_id):

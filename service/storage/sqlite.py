@@ -81,8 +81,8 @@ class _Tx:
 def _open(path: str) -> sqlite3.Connection:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(
-        path, isolation_level=None, check_same_thread=False, cached_statements=1024
-    )  # batch statements vary with the batch size
+        path, isolation_level=None, check_same_thread=False, cached_statements=256
+    )  # room for every batch statement text (ingest.py)
     conn.row_factory = sqlite3.Row
     for pragma in PRAGMAS:
         conn.execute(pragma)

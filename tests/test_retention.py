@@ -1,0 +1,84 @@
+"""Retention: old raw deliveries go, old dedupe keys are cleared, history and new data stay."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from service.config import ConfigError, Settings
+from service.events import STATUS_FIELD, Change
+from service.retention import DAY_MS, Pruned, prune
+from service.storage import Store, TemplateFilter
+
+from .conftest import NOW_MS, WABA_ID, Tenant, start_server
+from .service_process import run_cli, service_env
+
+DAY_S = DAY_MS // 1000
+
+
+def event(entry_time_s: int, status: str = "APPROVED") -> Change:
+    return Change(WABA_ID, STATUS_FIELD, status, "42", "promo", "en", None, None, entry_time_s)
+
+
+async def test_deliveries_older_than_the_retention_are_deleted_in_chunks(
+    store: Store, settings: Settings, tenant: Tenant
+) -> None:
+    for age_days in (40, 35, 31, 29, 1):
+        await store.record_delivery(b"{}", NOW_MS - age_days * DAY_MS, [], None)
+    seen: list[int] = []
+    pruned = await prune(store, settings, NOW_MS, lambda p: seen.append(p.deliveries), chunk=2)
+    assert pruned == Pruned(deliveries=3, dedupe_keys=0) and seen == [2, 3]
+    kept = await store.list_deliveries(None, 10)
+    assert sorted((NOW_MS - d.received_at) // DAY_MS for d in kept) == [1, 29]
+
+
+async def test_dedupe_keys_are_cleared_after_the_window_and_history_stays(
+    store: Store, settings: Settings, tenant: Tenant
+) -> None:
+    old, recent = event(1_000, "APPROVED"), event(2_000, "PAUSED")
+    await store.record_delivery(b"{}", NOW_MS - 9 * DAY_MS, [old], None)
+    await store.record_delivery(b"{}", NOW_MS - 6 * DAY_MS, [recent], None)
+    assert (await prune(store, settings, NOW_MS)).dedupe_keys == 1
+    assert (await store.record_delivery(b"{}", NOW_MS, [recent], None)).duplicate == 1
+    # Meta no longer retries what it sent 9 days ago; were a copy to come, it is history,
+    # not status.
+    late = await store.record_delivery(b"{}", NOW_MS, [old], None)
+    assert (late.duplicate, late.stale) == (0, 1)
+    [template], _ = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 10)
+    history = await store.template_history(tenant.workspace_id, template.id)
+    assert template.status == "PAUSED" and history is not None and len(history) == 3
+
+
+def test_a_dedupe_window_under_seven_days_is_refused() -> None:
+    with pytest.raises(ConfigError, match="TEMPLATE_SYNC_DEDUPE_DAYS must be between 7"):
+        Settings.from_env({"TEMPLATE_SYNC_DEDUPE_DAYS": "6"}, dotenv=None)
+
+
+async def test_serve_prunes_at_start(store: Store, settings: Settings, tenant: Tenant) -> None:
+    await store.record_delivery(b"{}", NOW_MS - 400 * DAY_MS, [], None)  # long gone
+    uv_server, task, _ = await start_server(settings)
+    try:
+        for _ in range(100):
+            if not await store.list_deliveries(None, 10):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the serving app did not prune a 400-day-old delivery")
+    finally:
+        uv_server.should_exit = True
+        await task
+
+
+async def test_prune_command_reports_progress_and_totals(
+    store: Store, settings: Settings, tenant: Tenant, tmp_path: Path
+) -> None:
+    for _ in range(3):
+        await store.record_delivery(b"{}", NOW_MS - 400 * DAY_MS, [], None)
+    code, out, err = await run_cli(service_env(settings), tmp_path, "prune")
+    assert code == 0, err
+    assert json.loads(out) == dataclasses.asdict(Pruned(deliveries=3, dedupe_keys=0))
+    assert "pruned so far: 3 deliveries" in err
+    assert await store.list_deliveries(None, 10) == []
