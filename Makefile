@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run test lint format soak bench bench-sync bench-poller demo clean
+.PHONY: install install-dev run test lint format soak bench bench-memory bench-sync bench-poller demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,10 +39,13 @@ soak: install-dev  ## the crash ledger for TEMPLATE_SYNC_SOAK_S seconds (default
 demo: install  ## the whole loop offline: simulator, service, webhook, lost webhook repaired by sync
 	$(BIN)/template-sync demo --workdir demo
 
-bench: install-dev  ## ingest: bare Starlette, pywa and this service under wrk (BENCH_ARGS=--postgres-url ...)
+bench: install-dev  ## ingest: bare Starlette, pywa and this service (~6 min; BENCH_ARGS=--postgres-url ...)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/pip install --quiet pywa
 	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
+
+bench-memory: install-dev  ## peak RSS of the service over 1,000,000 deliveries (~5 min)
+	$(BIN)/python bench/ingest.py --memory $${BENCH_DELIVERIES:-1000000}
 
 bench-sync: install  ## Graph calls per sync for both strategies (simulator, offline)
 	$(BIN)/python bench/sync_calls.py

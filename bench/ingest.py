@@ -1,11 +1,15 @@
 """Durable webhook ingest measured side by side with a bare endpoint and pywa (issue #5).
 
-    make bench                       (installs pywa, then runs this)
-    .venv/bin/python bench/ingest.py [--seconds 10] [--connections 64] [--postgres-url URL]
+    make bench                       (installs wrk and pywa, then runs this)
+    .venv/bin/python bench/ingest.py [--seconds 10] [--rounds 3] [--postgres-url URL]
+    .venv/bin/python bench/ingest.py --memory 1000000     (peak RSS over that many deliveries)
 
-Each server runs alone, pinned to core 0; wrk (64 connections) is pinned to core 1 and
-sends distinct signed template-status bodies of ~800 bytes. For this service the ledger
-must balance: deliveries stored >= requests acknowledged with 2xx, or the run is void.
+Each server runs alone on a fresh store, pinned to core 0; the load is pinned to core 1:
+wrk with 64 connections and distinct signed template-status bodies of ~800 bytes, then an
+open-loop generator (bench/openloop.py) at fixed rates. Targets take turns round by round
+and the median round is reported, because this machine's speed drifts between minutes.
+For this service the ledger must balance (deliveries stored >= requests acknowledged), or
+the run is void. Then a 1,000-change delivery and template GETs with a bearer token.
 """
 
 from __future__ import annotations
@@ -19,48 +23,64 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-from service.crypto import generate_key
+import aiohttp
+import asyncpg
+
+from service.config import Secret
+from service.crypto import TokenCipher, generate_key, new_bearer_token
 from service.storage import open_store
 
 SECRET = "bench-secret"
 WABA_ID = "102290129340398"
 ROOT = Path(__file__).resolve().parents[1]
+PYTHON = [sys.executable, "-m", "uvicorn", "--no-access-log", "--log-level", "warning"]
 
 
-def body(index: int) -> bytes:
-    value = {
-        "event": "PAUSED" if index % 3 else "APPROVED",
-        "message_template_id": 5_000_000_000_000_000 + index % 5000,
-        "message_template_name": f"order_confirmation_{index % 5000:05d}",
-        "message_template_language": "en_US",
-        "reason": "NONE",
-        "message_template_category": "UTILITY",
-        "other_info": {
-            "title": "FIRST_PAUSE",
-            "description": "Your message template has been paused for 3 hours because of "
-            "low quality ratings from customers. It will be available again afterwards.",
-        },
-        "disable_info": {"disable_date": 1751864800},
-    }
-    change = {"field": "message_template_status_update", "value": value}
-    entry = {"id": WABA_ID, "time": 1_751_000_000 + index, "changes": [change]}
+def body(index: int, changes: int = 1) -> bytes:
+    """A signed-size delivery like Meta's: `changes` status changes of distinct templates."""
+    items = []
+    for n in range(index, index + changes):
+        value = {
+            "event": "PAUSED" if n % 3 else "APPROVED",
+            "message_template_id": 5_000_000_000_000_000 + n % 5000,
+            "message_template_name": f"order_confirmation_{n % 5000:05d}",
+            "message_template_language": "en_US",
+            "reason": "NONE",
+            "message_template_category": "UTILITY",
+            "other_info": {
+                "title": "FIRST_PAUSE",
+                "description": "Your message template has been paused for 3 hours because of "
+                "low quality ratings from customers. It will be available again afterwards.",
+            },
+            "disable_info": {"disable_date": 1751864800},
+        }
+        items.append({"field": "message_template_status_update", "value": value})
+    entry = {"id": WABA_ID, "time": 1_751_000_000 + index, "changes": items}
     document = {"object": "whatsapp_business_account", "entry": [entry]}
     return json.dumps(document, separators=(",", ":")).encode()
+
+
+def signature(data: bytes) -> str:
+    return "sha256=" + hmac.new(SECRET.encode(), data, hashlib.sha256).hexdigest()
 
 
 def lua_script(directory: Path, count: int) -> Path:
     lines = ["local bodies, sigs = {}, {}"]
     for index in range(count):
         data = body(index)
-        digest = hmac.new(SECRET.encode(), data, hashlib.sha256).hexdigest()
         lines.append(f"bodies[{index + 1}] = [=[{data.decode()}]=]")
-        lines.append(f'sigs[{index + 1}] = "sha256={digest}"')
+        lines.append(f'sigs[{index + 1}] = "{signature(data)}"')
     lines.append(f"""
 local n, i = {count}, 0
 request = function()
@@ -76,6 +96,12 @@ end
 """)
     path = directory / "bodies.lua"
     path.write_text("\n".join(lines))
+    return path
+
+
+def get_script(directory: Path, token: str) -> Path:
+    path = directory / "get.lua"
+    path.write_text(f'wrk.headers["Authorization"] = "Bearer {token}"\n')
     return path
 
 
@@ -101,18 +127,20 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("server did not start")
 
 
-def run_wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str, float]:
+def run_wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str, float]:
     command = pinned(1, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script),
-                         "--latency", f"http://127.0.0.1:{port}/webhooks/meta"])  # fmt: skip
+                         "--latency", url])  # fmt: skip
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    ledger = json.loads(output.split("LEDGER ", 1)[1].splitlines()[0])
-    return {
+    result = {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
         "p50_ms": latency_ms(output, "50%"),
         "p99_ms": latency_ms(output, "99%"),
-        "acked": ledger["requests"] - ledger["non2xx"],
-        "errors": ledger["errors"] + ledger["non2xx"],
     }
+    if "LEDGER " in output:
+        ledger = json.loads(output.split("LEDGER ", 1)[1].splitlines()[0])
+        result["acked"] = ledger["requests"] - ledger["non2xx"]
+        result["errors"] = ledger["errors"] + ledger["non2xx"]
+    return result
 
 
 def latency_ms(output: str, label: str) -> float:
@@ -120,17 +148,57 @@ def latency_ms(output: str, label: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-async def prepare_store(url: str, key: str) -> None:
-    """A workspace and channel for the WABA, so deliveries are applied, not only stored."""
-    from service.config import Secret
-    from service.crypto import TokenCipher
+@dataclass
+class Target:
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    database: str | None = None  # "sqlite" or a PostgreSQL server URL: this service
+    rounds: list[dict[str, float]] = field(default_factory=list)
+    extra: dict[str, object] = field(default_factory=dict)
 
+
+@contextmanager
+def fresh_store(target: Target, work: Path) -> Iterator[str | None]:
+    """A new, migrated store with a workspace and the WABA's channel (or None)."""
+    if target.database is None:
+        yield None
+        return
+    if target.database == "sqlite":
+        url = f"sqlite:///{tempfile.mkdtemp(dir=work)}/bench.db"
+        asyncio.run(prepare_store(url, target))
+        yield url
+        return
+    name = f"template_sync_bench_{os.getpid()}"
+    asyncio.run(admin(target.database, f"DROP DATABASE IF EXISTS {name}"))
+    asyncio.run(admin(target.database, f"CREATE DATABASE {name}"))
+    url = urlunsplit(urlsplit(target.database)._replace(path="/" + name))
+    try:
+        asyncio.run(prepare_store(url, target))
+        yield url
+    finally:
+        asyncio.run(admin(target.database, f"DROP DATABASE IF EXISTS {name}"))
+
+
+async def admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def prepare_store(url: str, target: Target) -> None:
+    """A workspace and channel for the WABA, so deliveries are applied, not only stored."""
     store = await open_store(url)
     try:
         await store.migrate()
         workspace = await store.create_workspace("bench", 0)
-        token = TokenCipher((Secret(key),)).encrypt("bench-token")
-        await store.add_channel(workspace.id, WABA_ID, token, 0)
+        key = target.env["TEMPLATE_SYNC_ENCRYPTION_KEYS"]
+        await store.add_channel(workspace.id, WABA_ID, TokenCipher((Secret(key),)).encrypt("t"), 0)
+        token = new_bearer_token()
+        await store.create_token(workspace.id, token.token_id, token.token_hash, "bench", 0)
+        target.extra.update(workspace=workspace.id, token=token.token)
     finally:
         await store.close()
 
@@ -143,79 +211,201 @@ async def stored(url: str) -> int:
         await store.close()
 
 
-def measure(name: str, command: list[str], env: dict[str, str], args: argparse.Namespace,
-            script: Path, url: str | None) -> dict[str, object]:  # fmt: skip
+@contextmanager
+def serving(target: Target, url: str | None) -> Iterator[tuple[int, int]]:
+    """The target's server on a free port, pinned to core 0: (port, pid)."""
     port = free_port()
-    process = subprocess.Popen(pinned(0, [*command, "--port", str(port)]), env=env,
+    env = {**target.env, **({"TEMPLATE_SYNC_DATABASE_URL": url} if url else {})}
+    process = subprocess.Popen(pinned(0, [*target.command, "--port", str(port)]), env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_for_port(port, process)
-        result: dict[str, object] = {"target": name, **run_wrk(port, script, args.seconds,
-                                                                args.connections)}  # fmt: skip
+        yield port, process.pid  # taskset runs the server in its own process
     finally:
         process.terminate()
         process.wait(timeout=30)
-    if url is not None:
-        count = asyncio.run(stored(url))
-        result["ledger"] = "balances" if count >= int(result["acked"]) else "VOID"  # type: ignore[call-overload]
-        result["stored"] = count
-    print(f"  {name}: {result}", file=sys.stderr)
-    return result
+
+
+def closed_loop(target: Target, args: argparse.Namespace, script: Path, work: Path) -> None:
+    with fresh_store(target, work) as url:
+        with serving(target, url) as (port, _):
+            hook = f"http://127.0.0.1:{port}/webhooks/meta"
+            result = run_wrk(hook, script, args.seconds, args.connections)
+        if url is not None:
+            count = asyncio.run(stored(url))
+            result["stored"] = count
+            result["ledger_ok"] = float(count >= result["acked"])
+    target.rounds.append(result)
+    print(f"  {target.name}: {result}", file=sys.stderr)
+
+
+def open_loop(target: Target, rate: float, args: argparse.Namespace, work: Path) -> None:
+    with fresh_store(target, work) as url, serving(target, url) as (port, _):
+        command = openloop_command(port, rate, args.seconds)
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        result = json.loads(output)
+        if url is not None:
+            result["ledger_ok"] = asyncio.run(stored(url)) >= result["acked"]
+    target.extra[f"open {rate:.0f}"] = result
+    print(f"  {target.name} open loop {rate:.0f}/s: {result}", file=sys.stderr)
+
+
+def openloop_command(port: int, rate: float, seconds: float, offset: int = 0) -> list[str]:
+    script = str(ROOT / "bench" / "openloop.py")
+    return pinned(1, [sys.executable, script, "--port", str(port), "--rate", str(rate),
+                      "--seconds", str(seconds), "--offset", str(offset)])  # fmt: skip
+
+
+def service_extras(target: Target, args: argparse.Namespace, script: Path, work: Path) -> None:
+    """The 1,000-change delivery and template GETs, on a store wrk has filled."""
+    with fresh_store(target, work) as url, serving(target, url) as (port, _):
+        base = f"http://127.0.0.1:{port}"
+        run_wrk(base + "/webhooks/meta", script, 3, args.connections)  # 5,000 templates
+        target.extra["batch_ms"] = asyncio.run(batches(base, count=20))
+        pages = f"{base}/api/v3/workspaces/{target.extra['workspace']}/templates"
+        auth = get_script(work, str(target.extra["token"]))
+        for name, path in (("get one", "/1"), ("get page of 100", "?per_page=100")):
+            target.extra[name] = run_wrk(pages + path, auth, args.seconds, args.connections)
+            print(f"  {target.name} {name}: {target.extra[name]}", file=sys.stderr)
+
+
+async def batches(base: str, count: int) -> dict[str, float]:
+    """Send `count` distinct deliveries of 1,000 changes one after another; latency in ms."""
+    times = []
+    async with aiohttp.ClientSession() as session:
+        for n in range(count):
+            data = body(10_000_000 + n * 1000, changes=1000)
+            headers = {"X-Hub-Signature-256": signature(data), "Content-Type": "application/json"}
+            started = time.perf_counter()
+            async with session.post(base + "/webhooks/meta", data=data, headers=headers) as resp:
+                await resp.read()
+                assert resp.status == 200, resp.status
+            times.append((time.perf_counter() - started) * 1000)
+    return {"p50_ms": statistics.median(times), "max_ms": max(times), "bytes": len(data)}
+
+
+def memory(target: Target, deliveries: int, work: Path) -> None:
+    """Peak RSS of the service while `deliveries` distinct deliveries arrive (open loop)."""
+    rate = 4000.0
+    with fresh_store(target, work) as url, serving(target, url) as (port, pid):
+        command = openloop_command(port, rate, deliveries / rate, offset=100_000_000)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        samples = []
+        while process.poll() is None:
+            samples.append(rss_mb(pid))
+            print(f"  {len(samples) * 10} s, RSS {samples[-1]:.1f} MB", file=sys.stderr)
+            time.sleep(10)
+        result = json.loads(process.communicate()[0])
+        peak = peak_rss_mb(pid)
+        count = asyncio.run(stored(url)) if url else 0
+    print(json.dumps({**result, "stored": count, "peak_rss_mb": peak, "rss_mb": samples}))
+
+
+def rss_mb(pid: int) -> float:
+    return _status_kb(pid, "VmRSS") / 1024
+
+
+def peak_rss_mb(pid: int) -> float:
+    return _status_kb(pid, "VmHWM") / 1024
+
+
+def _status_kb(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return float(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/{pid}/status")
+
+
+def targets(args: argparse.Namespace) -> list[Target]:
+    base_env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_APP_SECRET": SECRET}
+    service_env = {
+        **base_env,
+        "TEMPLATE_SYNC_META_APP_SECRET": SECRET,
+        "TEMPLATE_SYNC_ENCRYPTION_KEYS": generate_key(),
+        "TEMPLATE_SYNC_POLL_ENABLED": "false",
+        "TEMPLATE_SYNC_LOG_LEVEL": "WARNING",
+        "TEMPLATE_SYNC_LOG_FORMAT": "json",
+    }
+    serve = [sys.executable, "-m", "service", "serve"]
+    found = [
+        Target("bare Starlette", [*PYTHON, "bench.apps:bare"], base_env),
+        Target("pywa handler", [*PYTHON, "bench.apps:pywa"], {**base_env, "BENCH_TARGET": "pywa"}),
+        Target("service, SQLite FULL", serve, service_env, "sqlite"),
+    ]
+    if args.postgres_url:
+        found.append(Target("service, PostgreSQL", serve, service_env, args.postgres_url))
+    return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--bodies", type=int, default=20000)
-    parser.add_argument("--postgres-url", help="also measure the service on this database")
+    parser.add_argument("--rates", default="1000,3000", help="open-loop rates, comma-separated")
+    parser.add_argument("--postgres-url", help="also measure the service on this server")
+    parser.add_argument("--memory", type=int, help="only: peak RSS over this many deliveries")
     args = parser.parse_args()
-    if not shutil.which("wrk"):
+    if not args.memory and not shutil.which("wrk"):
         sys.exit("wrk is missing: apt-get install wrk")
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {1})  # this process sends the batches: on the load's core
     work = Path(tempfile.mkdtemp(prefix="template-sync-bench-"))
-    script = lua_script(work, args.bodies)
-    python = [sys.executable, "-m", "uvicorn", "--no-access-log", "--log-level", "warning"]
-    base_env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_APP_SECRET": SECRET}
-    results = [
-        measure("bare Starlette", [*python, "bench.apps:bare"], base_env, args, script, None),
-        measure(
-            "pywa handler",
-            [*python, "bench.apps:pywa"],
-            {**base_env, "BENCH_TARGET": "pywa"},
-            args,
-            script,
-            None,
-        ),
-    ]
-    databases = [("service, SQLite FULL", f"sqlite:///{work}/bench.db")]
-    if args.postgres_url:
-        databases.append(("service, PostgreSQL", args.postgres_url))
-    for name, url in databases:
-        key = generate_key()
-        asyncio.run(prepare_store(url, key))
-        env = {
-            **base_env,
-            "TEMPLATE_SYNC_DATABASE_URL": url,
-            "TEMPLATE_SYNC_META_APP_SECRET": SECRET,
-            "TEMPLATE_SYNC_ENCRYPTION_KEYS": key,
-            "TEMPLATE_SYNC_POLL_ENABLED": "false",
-            "TEMPLATE_SYNC_LOG_LEVEL": "WARNING",
-            "TEMPLATE_SYNC_LOG_FORMAT": "json",
-        }
-        serve = [sys.executable, "-m", "service", "serve"]
-        results.append(measure(name, serve, env, args, script, url))
-    report(results)
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        found = targets(args)
+        if args.memory:
+            memory(found[2], args.memory, work)
+            return
+        script = lua_script(work, args.bodies)
+        for number in range(args.rounds):
+            print(f"round {number + 1} of {args.rounds}", file=sys.stderr)
+            for target in found:
+                closed_loop(target, args, script, work)
+        for target in found:
+            for rate in (float(r) for r in args.rates.split(",")):
+                open_loop(target, rate, args, work)
+            if target.database is not None:
+                service_extras(target, args, script, work)
+        report(found)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
-def report(results: list[dict[str, object]]) -> None:
-    bare, pywa = (float(r["rps"]) for r in results[:2])  # type: ignore[arg-type]
-    print("| target | req/s | p50 ms | p99 ms | / bare | / pywa | ledger |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for r in results:
-        rps = float(r["rps"])  # type: ignore[arg-type]
-        print(f"| {r['target']} | {rps:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-              f"{rps / bare:.2f} | {rps / pywa:.2f} | {r.get('ledger', '-')} |")  # fmt: skip
+def median_round(target: Target) -> dict[str, float]:
+    return sorted(target.rounds, key=lambda r: r["rps"])[len(target.rounds) // 2]
+
+
+def report(found: list[Target]) -> None:
+    bare, pywa = (median_round(t)["rps"] for t in found[:2])
+    print("| target | req/s (median round) | rounds | p50 ms | p99 ms | / bare | / pywa | ledger |")
+    print("|---|---:|---|---:|---:|---:|---:|---|")
+    for t in found:
+        m = median_round(t)
+        rounds = ", ".join(f"{r['rps']:,.0f}" for r in t.rounds)
+        ledger = "-" if t.database is None else (
+            "balances" if all(r["ledger_ok"] for r in t.rounds) else "VOID")  # fmt: skip
+        print(f"| {t.name} | {m['rps']:,.0f} | {rounds} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} | "
+              f"{m['rps'] / bare:.2f} | {m['rps'] / pywa:.2f} | {ledger} |")  # fmt: skip
+    print("\n| target | open loop | p50 ms | p99 ms | max ms | errors |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for t in found:
+        for key, r in t.extra.items():
+            if key.startswith("open "):
+                print(f"| {t.name} | {key[5:]} req/s | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                      f"{r['max_ms']:.1f} | {r['errors']} |")  # fmt: skip
+    print("\n| target | 1,000-change delivery p50 / max ms | GET one: req/s, p99 ms | "
+          "GET page of 100: req/s, p99 ms |")  # fmt: skip
+    print("|---|---:|---:|---:|")
+    for t in found:
+        if t.database is None:
+            continue
+        b, one, page = t.extra["batch_ms"], t.extra["get one"], t.extra["get page of 100"]
+        print(
+            f"| {t.name} | {b['p50_ms']:.0f} / {b['max_ms']:.0f} | "  # type: ignore[index]
+            f"{one['rps']:,.0f}, {one['p99_ms']:.1f} | "  # type: ignore[index]
+            f"{page['rps']:,.0f}, {page['p99_ms']:.1f} |"
+        )  # type: ignore[index]
 
 
 if __name__ == "__main__":

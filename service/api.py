@@ -27,13 +27,13 @@ TIME_FIELDS = ("status_updated_at", "last_webhook_at", "last_synced_at", "create
 
 
 def template_json(template: Template) -> dict[str, Any]:
-    data = dataclasses.asdict(template)
+    data = dict(vars(template))  # not dataclasses.asdict: it deep-copies every field
     data.update({name: iso(data[name]) for name in TIME_FIELDS})
     return data
 
 
 def history_json(event: HistoryEvent) -> dict[str, Any]:
-    data = dataclasses.asdict(event)
+    data = dict(vars(event))
     data.update(event_time=iso(event.event_time), received_at=iso(event.received_at))
     return data
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 
 def now_ms() -> int:
@@ -14,4 +13,4 @@ def iso(ms: int | None) -> str | None:
     """Milliseconds since the epoch as ISO 8601 UTC with a Z."""
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms // 1000))

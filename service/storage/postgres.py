@@ -87,8 +87,8 @@ class PostgresBackend:
         except _UNAVAILABLE as error:
             raise StoreUnavailable(f"PostgreSQL: {type(error).__name__}") from error
 
-    async def run(self, steps: Steps[T]) -> T:
-        """Run `steps` as one transaction."""
+    async def run(self, steps: Steps[T], write: bool = True) -> T:
+        """Run `steps` as one transaction (`write` matters to SQLite only)."""
         async with self.transaction() as tx:
             return await drive(tx, steps)
 

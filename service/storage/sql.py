@@ -28,7 +28,7 @@ from . import (
 from .ingest import NewDelivery, record_batch
 from .polls import PollQueries
 from .schema import MIGRATIONS, statements
-from .steps import Steps
+from .steps import Steps, fetch, fetchrow
 from .syncs import SyncQueries
 from .writer import DeliveryWriter
 
@@ -62,7 +62,7 @@ class Backend(Protocol):
     table_exists: str  # one `?`: the table name
 
     def transaction(self) -> AbstractAsyncContextManager[Any]: ...
-    async def run(self, steps: Steps[T]) -> T: ...
+    async def run(self, steps: Steps[T], write: bool = True) -> T: ...
     def unavailable(self, error: Exception) -> bool: ...
     async def close(self) -> None: ...
 
@@ -224,12 +224,14 @@ class SqlStore(SyncQueries, PollQueries):
         return row is not None
 
     async def find_token(self, token_id: str) -> ApiToken | None:
-        async with self._tx() as tx:
-            row = await tx.fetchrow(
+        row = await self._db.run(
+            _row(
                 "SELECT id, workspace_id, name, token_hash, revoked_at FROM api_tokens "
                 "WHERE id = ?",
                 token_id,
-            )
+            ),
+            write=False,
+        )
         return ApiToken(**row) if row else None
 
     async def add_template(self, new: NewTemplate, now_ms: int) -> Template:
@@ -265,24 +267,18 @@ class SqlStore(SyncQueries, PollQueries):
         self, workspace_id: str, where: TemplateFilter, offset: int, limit: int
     ) -> tuple[list[Template], int]:
         clause, args = _template_filter(workspace_id, where)
-        async with self._tx() as tx:
-            total = await tx.fetchrow(f"SELECT COUNT(*) AS n FROM templates WHERE {clause}", *args)
-            rows = await tx.fetch(
-                f"SELECT {TEMPLATE_COLUMNS} FROM templates WHERE {clause} "
-                "ORDER BY id LIMIT ? OFFSET ?",
-                *args,
-                limit,
-                offset,
-            )
-        return [to_template(row) for row in rows], int(total["n"]) if total else 0
+        rows, total = await self._db.run(_page(clause, args, offset, limit), write=False)
+        return [to_template(row) for row in rows], total
 
     async def get_template(self, workspace_id: str, template_id: int) -> Template | None:
-        async with self._tx() as tx:
-            row = await tx.fetchrow(
+        row = await self._db.run(
+            _row(
                 f"SELECT {TEMPLATE_COLUMNS} FROM templates WHERE workspace_id = ? AND id = ?",
                 workspace_id,
                 template_id,
-            )
+            ),
+            write=False,
+        )
         return to_template(row) if row else None
 
     async def template_history(
@@ -350,6 +346,24 @@ class SqlStore(SyncQueries, PollQueries):
                 limit,
             )
         return len(rows)
+
+
+# Reads of the API's hot paths, as steps: on SQLite each is one hop to the database thread.
+def _row(sql: str, *args: Any) -> Steps[dict[str, Any] | None]:
+    return (yield fetchrow(sql, *args))  # type: ignore[no-any-return]
+
+
+def _page(
+    clause: str, args: list[Any], offset: int, limit: int
+) -> Steps[tuple[list[dict[str, Any]], int]]:
+    total = yield fetchrow(f"SELECT COUNT(*) AS n FROM templates WHERE {clause}", *args)
+    rows = yield fetch(
+        f"SELECT {TEMPLATE_COLUMNS} FROM templates WHERE {clause} ORDER BY id LIMIT ? OFFSET ?",
+        *args,
+        limit,
+        offset,
+    )
+    return rows, int(total["n"]) if total else 0
 
 
 async def _require_workspace(tx: Tx, workspace_id: str) -> None:

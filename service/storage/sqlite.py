@@ -1,7 +1,9 @@
-"""SQLite backend: one connection in WAL mode with synchronous=FULL, in a thread of its own.
+"""SQLite backend: WAL mode with synchronous=FULL; a writing connection in a thread of its
+own, and a reading one for the API's short reads.
 
-Every statement runs in that thread; a batch of steps (the webhook hot path) runs there
-whole, in one hop and one transaction.
+Every write runs in that thread; a batch of steps (the webhook hot path) runs there whole,
+in one hop and one transaction. The API's reads of a few rows run in the event loop's
+thread on the reading connection: WAL lets them proceed while the writer commits.
 """
 
 from __future__ import annotations
@@ -97,8 +99,11 @@ class SqliteBackend:
     table_exists = "SELECT 1 AS ok FROM sqlite_master WHERE type = 'table' AND name = ?"
     unavailable = staticmethod(unavailable)
 
-    def __init__(self, conn: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
-        self.conn = conn
+    def __init__(
+        self, conn: sqlite3.Connection, reader: sqlite3.Connection, thread: ThreadPoolExecutor
+    ) -> None:
+        self.conn = conn  # every write, in `thread`
+        self._reader = reader  # short reads, in the event loop's thread
         self._thread = thread
         self._lock = asyncio.Lock()
 
@@ -107,10 +112,11 @@ class SqliteBackend:
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         try:
             conn = await asyncio.get_running_loop().run_in_executor(thread, _open, path)
+            reader = _open(path)
         except (OSError, sqlite3.Error) as error:
             thread.shutdown()
             raise StoreUnavailable(f"cannot open SQLite database {path}: {error}") from error
-        return cls(conn, thread)
+        return cls(conn, reader, thread)
 
     async def call(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
@@ -123,36 +129,43 @@ class SqliteBackend:
                 yield _Tx(self)
                 await self.call(self.conn.execute, "COMMIT")
             except BaseException as error:
-                await asyncio.shield(self.call(self._rollback))
+                await asyncio.shield(self.call(_rollback, self.conn))
                 if isinstance(error, Exception) and unavailable(error):
                     raise StoreUnavailable(f"SQLite: {error}") from error
                 raise
 
-    async def run(self, steps: Steps[T]) -> T:
-        """Run `steps` as one transaction, entirely in the database thread."""
-        async with self._lock:
-            try:
-                return await self.call(self._run_in_thread, steps)
-            except sqlite3.Error as error:
-                if unavailable(error):
-                    raise StoreUnavailable(f"SQLite: {error}") from error
-                raise
-
-    def _run_in_thread(self, steps: Steps[T]) -> T:
-        self.conn.execute("BEGIN IMMEDIATE")
+    async def run(self, steps: Steps[T], write: bool = True) -> T:
+        """Run `steps` as one transaction: a write entirely in the database thread (one hop);
+        a read on a connection of its own, right here (WAL readers never wait for the writer),
+        since reading a few rows costs less than a hop."""
         try:
-            result = drive_sync(_SyncTx(self.conn), steps)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self._rollback()
+            if not write:
+                return _run_steps(self._reader, steps, "BEGIN")
+            async with self._lock:
+                return await self.call(_run_steps, self.conn, steps, "BEGIN IMMEDIATE")
+        except sqlite3.Error as error:
+            if unavailable(error):
+                raise StoreUnavailable(f"SQLite: {error}") from error
             raise
-        return result
-
-    def _rollback(self) -> None:
-        if self.conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):  # a failed statement may have rolled back
-                self.conn.execute("ROLLBACK")
 
     async def close(self) -> None:
+        self._reader.close()
         await self.call(self.conn.close)
         self._thread.shutdown(wait=True)
+
+
+def _run_steps(conn: sqlite3.Connection, steps: Steps[T], begin: str) -> T:
+    conn.execute(begin)
+    try:
+        result = drive_sync(_SyncTx(conn), steps)
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+    return result
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):  # a failed statement may have rolled back
+            conn.execute("ROLLBACK")
