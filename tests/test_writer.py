@@ -156,3 +156,30 @@ async def test_a_delivery_larger_than_one_statement_applies_whole(
 
 def writer_submit(store: Store, event: Change) -> Awaitable[DeliveryResult]:
     return store.record_delivery(b"{}", NOW_MS, [event], None)
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+async def test_batches_commit_side_by_side_up_to_the_backends_limit(parallel: int) -> None:
+    gate, running, most = asyncio.Event(), 0, 0
+    batches: list[int] = []
+
+    async def slow(items: list[NewDelivery]) -> list[DeliveryResult]:
+        nonlocal running, most
+        batches.append(len(items))
+        running += 1
+        most = max(most, running)
+        await gate.wait()
+        running -= 1
+        return [DeliveryResult(delivery_id=i, outcome="processed") for i in range(len(items))]
+
+    writer = DeliveryWriter(slow, parallel)
+    first = asyncio.create_task(writer.submit(delivery(change("APPROVED", 1))))
+    await asyncio.sleep(0.01)  # the first batch is committing
+    later = [asyncio.create_task(writer.submit(delivery(change("APPROVED", 2 + i))))
+             for i in range(2)]  # fmt: skip
+    await asyncio.sleep(0.01)
+    assert not any(task.done() for task in [first, *later])  # nobody answered before commit
+    gate.set()
+    await asyncio.gather(first, *later)
+    await writer.close()
+    assert (batches, most) == ([1, 2], parallel)

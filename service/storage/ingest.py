@@ -41,9 +41,14 @@ class _Failed(Exception):
 
 
 def record_batch(
-    items: Sequence[NewDelivery], for_update: str, unavailable: Callable[[Exception], bool]
+    items: Sequence[NewDelivery],
+    for_update: str,
+    unavailable: Callable[[Exception], bool],
+    setup: str | None = None,
 ) -> Steps[list[DeliveryResult]]:
     """Store and apply every delivery; errors meaning "store unavailable" fail the batch."""
+    if setup:
+        yield execute(setup)
     try:
         return (yield from _attempt(items, for_update, unavailable))
     except _Failed as failed:

@@ -55,6 +55,8 @@ class Tx(Protocol):
 
 
 class Backend(Protocol):
+    parallel_batches: int  # webhook batches that may commit at once (writer.py)
+    batch_setup: str | None  # a statement that opens each webhook batch's transaction
     serial: str
     blob: str
     for_update: str
@@ -78,7 +80,7 @@ def to_history(row: dict[str, Any]) -> HistoryEvent:
 class SqlStore(SyncQueries, PollQueries):
     def __init__(self, backend: Backend) -> None:
         self._db = backend
-        self._writer = DeliveryWriter(self._commit_deliveries)
+        self._writer = DeliveryWriter(self._commit_deliveries, backend.parallel_batches)
 
     def _tx(self) -> AbstractAsyncContextManager[Tx]:
         return self._db.transaction()
@@ -308,7 +310,7 @@ class SqlStore(SyncQueries, PollQueries):
         return await self._writer.submit(NewDelivery(body, received_at_ms, changes, error))
 
     async def _commit_deliveries(self, items: list[NewDelivery]) -> list[DeliveryResult]:
-        batch = record_batch(items, self._db.for_update, self._db.unavailable)
+        batch = record_batch(items, self._db.for_update, self._db.unavailable, self._db.batch_setup)
         return await self._db.run(batch)
 
     async def list_deliveries(self, outcome: str | None, limit: int) -> list[Delivery]:

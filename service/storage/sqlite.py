@@ -92,6 +92,8 @@ def _open(path: str) -> sqlite3.Connection:
 
 
 class SqliteBackend:
+    parallel_batches = 1  # one writer
+    batch_setup: str | None = None
     serial = "INTEGER PRIMARY KEY AUTOINCREMENT"
     blob = "BLOB"
     for_update = ""

@@ -9,7 +9,6 @@ up while the previous one was committing, so a lone delivery is written at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -26,23 +25,29 @@ Waiter = tuple[NewDelivery, "asyncio.Future[DeliveryResult]"]
 
 
 class DeliveryWriter:
-    def __init__(self, commit: Commit) -> None:
+    """`parallel` batches may commit at once: 1 for SQLite's single writer; more for
+    PostgreSQL, whose row locks order concurrent batches (and replicas) per template."""
+
+    def __init__(self, commit: Commit, parallel: int = 1) -> None:
         self._commit = commit
         self._queue: list[Waiter] = []
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._parallel = parallel
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
 
     async def submit(self, item: NewDelivery) -> DeliveryResult:
         """Resolves once `item` is committed; StoreUnavailable when it could not be."""
         future: asyncio.Future[DeliveryResult] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="delivery writer")
+        self._tasks = [task for task in self._tasks if not task.done()]
+        if len(self._tasks) < self._parallel:
+            self._tasks.append(asyncio.create_task(self._run(), name="delivery writer"))
         self._wakeup.set()
         return await asyncio.shield(future)  # a caller gone away does not cancel the commit
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
@@ -76,10 +81,9 @@ class DeliveryWriter:
                 future.set_result(result)
 
     async def close(self) -> None:
-        """Commit what is queued, then stop."""
+        """Let the batches being committed finish, commit what is queued, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        await asyncio.gather(*self._tasks)
         while self._queue:
             await self._commit_one(self._take())
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
