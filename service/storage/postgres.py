@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -34,6 +34,12 @@ _UNAVAILABLE = (
 def _numbered(sql: str) -> str:
     counter = iter(range(1, 10_000))
     return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A released connection is only rolled back (asyncpg does that before this), not reset
+    with a round trip of RESET ALL, UNLISTEN and friends: the service keeps no session state
+    (its settings are SET LOCAL, its advisory locks end with their transaction)."""
 
 
 class _Tx:
@@ -83,6 +89,7 @@ class PostgresBackend:
                 min_size=1,
                 max_size=10,
                 timeout=CONNECT_TIMEOUT_S,
+                reset=_keep_session,
             )
         except _UNAVAILABLE as error:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {error}") from error
@@ -90,16 +97,25 @@ class PostgresBackend:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Tx]:
+        async with self._connection(transaction=True) as tx:
+            yield tx
+
+    async def run(self, steps: Steps[T], write: bool = True) -> T:
+        """Run `steps` as one transaction; a read's statements each on their own (no BEGIN
+        and COMMIT round trips: the API's reads are one statement, or a count and a page)."""
+        async with self._connection(transaction=write) as tx:
+            return await drive(tx, steps)
+
+    @asynccontextmanager
+    async def _connection(self, transaction: bool) -> AsyncIterator[_Tx]:
         try:
-            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
+            async with (
+                self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
+                conn.transaction() if transaction else nullcontext(),
+            ):
                 yield _Tx(conn)
         except _UNAVAILABLE as error:
             raise StoreUnavailable(f"PostgreSQL: {type(error).__name__}") from error
-
-    async def run(self, steps: Steps[T], write: bool = True) -> T:
-        """Run `steps` as one transaction (`write` matters to SQLite only)."""
-        async with self.transaction() as tx:
-            return await drive(tx, steps)
 
     @staticmethod
     def unavailable(error: Exception) -> bool:
