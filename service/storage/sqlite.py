@@ -137,12 +137,12 @@ class SqliteBackend:
                 raise
 
     async def run(self, steps: Steps[T], write: bool = True) -> T:
-        """Run `steps` as one transaction: a write entirely in the database thread (one hop);
-        a read on a connection of its own, right here (WAL readers never wait for the writer),
-        since reading a few rows costs less than a hop."""
+        """Run `steps`: a write as one transaction, entirely in the database thread (one hop);
+        a read's statements each on their own, on a connection of its own, right here (WAL
+        readers never wait for the writer, and reading a few rows costs less than a hop)."""
         try:
             if not write:
-                return _run_steps(self._reader, steps, "BEGIN")
+                return drive_sync(_SyncTx(self._reader), steps)
             async with self._lock:
                 return await self.call(_run_steps, self.conn, steps, "BEGIN IMMEDIATE")
         except sqlite3.Error as error:
