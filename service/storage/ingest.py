@@ -111,7 +111,8 @@ def _record(items: Sequence[NewDelivery], for_update: str) -> Steps[list[Deliver
         events.append(template.apply(change, result, item.received_at_ms))
     if events:
         yield executemany(INSERT_EVENT, events)
-        yield executemany(UPDATE_TEMPLATE, [t.row() for t in templates.values() if t.touched_at])
+        touched = [t.row() for t in templates.values() if t.touched_at is not None]
+        yield executemany(UPDATE_TEMPLATE, touched)
     return results
 
 

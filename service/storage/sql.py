@@ -327,27 +327,28 @@ class SqlStore(SyncQueries, PollQueries):
 
     async def prune_deliveries(self, before_ms: int, limit: int) -> int:
         """Delete up to `limit` of the oldest deliveries received before `before_ms`."""
-        async with self._tx() as tx:
-            rows = await tx.fetch(
-                "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries "
-                "WHERE received_at < ? ORDER BY received_at LIMIT ?) RETURNING id",
-                before_ms,
-                limit,
-            )
-        return len(rows)
+        return await self._count_rows(
+            "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries "
+            "WHERE received_at < ? ORDER BY received_at LIMIT ?) RETURNING id",
+            before_ms,
+            limit,
+        )
 
     async def forget_dedupe_keys(self, before_ms: int, limit: int) -> int:
         """Clear up to `limit` dedupe keys of events received before `before_ms`; the history
         rows stay."""
+        return await self._count_rows(
+            "UPDATE template_events SET dedupe_key = NULL WHERE id IN (SELECT id FROM "
+            "template_events WHERE dedupe_key IS NOT NULL AND received_at < ? "
+            "ORDER BY received_at LIMIT ?) RETURNING id",
+            before_ms,
+            limit,
+        )
+
+    async def _count_rows(self, sql: str, *args: Any) -> int:
+        """Run one statement with RETURNING in a transaction; how many rows it returned."""
         async with self._tx() as tx:
-            rows = await tx.fetch(
-                "UPDATE template_events SET dedupe_key = NULL WHERE id IN (SELECT id FROM "
-                "template_events WHERE dedupe_key IS NOT NULL AND received_at < ? "
-                "ORDER BY received_at LIMIT ?) RETURNING id",
-                before_ms,
-                limit,
-            )
-        return len(rows)
+            return len(await tx.fetch(sql, *args))
 
 
 # Reads of the API's hot paths, as steps: on SQLite each is one hop to the database thread.
