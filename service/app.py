@@ -20,7 +20,7 @@ from . import api, webhooks
 from .config import PREFIX, Settings
 from .crypto import TokenCipher, load_cipher
 from .errors import ApiError
-from .logs import silence_leaky_loggers
+from .logs import LOG_DETAIL, silence_leaky_loggers
 from .metrics import Metrics
 from .openapi import openapi_document
 from .poller import Poller
@@ -138,9 +138,10 @@ class AccessLog:
             route = getattr(endpoint, "__name__", "unmatched")
             self.metrics.request(scope["method"], route, status, elapsed)
             client = scope.get("client") or ("-", 0)
+            detail = scope.get(LOG_DETAIL)
             access_logger.info(
-                '%s "%s %s" %d %.1fms', client[0], scope["method"], scope["path"], status,
-                elapsed * 1000,
+                '%s "%s %s" %d %.1fms%s', client[0], scope["method"], scope["path"], status,
+                elapsed * 1000, f" {detail}" if detail else "",
             )  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from .events import (
     Change,
     normalise_reason,
 )
+from .logs import LOG_DETAIL
 from .state import services
 from .storage import StoreUnavailable
 from .times import now_ms
@@ -212,11 +213,11 @@ async def receive(request: Request) -> Response:
             503, "Store unavailable, retry later", headers={"Retry-After": RETRY_AFTER_S}
         ) from None
     svc.metrics.delivery(result)
-    logger.info(
-        "delivery %s %s: %d changes, %d applied, %d stale, %d duplicate, %d unknown WABA",
-        result.delivery_id, result.outcome, len(changes), result.applied, result.stale,
-        result.duplicate, result.unknown_waba,
-    )  # fmt: skip
+    request.scope[LOG_DETAIL] = (
+        f"delivery {result.delivery_id} {result.outcome}: {len(changes)} changes, "
+        f"{result.applied} applied, {result.stale} stale, {result.duplicate} duplicate, "
+        f"{result.unknown_waba} unknown WABA"
+    )  # on the request's access log line: one log line per request, not two
     return Response(ACKNOWLEDGED, media_type="application/json")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -391,6 +392,23 @@ async def test_unknown_waba_is_stored_counted_and_acknowledged(
     assert 'template_sync_template_events_total{result="unknown_waba"} 1.0' in metrics
     _, listing, _ = await server.api(tenant, "/templates")
     assert listing["meta"]["total"] == 0
+
+
+async def test_a_delivery_is_logged_on_its_access_log_line_by_id(
+    server: Server, store: Store, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    assert (await server.deliver(status_body("APPROVED")))[0] == 200
+    [delivery] = await store.list_deliveries(None, 10)
+    for _ in range(100):  # the access log line is written once the response is sent
+        lines = [r.getMessage() for r in caplog.records if r.name == "service.access"]
+        if lines:
+            break
+        await asyncio.sleep(0.02)
+    assert lines == [
+        f'127.0.0.1 "POST /webhooks/meta" 200 {lines[0].split()[4]} delivery {delivery.id} '
+        "processed: 1 changes, 1 applied, 0 stale, 0 duplicate, 0 unknown WABA"
+    ]
 
 
 async def test_unknown_template_of_known_waba_is_created_from_the_event(
