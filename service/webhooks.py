@@ -36,6 +36,7 @@ HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 RETRY_AFTER_S = "5"
 MAX_TEXT = 1024
 ACKNOWLEDGED = b'{"success":true}'
+MAX_ERRORS_LISTED = 20
 MAX_INT_DIGITS = 4300  # Python's int-from-text limit (sys.get_int_max_str_digits)
 
 
@@ -205,7 +206,7 @@ async def receive(request: Request) -> Response:
     except PayloadError as error:
         changes, errors = [], [str(error)]
     try:
-        result = await svc.store.record_delivery(body, now_ms(), changes, "; ".join(errors) or None)
+        result = await svc.store.record_delivery(body, now_ms(), changes, error_summary(errors))
     except StoreUnavailable as error:
         svc.metrics.rejected.labels("store_unavailable").inc()
         logger.error("webhook not stored, asking Meta to retry: %s", error)
@@ -219,6 +220,15 @@ async def receive(request: Request) -> Response:
         f"{result.unknown_waba} unknown WABA"
     )  # on the request's access log line: one log line per request, not two
     return Response(ACKNOWLEDGED, media_type="application/json")
+
+
+def error_summary(errors: list[str]) -> str | None:
+    """The errors of a delivery as one text of bounded size (a body of 10,000 bad entries
+    would otherwise store a 370 KB error)."""
+    if len(errors) <= MAX_ERRORS_LISTED:
+        return "; ".join(errors) or None
+    shown = "; ".join(errors[:MAX_ERRORS_LISTED])
+    return f"{shown}; and {len(errors) - MAX_ERRORS_LISTED:,} more"
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:

@@ -382,6 +382,15 @@ async def test_one_bad_change_does_not_block_the_others(
     assert delivery.outcome == "quarantined" and "changes[0]" in (delivery.error or "")
 
 
+async def test_the_stored_error_of_a_delivery_is_bounded(server: Server, store: Store) -> None:
+    status, _, _ = await server.deliver(compact({"entry": [{}] * 10_000}))
+    assert status == 200
+    [delivery] = await store.list_deliveries("quarantined", 10)
+    error = delivery.error or ""
+    assert error.startswith("entry[0]: entry has no changes list; entry[1]: ")
+    assert error.endswith("; and 9,980 more") and len(error) < 1000
+
+
 async def test_unknown_waba_is_stored_counted_and_acknowledged(
     server: Server, store: Store, tenant: Tenant
 ) -> None:
