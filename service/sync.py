@@ -216,10 +216,8 @@ class Syncer:
         report: SyncReport,
     ) -> WabaFailure | None:
         waba_id = items[0].waba_id
-        now = self._now_ms()
-        if throttle and throttle.blocked_until > now:
-            wait_s = (throttle.blocked_until - now) / 1000
-            return WabaFailure(waba_id, throttle.code, "throttled", "Meta rate limit", None, wait_s)
+        if blocked := self._still_throttled(waba_id, throttle):
+            return blocked
         if channel is None:
             return WabaFailure(waba_id, None, "config", "no channel for this WABA")
         try:
@@ -255,7 +253,12 @@ class Syncer:
         """Upsert every template Meta lists for the workspace's WABAs (onboarding)."""
         total, failures = RemoteCounts(), []
         graph = self.graph("import")
-        for channel in await self._store.list_channels(workspace_id):
+        channels = await self._store.list_channels(workspace_id)
+        throttles = await self._store.throttles([channel.waba_id for channel in channels])
+        for channel in channels:
+            if blocked := self._still_throttled(channel.waba_id, throttles.get(channel.waba_id)):
+                failures.append(blocked)  # Meta's window holds for every caller
+                continue
             try:
                 remote = await graph.list_templates(channel.waba_id, self.token(channel))
             except DecryptionError as error:
@@ -269,6 +272,13 @@ class Syncer:
             )
             total += counts
         return total, failures
+
+    def _still_throttled(self, waba_id: str, throttle: Throttle | None) -> WabaFailure | None:
+        now = self._now_ms()
+        if throttle is None or throttle.blocked_until <= now:
+            return None
+        wait_s = (throttle.blocked_until - now) / 1000
+        return WabaFailure(waba_id, throttle.code, "throttled", "Meta rate limit", None, wait_s)
 
     async def _graph_failure(self, waba_id: str, error: GraphError) -> WabaFailure:
         logger.warning(

@@ -20,8 +20,9 @@ from service.crypto import TokenCipher
 from service.graph import GraphTemplate
 from service.metrics import Metrics
 from service.simulator import Simulator, make_templates
-from service.storage import Store, open_store
+from service.storage import Store, Throttle, open_store
 from service.sync import Syncer
+from service.times import now_ms
 
 from .conftest import (
     APP_SECRET,
@@ -347,6 +348,22 @@ async def test_cli_import_then_sync(
         "checked": 4, "updated": 1, "unchanged": 3, "missing": 0, "graph_calls": 2,
     }  # fmt: skip
     assert META_TOKEN not in out + err
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_cli_import_waits_out_a_stored_throttle(
+    settings: Settings, store: Store, tenant: Tenant, sim: tuple[Simulator, str], tmp_path: Path
+) -> None:
+    simulator, graph_url = sim
+    simulator.add_templates(WABA_ID, make_templates(WABA_ID, 5, pending=1))
+    await store.set_throttle(Throttle(WABA_ID, now_ms() + 600_000, 80008))  # e.g. by a sync
+    env = {**os.environ, "TEMPLATE_SYNC_DATABASE_URL": settings.database_url,
+           "TEMPLATE_SYNC_GRAPH_URL": graph_url, "TEMPLATE_SYNC_META_APP_SECRET": APP_SECRET,
+           "TEMPLATE_SYNC_ENCRYPTION_KEYS": settings.encryption_keys[0].value}  # fmt: skip
+    code, out, err = await run_cli(env, tmp_path, "import", "--workspace", tenant.workspace_id)
+    assert code == 1 and json.loads(out) == {"created": 0, "updated": 0, "unchanged": 0}
+    assert f"WABA {WABA_ID}: throttled (Graph code 80008)" in err
+    assert graph_calls(simulator) == 0  # Meta was not asked while its window holds
 
 
 SEED_JAVASCRIPT = """
