@@ -156,7 +156,7 @@ def _webhook_paths() -> dict[str, Any]:
             "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},
             "responses": {
                 "200": _json(_object({"success": {"const": True}}), "Stored"),
-                "401": _error("Missing, malformed or wrong signature"),
+                "401": _error("Missing, malformed, repeated or wrong signature"),
                 "413": _error("Body over TEMPLATE_SYNC_MAX_BODY_BYTES"),
                 "503": _error("Secret not configured, or store unavailable (Retry-After)"),
             },

@@ -197,7 +197,7 @@ async def receive(request: Request) -> Response:
         raise ApiError(503, f"Webhook secret not configured: set {PREFIX}META_APP_SECRET")
     body = await read_body(request, svc.settings.max_body_bytes)
     try:
-        verify_signature(body, request.headers.get(SIGNATURE_HEADER), svc.app_secrets)
+        verify_signature(body, _one_signature(request), svc.app_secrets)
     except SignatureError as error:
         svc.metrics.rejected.labels("signature").inc()
         raise ApiError(401, f"Invalid webhook signature: {error}") from None
@@ -220,6 +220,14 @@ async def receive(request: Request) -> Response:
         f"{result.unknown_waba} unknown WABA"
     )  # on the request's access log line: one log line per request, not two
     return Response(ACKNOWLEDGED, media_type="application/json")
+
+
+def _one_signature(request: Request) -> str | None:
+    """The signature header; several of them are refused, as ambiguous (Meta sends one)."""
+    values = request.headers.getlist(SIGNATURE_HEADER)
+    if len(values) > 1:
+        raise SignatureError("several signature headers")
+    return values[0] if values else None
 
 
 def error_summary(errors: list[str]) -> str | None:
