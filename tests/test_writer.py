@@ -183,3 +183,17 @@ async def test_batches_commit_side_by_side_up_to_the_backends_limit(parallel: in
     await asyncio.gather(first, *later)
     await writer.close()
     assert (batches, most) == ([1, 2], parallel)
+
+
+async def test_a_delivery_submitted_after_close_is_still_answered() -> None:
+    committed: list[int] = []
+
+    async def commit(items: list[NewDelivery]) -> list[DeliveryResult]:
+        committed.append(len(items))
+        return [DeliveryResult(delivery_id=1, outcome="processed") for _ in items]
+
+    writer = DeliveryWriter(commit)
+    await writer.close()
+    late = writer.submit(delivery(change("APPROVED", 1)))
+    assert (await asyncio.wait_for(late, timeout=5)).outcome == "processed"
+    assert committed == [1]

@@ -47,11 +47,13 @@ class DeliveryWriter:
         return await asyncio.shield(future)  # a caller gone away does not cancel the commit
 
     async def _run(self) -> None:
-        while not self._closing:
-            await self._wakeup.wait()
-            self._wakeup.clear()
+        while True:
             while self._queue:
                 await self._commit_one(self._take())
+            if self._closing:
+                return  # a late submit still gets its commit attempted, never a hang
+            await self._wakeup.wait()
+            self._wakeup.clear()
 
     def _take(self) -> list[Waiter]:
         size = count = 0
@@ -85,5 +87,3 @@ class DeliveryWriter:
         self._closing = True
         self._wakeup.set()
         await asyncio.gather(*self._tasks)
-        while self._queue:
-            await self._commit_one(self._take())
