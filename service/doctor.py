@@ -18,7 +18,8 @@ import aiohttp
 
 from .config import PREFIX, ConfigError, Secret, Settings
 from .crypto import KEY_FILE, DecryptionError, TokenCipher
-from .graph import GraphClient, GraphError
+from .graph import GraphClient
+from .graph_errors import GraphError
 from .storage import Channel, Store, StoreUnavailable, Throttle, open_store
 from .storage.schema import MIGRATIONS
 from .times import iso, now_ms

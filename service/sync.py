@@ -21,7 +21,8 @@ from typing import Any
 import aiohttp
 
 from .crypto import DecryptionError, TokenCipher
-from .graph import GraphClient, GraphError, GraphTemplate
+from .graph import GraphClient, GraphTemplate
+from .graph_errors import GraphError
 from .metrics import Metrics
 from .storage import Channel, PendingTemplate, RemoteCounts, Store, SyncRun, Throttle
 from .times import iso

@@ -13,15 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.graph import (
-    DEFAULT_REGAIN_ACCESS_S,
-    GraphClient,
-    GraphError,
-    GraphTemplate,
-    appsecret_proof,
-    classify,
-    parse_usage,
-)
+from service.graph import GraphClient, GraphTemplate, appsecret_proof
+from service.graph_errors import DEFAULT_REGAIN_ACCESS_S, GraphError, classify, parse_usage
 from service.simulator import Simulator, base_url, make_templates, serve
 
 WABA = "102290129340398"
