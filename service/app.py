@@ -137,12 +137,13 @@ class AccessLog:
             endpoint = scope.get("endpoint")
             route = getattr(endpoint, "__name__", "unmatched")
             self.metrics.request(scope["method"], route, status, elapsed)
-            client = scope.get("client") or ("-", 0)
-            detail = scope.get(LOG_DETAIL)
-            access_logger.info(
-                '%s "%s %s" %d %.1fms%s', client[0], scope["method"], scope["path"], status,
-                elapsed * 1000, f" {detail}" if detail else "",
-            )  # fmt: skip
+            if access_logger.isEnabledFor(logging.INFO):
+                client = scope.get("client") or ("-", 0)
+                detail = scope.get(LOG_DETAIL)
+                access_logger.info(
+                    '%s "%s %s" %d %.1fms%s', client[0], scope["method"], scope["path"], status,
+                    elapsed * 1000, f" {detail()}" if detail else "",
+                )  # fmt: skip
 
 
 def create_app(

@@ -11,7 +11,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-# A request scope key: what an endpoint adds to the request's access log line.
+# A request scope key: a callable giving what an endpoint adds to its access log line.
 LOG_DETAIL = "template_sync.log_detail"
 # Attributes every LogRecord has; anything else was passed as `extra=` and is emitted.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}

@@ -3,6 +3,9 @@
 Graph routes live under `/{version}/...`; a JSON control API under `/_sim/...` lets another
 process (CLI, demo) seed WABAs and templates, change statuses, inject faults and read the
 call log. The control API is unauthenticated: bind the simulator to loopback only.
+
+It imports nothing from the client it tests (header names, appsecret_proof): written from
+Meta's documentation on its own, it catches a client that misreads it.
 """
 
 from __future__ import annotations

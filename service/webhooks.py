@@ -206,7 +206,7 @@ async def receive(request: Request) -> Response:
     except PayloadError as error:
         changes, errors = [], [str(error)]
     try:
-        result = await svc.store.record_delivery(body, now_ms(), changes, error_summary(errors))
+        result = await svc.store.record_delivery(body, now_ms(), changes, _error_summary(errors))
     except StoreUnavailable as error:
         svc.metrics.rejected.labels("store_unavailable").inc()
         logger.error("webhook not stored, asking Meta to retry: %s", error)
@@ -214,11 +214,11 @@ async def receive(request: Request) -> Response:
             503, "Store unavailable, retry later", headers={"Retry-After": RETRY_AFTER_S}
         ) from None
     svc.metrics.delivery(result)
-    request.scope[LOG_DETAIL] = (
+    request.scope[LOG_DETAIL] = lambda: (
         f"delivery {result.delivery_id} {result.outcome}: {len(changes)} changes, "
         f"{result.applied} applied, {result.stale} stale, {result.duplicate} duplicate, "
         f"{result.unknown_waba} unknown WABA"
-    )  # on the request's access log line: one log line per request, not two
+    )  # ends the request's access log line (one line per request), formatted only if logged
     return Response(ACKNOWLEDGED, media_type="application/json")
 
 
@@ -230,7 +230,7 @@ def _one_signature(request: Request) -> str | None:
     return values[0] if values else None
 
 
-def error_summary(errors: list[str]) -> str | None:
+def _error_summary(errors: list[str]) -> str | None:
     """The errors of a delivery as one text of bounded size (a body of 10,000 bad entries
     would otherwise store a 370 KB error)."""
     if len(errors) <= MAX_ERRORS_LISTED:

@@ -29,9 +29,8 @@ def sql_store(store: Store) -> SqlStore:
     return store
 
 
-async def test_concurrent_deliveries_share_a_commit_and_keep_their_order(
-    store: Store, tenant: Tenant
-) -> None:
+def counting_writer(store: Store) -> tuple[DeliveryWriter, list[int]]:
+    """A writer over the store's own commit that records each batch's size."""
     batches: list[int] = []
     real = sql_store(store)
 
@@ -39,7 +38,13 @@ async def test_concurrent_deliveries_share_a_commit_and_keep_their_order(
         batches.append(len(items))
         return await real._commit_deliveries(items)
 
-    writer = DeliveryWriter(counted)
+    return DeliveryWriter(counted), batches
+
+
+async def test_concurrent_deliveries_share_a_commit_and_keep_their_order(
+    store: Store, tenant: Tenant
+) -> None:
+    writer, batches = counting_writer(store)
     events = [change("PENDING" if i % 2 else "APPROVED", 1000 + i) for i in range(40)]
     results = await asyncio.gather(*(writer.submit(delivery(e)) for e in events))
     await writer.close()
@@ -55,14 +60,7 @@ async def test_concurrent_deliveries_share_a_commit_and_keep_their_order(
 
 
 async def test_batches_are_capped(store: Store, tenant: Tenant) -> None:
-    batches: list[int] = []
-    real = sql_store(store)
-
-    async def counted(items: list[NewDelivery]) -> list[DeliveryResult]:
-        batches.append(len(items))
-        return await real._commit_deliveries(items)
-
-    writer = DeliveryWriter(counted)
+    writer, batches = counting_writer(store)
     count = MAX_BATCH + 10
     await asyncio.gather(
         *(writer.submit(delivery(change("APPROVED", i, str(i)))) for i in range(count))

@@ -13,9 +13,9 @@ at a time: one that still fails is stored quarantined, and the others are unaffe
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..events import STATUS_FIELD, UNKNOWN_STATUS, Change, TemplateState, apply_change
 from ..events import next_pending_since as pending_since_after
@@ -40,24 +40,28 @@ class _Failed(Exception):
     """A batch could not be applied; its savepoint has been rolled back."""
 
 
-def record_batch(
-    items: Sequence[NewDelivery],
-    for_update: str,
-    unavailable: Callable[[Exception], bool],
-    setup: str | None = None,
-) -> Steps[list[DeliveryResult]]:
+class Dialect(Protocol):
+    """What a batch needs to know of its database (each backend is one)."""
+
+    for_update: str  # appended to the template lookup
+    batch_setup: str | None  # a statement that opens the batch
+
+    def unavailable(self, error: Exception) -> bool: ...
+
+
+def record_batch(items: Sequence[NewDelivery], db: Dialect) -> Steps[list[DeliveryResult]]:
     """Store and apply every delivery; errors meaning "store unavailable" fail the batch."""
-    if setup:
-        yield execute(setup)
+    if db.batch_setup:
+        yield execute(db.batch_setup)
     try:
-        return (yield from _attempt(items, for_update, unavailable))
+        return (yield from _attempt(items, db))
     except _Failed as failed:
         if len(items) == 1:
             return (yield from _quarantine(items[0], failed))
     results = []
     for item in items:  # find the culprit: each delivery on its own
         try:
-            results += yield from _attempt([item], for_update, unavailable)
+            results += yield from _attempt([item], db)
         except _Failed as failed:
             results += yield from _quarantine(item, failed)
     return results
@@ -71,14 +75,12 @@ def _quarantine(item: NewDelivery, failed: _Failed) -> Steps[list[DeliveryResult
     )
 
 
-def _attempt(
-    items: Sequence[NewDelivery], for_update: str, unavailable: Callable[[Exception], bool]
-) -> Steps[list[DeliveryResult]]:
+def _attempt(items: Sequence[NewDelivery], db: Dialect) -> Steps[list[DeliveryResult]]:
     yield execute("SAVEPOINT batch")
     try:
-        results = yield from _record(items, for_update)
+        results = yield from _record(items, db.for_update)
     except Exception as exc:
-        if unavailable(exc):
+        if db.unavailable(exc):
             raise
         yield execute("ROLLBACK TO SAVEPOINT batch")
         yield execute("RELEASE SAVEPOINT batch")

@@ -25,7 +25,7 @@ from . import (
     TemplateFilter,
     Workspace,
 )
-from .ingest import NewDelivery, record_batch
+from .ingest import Dialect, NewDelivery, record_batch
 from .polls import PollQueries
 from .schema import MIGRATIONS, statements
 from .steps import Steps, fetch, fetchrow
@@ -54,18 +54,15 @@ class Tx(Protocol):
     async def execute(self, sql: str, *args: Any) -> None: ...
 
 
-class Backend(Protocol):
+class Backend(Dialect, Protocol):
     parallel_batches: int  # webhook batches that may commit at once (writer.py)
-    batch_setup: str | None  # a statement that opens each webhook batch's transaction
     serial: str
     blob: str
-    for_update: str
     migration_lock: str | None
     table_exists: str  # one `?`: the table name
 
     def transaction(self) -> AbstractAsyncContextManager[Any]: ...
     async def run(self, steps: Steps[T], write: bool = True) -> T: ...
-    def unavailable(self, error: Exception) -> bool: ...
     async def close(self) -> None: ...
 
 
@@ -310,8 +307,7 @@ class SqlStore(SyncQueries, PollQueries):
         return await self._writer.submit(NewDelivery(body, received_at_ms, changes, error))
 
     async def _commit_deliveries(self, items: list[NewDelivery]) -> list[DeliveryResult]:
-        batch = record_batch(items, self._db.for_update, self._db.unavailable, self._db.batch_setup)
-        return await self._db.run(batch)
+        return await self._db.run(record_batch(items, self._db))
 
     async def list_deliveries(self, outcome: str | None, limit: int) -> list[Delivery]:
         """The newest stored deliveries, optionally only those with `outcome`."""

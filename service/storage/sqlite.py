@@ -96,7 +96,7 @@ class SqliteBackend:
     batch_setup: str | None = None
     serial = "INTEGER PRIMARY KEY AUTOINCREMENT"
     blob = "BLOB"
-    for_update = ""
+    for_update = _Tx.for_update
     migration_lock: str | None = None  # BEGIN IMMEDIATE already excludes other writers
     table_exists = "SELECT 1 AS ok FROM sqlite_master WHERE type = 'table' AND name = ?"
     unavailable = staticmethod(unavailable)
