@@ -23,13 +23,14 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -42,6 +43,7 @@ from service.crypto import TokenCipher, generate_key, new_bearer_token
 from service.storage import open_store
 
 SECRET = "bench-secret"
+FLOOR = "floor"
 WABA_ID = "102290129340398"
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = [sys.executable, "-m", "uvicorn", "--no-access-log", "--log-level", "warning"]
@@ -153,9 +155,13 @@ class Target:
     name: str
     command: list[str]
     env: dict[str, str]
-    database: str | None = None  # "sqlite" or a PostgreSQL server URL: this service
+    database: str | None = None  # "sqlite" or a PostgreSQL server URL: this service; "floor"
     rounds: list[dict[str, float]] = field(default_factory=list)
     extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def is_service(self) -> bool:
+        return self.database not in (None, FLOOR)
 
 
 @contextmanager
@@ -163,6 +169,9 @@ def fresh_store(target: Target, work: Path) -> Iterator[str | None]:
     """A new, migrated store with a workspace and the WABA's channel (or None)."""
     if target.database is None:
         yield None
+        return
+    if target.database == FLOOR:
+        yield f"{tempfile.mkdtemp(dir=work)}/floor.db"
         return
     if target.database == "sqlite":
         url = f"sqlite:///{tempfile.mkdtemp(dir=work)}/bench.db"
@@ -204,6 +213,9 @@ async def prepare_store(url: str, target: Target) -> None:
 
 
 async def stored(url: str) -> int:
+    if not url.startswith(("sqlite:", "postgres")):  # the floor's file
+        with closing(sqlite3.connect(url)) as db:
+            return int(db.execute("SELECT count(*) FROM deliveries").fetchone()[0])
     store = await open_store(url)
     try:
         return len(await store.list_deliveries(None, 10**9))
@@ -215,7 +227,8 @@ async def stored(url: str) -> int:
 def serving(target: Target, url: str | None) -> Iterator[tuple[int, int]]:
     """The target's server on a free port, pinned to core 0: (port, pid)."""
     port = free_port()
-    env = {**target.env, **({"TEMPLATE_SYNC_DATABASE_URL": url} if url else {})}
+    name = "BENCH_FLOOR_DB" if target.database == FLOOR else "TEMPLATE_SYNC_DATABASE_URL"
+    env = {**target.env, **({name: url} if url else {})}
     process = subprocess.Popen(pinned(0, [*target.command, "--port", str(port)]), env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -330,6 +343,12 @@ def targets(args: argparse.Namespace) -> list[Target]:
     found = [
         Target("bare Starlette", [*PYTHON, "bench.apps:bare"], base_env),
         Target("pywa handler", [*PYTHON, "bench.apps:pywa"], {**base_env, "BENCH_TARGET": "pywa"}),
+        Target(
+            "floor: verify + INSERT, grouped commits",
+            [*PYTHON, "bench.apps:floor"],
+            base_env,
+            FLOOR,
+        ),
         Target("service, SQLite FULL", serve, service_env, "sqlite"),
     ]
     if args.postgres_url:
@@ -355,7 +374,7 @@ def main() -> None:
     try:
         found = targets(args)
         if args.memory:
-            memory(found[2], args.memory, work)
+            memory(next(t for t in found if t.database == "sqlite"), args.memory, work)
             return
         script = lua_script(work, args.bodies)
         for number in range(args.rounds):
@@ -365,7 +384,7 @@ def main() -> None:
         for target in found:
             for rate in (float(r) for r in args.rates.split(",")):
                 open_loop(target, rate, args, work)
-            if target.database is not None:
+            if target.is_service:
                 service_extras(target, args, script, work)
         report(found)
     finally:
@@ -377,16 +396,22 @@ def median_round(target: Target) -> dict[str, float]:
 
 
 def report(found: list[Target]) -> None:
-    bare, pywa = (median_round(t)["rps"] for t in found[:2])
-    print("| target | req/s (median round) | rounds | p50 ms | p99 ms | / bare | / pywa | ledger |")
-    print("|---|---:|---|---:|---:|---:|---:|---|")
+    rps = {t.database: median_round(t)["rps"] for t in found}
+    bare, pywa, floor = (median_round(t)["rps"] for t in found[:3])
+    print("| target | req/s (median round) | rounds | p50 ms | p99 ms | / bare | / pywa | / floor "
+          "| ledger |")  # fmt: skip
+    print("|---|---:|---|---:|---:|---:|---:|---:|---|")
     for t in found:
         m = median_round(t)
         rounds = ", ".join(f"{r['rps']:,.0f}" for r in t.rounds)
         ledger = "-" if t.database is None else (
             "balances" if all(r["ledger_ok"] for r in t.rounds) else "VOID")  # fmt: skip
         print(f"| {t.name} | {m['rps']:,.0f} | {rounds} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} | "
-              f"{m['rps'] / bare:.2f} | {m['rps'] / pywa:.2f} | {ledger} |")  # fmt: skip
+              f"{m['rps'] / bare:.2f} | {m['rps'] / pywa:.2f} | {m['rps'] / floor:.2f} | "
+              f"{ledger} |")  # fmt: skip
+    postgres = [rate for database, rate in rps.items() if database and database.startswith("post")]
+    if postgres:
+        print(f"\nPostgreSQL / SQLite: {postgres[0] / rps['sqlite']:.2f}")
     print("\n| target | open loop | p50 ms | p99 ms | max ms | errors |")
     print("|---|---:|---:|---:|---:|---:|")
     for t in found:
@@ -398,7 +423,7 @@ def report(found: list[Target]) -> None:
           "GET page of 100: req/s, p99 ms |")  # fmt: skip
     print("|---|---:|---:|---:|")
     for t in found:
-        if t.database is None:
+        if not t.is_service:
             continue
         b, one, page = t.extra["batch_ms"], t.extra["get one"], t.extra["get page of 100"]
         print(
