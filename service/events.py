@@ -59,6 +59,12 @@ class Change:
         return f"{self.entry_time:013d}{digest}"  # fixed width for any accepted entry.time
 
 
+def dedupe_keys_below(entry_time: int) -> str:
+    """Every dedupe key of an event whose entry.time (unix seconds) is earlier sorts below
+    this, and no other key does."""
+    return f"{entry_time:013d}"
+
+
 @dataclass(frozen=True)
 class TemplateState:
     status: str

@@ -41,9 +41,8 @@ async def test_migration_5_keeps_events_stored_before_it_deduplicated(
     assert isinstance(store, SqlStore)
     async with store._tx() as tx:  # back to the schema and key format before migration 5
         await tx.execute("UPDATE template_events SET dedupe_key = ?", event.dedupe_key[13:])
-        await tx.execute("DROP INDEX template_events_dedupe_received")
-        await tx.execute("DELETE FROM schema_migrations WHERE version = 5")
-    assert await store.migrate() == [5]
+        await tx.execute("DELETE FROM schema_migrations WHERE version >= 5")  # 6 dropped 5's index
+    assert await store.migrate() == [5, 6]
     again = await store.record_delivery(b"{}", NOW_MS, [event], None)
     assert (again.duplicate, again.applied) == (1, 0)  # Meta's retry after the upgrade
 

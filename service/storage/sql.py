@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
-from ..events import Change
+from ..events import Change, dedupe_keys_below
 from . import (
     ApiToken,
     Channel,
@@ -332,11 +332,18 @@ class SqlStore(SyncQueries, PollQueries):
 
     async def forget_dedupe_keys(self, before_ms: int, limit: int) -> int:
         """Clear up to `limit` dedupe keys of events received before `before_ms`; the history
-        rows stay."""
+        rows stay.
+
+        The keys are found through their own unique index: an event is received after its
+        entry.time, which leads its key, so the keys to clear are among those below the
+        cutoff's. (A key whose entry.time is ahead of the clock it arrived by is kept until
+        the cutoff passes that time: longer than the window, never shorter.)
+        """
         return await self._count_rows(
             "UPDATE template_events SET dedupe_key = NULL WHERE id IN (SELECT id FROM "
-            "template_events WHERE dedupe_key IS NOT NULL AND received_at < ? "
-            "ORDER BY received_at LIMIT ?) RETURNING id",
+            "template_events WHERE dedupe_key < ? AND received_at < ? "
+            "ORDER BY dedupe_key LIMIT ?) RETURNING id",
+            dedupe_keys_below(before_ms // 1000),
             before_ms,
             limit,
         )
