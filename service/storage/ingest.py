@@ -210,7 +210,7 @@ def _insert_deliveries(items: Sequence[NewDelivery]) -> Steps[list[DeliveryResul
 
 
 def _owners(waba_ids: set[str]) -> Steps[dict[str, str]]:
-    rows = yield from _fetch_all(
+    rows = yield from _lookup(
         "SELECT waba_id, workspace_id FROM channels WHERE waba_id IN ({rows})",
         "?",
         [(waba_id,) for waba_id in sorted(waba_ids)],
@@ -249,7 +249,7 @@ def _templates(
 
 
 def _select_templates(keys: list[Key], for_update: str) -> Steps[dict[Key, _Template]]:
-    rows = yield from _fetch_all(
+    rows = yield from _lookup(
         # The join (not a row-value IN) lets both planners look each key up in the index.
         f"SELECT {STATE_COLUMNS} FROM templates WHERE id IN (SELECT t.id FROM (VALUES {{rows}}) "
         "AS k CROSS JOIN templates AS t WHERE t.waba_id = k.column1 AND t.provider_id = k.column2) "
@@ -262,7 +262,7 @@ def _select_templates(keys: list[Key], for_update: str) -> Steps[dict[Key, _Temp
 
 def _recorded(keys: set[str]) -> Steps[set[str]]:
     """The dedupe keys among `keys` that a stored event already has."""
-    rows = yield from _fetch_all(
+    rows = yield from _lookup(
         "SELECT dedupe_key FROM template_events WHERE dedupe_key IN ({rows})",
         "?",
         [(key,) for key in sorted(keys)],
@@ -287,3 +287,13 @@ def _fetch_all(sql: str, group: str, rows: Sequence[Sequence[Any]]) -> Steps[lis
         answer += yield fetch(sql.format(rows=", ".join([group] * size)), *args)
         start += size
     return answer
+
+
+def _lookup(sql: str, group: str, keys: Sequence[Sequence[Any]]) -> Steps[list[dict[str, Any]]]:
+    """`_fetch_all` for a lookup: the keys are padded to a size it sends in one statement
+    (the last key repeated, which finds nothing new), so a batch's lookup is one round trip."""
+    if not keys:
+        return []
+    per = ROWS_PER_STATEMENT
+    size = 1 << (len(keys) - 1).bit_length() if len(keys) <= per else -(-len(keys) // per) * per
+    return (yield from _fetch_all(sql, group, [*keys, *[keys[-1]] * (size - len(keys))]))
