@@ -2,7 +2,8 @@
 
 Raw deliveries are kept `RETENTION_DAYS` (30 by default) after they arrive: long enough to
 replay or inspect them. A history row is kept for good, but its dedupe key is cleared
-`DEDUPE_DAYS` (8 by default, never under 7) after the event was received: Meta stops
+`DEDUPE_DAYS` (8 by default, never under 7) after the event was received (and after its
+`entry.time`, which its key leads with; see SqlStore.forget_dedupe_keys): Meta stops
 retrying a delivery 7 days after its first attempt, so no copy can come later.
 
 `serve` prunes at start and then hourly; `template-sync prune` does it once, with progress.

@@ -156,8 +156,8 @@ MIGRATIONS: list[tuple[int, str]] = [
         # Retention finds old keys through the unique index now (they lead with entry.time),
         # so the partial index goes: one index less to write per event, and PostgreSQL's
         # planner can no longer answer a dedupe lookup on a young table by scanning it whole
-        # (it did, and kept that plan as the table grew: 11,000 rows read per batch at 20,000
-        # events).
+        # (it did, and kept that plan as the table grew: 5.5 million index rows read in an
+        # 8 s benchmark run).
         """
         DROP INDEX template_events_dedupe_received
         """,
