@@ -39,9 +39,9 @@ async def test_migration_5_keeps_events_stored_before_it_deduplicated(
     event = status_change("APPROVED")
     await store.record_delivery(b"{}", NOW_MS, [event], None)
     assert isinstance(store, SqlStore)
-    async with store._tx() as tx:  # back to the schema and key format before migration 5
+    async with store._tx() as tx:  # back to the key format before migration 5 (6 drops 5's index)
         await tx.execute("UPDATE template_events SET dedupe_key = ?", event.dedupe_key[13:])
-        await tx.execute("DELETE FROM schema_migrations WHERE version >= 5")  # 6 dropped 5's index
+        await tx.execute("DELETE FROM schema_migrations WHERE version IN (5, 6)")
     assert await store.migrate() == [5, 6]
     again = await store.record_delivery(b"{}", NOW_MS, [event], None)
     assert (again.duplicate, again.applied) == (1, 0)  # Meta's retry after the upgrade

@@ -162,6 +162,17 @@ MIGRATIONS: list[tuple[int, str]] = [
         DROP INDEX template_events_dedupe_received
         """,
     ),
+    (
+        7,
+        # Every webhook changes a template's status, and each change moved its entry in this
+        # index: without it SQLite ingests 7-20% more (three interleaved pairs of 10 s runs).
+        # A status filter now reads the workspace's templates through templates_workspace:
+        # a page of a rare status in a workspace of 5,000 templates takes about 1 ms on
+        # SQLite and 3 ms on PostgreSQL, instead of well under 1 ms.
+        """
+        DROP INDEX templates_workspace_status
+        """,
+    ),
 ]
 
 
