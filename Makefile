@@ -39,7 +39,7 @@ soak: install-dev  ## the crash ledger for TEMPLATE_SYNC_SOAK_S seconds (default
 demo: install  ## the whole loop offline: simulator, service, webhook, lost webhook repaired by sync
 	$(BIN)/template-sync demo --workdir demo
 
-bench: install-dev  ## ingest: bare Starlette, pywa and this service (~6 min; BENCH_ARGS=--postgres-url ...)
+bench: install-dev  ## ingest: bare Starlette, pywa, a durable floor and this service (~9 min; BENCH_ARGS=--postgres-url ...)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/pip install --quiet pywa
 	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
