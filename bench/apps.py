@@ -72,17 +72,23 @@ class GroupCommit:
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
-            await asyncio.to_thread(self._commit, [body for body, _ in batch])
-            for _, future in batch:
-                future.set_result(None)
+            try:
+                await asyncio.to_thread(self._commit, [body for body, _ in batch])
+            except sqlite3.Error as error:  # those requests fail (500); none is acknowledged
+                for _, future in batch:
+                    future.set_exception(error)
+            else:
+                for _, future in batch:
+                    future.set_result(None)
 
     def _commit(self, bodies: list[bytes]) -> None:
         now = int(time.time() * 1000)
-        self._db.execute("BEGIN")
-        self._db.executemany(
-            "INSERT INTO deliveries (received_at, body) VALUES (?, ?)", [(now, b) for b in bodies]
-        )
-        self._db.execute("COMMIT")
+        with self._db:  # BEGIN ... COMMIT, or ROLLBACK on error
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO deliveries (received_at, body) VALUES (?, ?)",
+                [(now, body) for body in bodies],
+            )
 
 
 def make_floor(path: str) -> Starlette:

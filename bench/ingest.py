@@ -396,8 +396,7 @@ def median_round(target: Target) -> dict[str, float]:
 
 
 def report(found: list[Target]) -> None:
-    rps = {t.database: median_round(t)["rps"] for t in found}
-    bare, pywa, floor = (median_round(t)["rps"] for t in found[:3])
+    bare, pywa, floor, sqlite = (median_round(t)["rps"] for t in found[:4])
     print("| target | req/s (median round) | rounds | p50 ms | p99 ms | / bare | / pywa | / floor "
           "| ledger |")  # fmt: skip
     print("|---|---:|---|---:|---:|---:|---:|---:|---|")
@@ -409,9 +408,8 @@ def report(found: list[Target]) -> None:
         print(f"| {t.name} | {m['rps']:,.0f} | {rounds} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} | "
               f"{m['rps'] / bare:.2f} | {m['rps'] / pywa:.2f} | {m['rps'] / floor:.2f} | "
               f"{ledger} |")  # fmt: skip
-    postgres = [rate for database, rate in rps.items() if database and database.startswith("post")]
-    if postgres:
-        print(f"\nPostgreSQL / SQLite: {postgres[0] / rps['sqlite']:.2f}")
+    if len(found) > 4:
+        print(f"\nPostgreSQL / SQLite: {median_round(found[4])['rps'] / sqlite:.2f}")
     print("\n| target | open loop | p50 ms | p99 ms | max ms | errors |")
     print("|---|---:|---:|---:|---:|---:|")
     for t in found:
