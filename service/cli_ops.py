@@ -71,13 +71,12 @@ def migrate() -> None:
 
 @click.command()
 def prune() -> None:
-    """Delete raw deliveries older than RETENTION_DAYS and clear dedupe keys older than
-    DEDUPE_DAYS now (`serve` does it hourly); progress on stderr, totals on stdout."""
+    """Delete raw deliveries and sync runs older than RETENTION_DAYS and clear dedupe keys
+    older than DEDUPE_DAYS now (`serve` does it hourly); progress on stderr, totals on stdout."""
     settings = load_settings()
 
     def report(pruned: Pruned) -> None:
-        click.echo(f"pruned so far: {pruned.deliveries} deliveries, "
-                   f"{pruned.dedupe_keys} dedupe keys", err=True)  # fmt: skip
+        click.echo(f"pruned so far: {pruned.describe()}", err=True)
 
     done = with_store(settings, lambda store: retention.prune(store, settings, now_ms(), report))
     click.echo(json.dumps(dataclasses.asdict(done)))

@@ -91,7 +91,7 @@ class Settings:
     poll_interval_s: float = 1800.0
     sync_deadline_s: float = 90.0
     max_body_bytes: int = 4 * 1024 * 1024
-    retention_days: float = 30.0  # raw deliveries (retention.py)
+    retention_days: float = 30.0  # raw deliveries and sync runs (retention.py)
     dedupe_days: float = 8.0  # dedupe keys; Meta retries for up to 7 days
     log_format: str = "text" if sys.stderr.isatty() else "json"
     log_level: str = "INFO"

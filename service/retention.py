@@ -1,10 +1,13 @@
-"""Retention: raw deliveries and old dedupe keys are pruned, so the store stays bounded.
+"""Retention: raw deliveries, sync runs and old dedupe keys are pruned, so the store stays
+bounded.
 
 Raw deliveries are kept `RETENTION_DAYS` (30 by default) after they arrive: long enough to
-replay or inspect them. A history row is kept for good, but its dedupe key is cleared
-`DEDUPE_DAYS` (8 by default, never under 7) after the event was received (and after its
-`entry.time`, which its key leads with; see SqlStore.forget_dedupe_keys): Meta stops
-retrying a delivery 7 days after its first attempt, so no copy can come later.
+replay or inspect them. Sync runs are kept as long after they started, and each
+workspace's latest whatever its age (the API shows it). A history row is kept for good, but
+its dedupe key is cleared `DEDUPE_DAYS` (8 by default, never under 7) after the event was
+received (and after its `entry.time`, which its key leads with; see
+SqlStore.forget_dedupe_keys): Meta stops retrying a delivery 7 days after its first attempt,
+so no copy can come later.
 
 `serve` prunes at start and then hourly; `template-sync prune` does it once, with progress.
 Work goes in chunks of a short transaction each, so webhooks are never held up for long.
@@ -16,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from .config import Settings
 from .metrics import Metrics
@@ -31,9 +34,14 @@ CHUNK = 1000
 
 
 @dataclass
-class Pruned:
+class Pruned:  # one field per kind of pruning
     deliveries: int = 0
     dedupe_keys: int = 0
+    sync_runs: int = 0
+
+    def describe(self) -> str:
+        counts = asdict(self).items()
+        return ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in counts)
 
 
 async def prune(
@@ -43,13 +51,15 @@ async def prune(
     progress: Callable[[Pruned], None] | None = None,
     chunk: int = CHUNK,
 ) -> Pruned:
-    """Delete deliveries and clear dedupe keys older than the settings allow, as of `at_ms`."""
+    """Delete deliveries and sync runs and clear dedupe keys older than the settings allow,
+    as of `at_ms`."""
     pruned = Pruned()
-    deliveries_before = at_ms - round(settings.retention_days * DAY_MS)
+    retained_from = at_ms - round(settings.retention_days * DAY_MS)
     keys_before = at_ms - round(settings.dedupe_days * DAY_MS)
     steps: dict[str, Callable[[], Awaitable[int]]] = {
-        "deliveries": lambda: store.prune_deliveries(deliveries_before, chunk),
+        "deliveries": lambda: store.prune_deliveries(retained_from, chunk),
         "dedupe_keys": lambda: store.forget_dedupe_keys(keys_before, chunk),
+        "sync_runs": lambda: store.prune_sync_runs(retained_from, chunk),
     }
     for kind, step in steps.items():
         while count := await step():
@@ -84,12 +94,9 @@ async def _loop(store: Store, settings: Settings, metrics: Metrics, every_s: flo
         except Exception:
             logger.exception("pruning failed; trying again in %.0f s", every_s)
         else:
-            metrics.pruned.labels("deliveries").inc(pruned.deliveries)
-            metrics.pruned.labels("dedupe_keys").inc(pruned.dedupe_keys)
-            if pruned.deliveries or pruned.dedupe_keys:
-                logger.info(
-                    "pruned %d deliveries and %d dedupe keys",
-                    pruned.deliveries,
-                    pruned.dedupe_keys,
-                )
+            counts = asdict(pruned)
+            for kind, count in counts.items():
+                metrics.pruned.labels(kind).inc(count)
+            if any(counts.values()):
+                logger.info("pruned %s", pruned.describe())
         await asyncio.sleep(every_s)

@@ -53,6 +53,24 @@ async def test_dedupe_keys_are_cleared_after_the_window_and_history_stays(
     assert template.status == "PAUSED" and history is not None and len(history) == 3
 
 
+async def test_old_sync_runs_go_but_each_workspace_keeps_its_latest(
+    store: Store, settings: Settings, tenant: Tenant
+) -> None:
+    other = await store.create_workspace("other", NOW_MS)
+    runs = {}
+    for workspace_id, age_days in ((tenant.workspace_id, 40), (tenant.workspace_id, 35),
+                                   (other.id, 50), (tenant.workspace_id, 1)):  # fmt: skip
+        claim = await store.claim_sync(workspace_id, "api", NOW_MS - age_days * DAY_MS, 60_000)
+        runs[workspace_id, age_days] = claim.run_id
+    assert (await prune(store, settings, NOW_MS)).sync_runs == 2
+    gone = [await store.get_sync_run(runs[tenant.workspace_id, age]) for age in (40, 35)]
+    assert gone == [None, None]
+    latest = await store.last_sync_run(tenant.workspace_id)
+    assert latest is not None and latest.id == runs[tenant.workspace_id, 1]
+    only = await store.last_sync_run(other.id)  # 50 days old, but what the API shows
+    assert only is not None and only.id == runs[other.id, 50]
+
+
 def test_a_dedupe_window_under_seven_days_is_refused() -> None:
     with pytest.raises(ConfigError, match="TEMPLATE_SYNC_DEDUPE_DAYS must be between 7"):
         Settings.from_env({"TEMPLATE_SYNC_DEDUPE_DAYS": "6"}, dotenv=None)

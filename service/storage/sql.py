@@ -348,6 +348,17 @@ class SqlStore(SyncQueries, PollQueries):
             limit,
         )
 
+    async def prune_sync_runs(self, before_ms: int, limit: int) -> int:
+        """Delete up to `limit` of the oldest sync runs started before `before_ms`, except
+        each workspace's latest (what `GET .../templates/sync` shows)."""
+        return await self._count_rows(
+            "DELETE FROM sync_runs WHERE id IN (SELECT r.id FROM sync_runs AS r "
+            "WHERE r.started_at < ? AND r.id < (SELECT max(l.id) FROM sync_runs AS l "
+            "WHERE l.workspace_id = r.workspace_id) ORDER BY r.id LIMIT ?) RETURNING id",
+            before_ms,
+            limit,
+        )
+
     async def _count_rows(self, sql: str, *args: Any) -> int:
         """Run one statement with RETURNING in a transaction; how many rows it returned."""
         async with self._tx() as tx:
