@@ -62,7 +62,7 @@ class Metrics:
         )
         self.pruned = Counter(
             "template_sync_pruned",
-            "Rows pruned by retention: raw deliveries deleted, dedupe keys cleared.",
+            "Rows pruned by retention: raw deliveries and sync runs deleted, dedupe keys cleared.",
             ["kind"],
             registry=self.registry,
         )

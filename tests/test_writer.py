@@ -112,6 +112,24 @@ async def test_no_caller_is_answered_before_its_commit(
         await writer.close()
 
 
+async def test_a_caller_gone_away_does_not_cancel_the_commit(store: Store, tenant: Tenant) -> None:
+    release = asyncio.Event()
+    real = sql_store(store)
+
+    async def slow_commit(items: list[NewDelivery]) -> list[DeliveryResult]:
+        await release.wait()
+        return await real._commit_deliveries(items)
+
+    writer = DeliveryWriter(slow_commit)
+    caller = asyncio.create_task(writer.submit(delivery(change("APPROVED", 1))))
+    await asyncio.sleep(0.05)
+    caller.cancel()  # the client hung up while its delivery was being committed
+    release.set()
+    await writer.close()
+    assert caller.cancelled()
+    assert len(await store.list_deliveries(None, 10)) == 1
+
+
 @pytest.mark.parametrize("failure", [StoreUnavailable("disk full"), RuntimeError("bug")])
 async def test_a_failed_commit_refuses_every_caller_of_the_batch(failure: Exception) -> None:
     async def failing(items: list[NewDelivery]) -> list[DeliveryResult]:

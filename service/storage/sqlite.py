@@ -30,6 +30,7 @@ PRAGMAS = (
     # this long before it is refused with 503 and retried by Meta.
     "PRAGMA busy_timeout=500",
 )
+BEGIN = "BEGIN IMMEDIATE"  # every write transaction takes the write lock at once
 # Result codes that mean "the database cannot be used right now", not "the query is wrong".
 _UNAVAILABLE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
 
@@ -127,7 +128,7 @@ class SqliteBackend:
     async def transaction(self) -> AsyncIterator[_Tx]:
         async with self._lock:
             try:
-                await self.call(self.conn.execute, "BEGIN IMMEDIATE")
+                await self.call(self.conn.execute, BEGIN)
                 yield _Tx(self)
                 await self.call(self.conn.execute, "COMMIT")
             except BaseException as error:
@@ -144,7 +145,7 @@ class SqliteBackend:
             if not write:
                 return drive_sync(_SyncTx(self._reader), steps)
             async with self._lock:
-                return await self.call(_run_steps, self.conn, steps, "BEGIN IMMEDIATE")
+                return await self.call(_run_steps, self.conn, steps)
         except sqlite3.Error as error:
             if unavailable(error):
                 raise StoreUnavailable(f"SQLite: {error}") from error
@@ -156,8 +157,8 @@ class SqliteBackend:
         self._thread.shutdown(wait=True)
 
 
-def _run_steps(conn: sqlite3.Connection, steps: Steps[T], begin: str) -> T:
-    conn.execute(begin)
+def _run_steps(conn: sqlite3.Connection, steps: Steps[T]) -> T:
+    conn.execute(BEGIN)
     try:
         result = drive_sync(_SyncTx(conn), steps)
         conn.execute("COMMIT")

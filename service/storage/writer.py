@@ -44,7 +44,9 @@ class DeliveryWriter:
         if len(self._tasks) < self._parallel:
             self._tasks.append(asyncio.create_task(self._run(), name="delivery writer"))
         self._wakeup.set()
-        return await asyncio.shield(future)  # a caller gone away does not cancel the commit
+        # A caller gone away cancels only its future: the writer task still commits the
+        # delivery, and skips answering a future that is done.
+        return await future
 
     async def _run(self) -> None:
         while True:
