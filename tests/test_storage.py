@@ -47,6 +47,32 @@ async def test_migration_5_keeps_events_stored_before_it_deduplicated(
     assert (again.duplicate, again.applied) == (1, 0)  # Meta's retry after the upgrade
 
 
+async def test_migration_8_keeps_templates_stored_before_it_awaiting_their_webhook(
+    store: Store, tenant: Tenant
+) -> None:
+    await add_template(store, tenant, "41")  # created pending by the API: awaits a webhook
+    await add_template(store, tenant, "42")
+    await store.record_delivery(b"{}", NOW_MS, [status_change("APPROVED")], None)
+    assert isinstance(store, SqlStore)
+    async with store._tx() as tx:  # back to the schema before migration 8
+        await tx.execute("DROP INDEX templates_awaiting")
+        await tx.execute("ALTER TABLE templates DROP COLUMN awaiting_since")
+        await tx.execute(
+            "CREATE INDEX templates_awaiting_webhook ON templates (pending_since, workspace_id) "
+            "WHERE status IN ('PENDING', 'IN_APPEAL') "
+            "AND (last_webhook_at IS NULL OR last_webhook_at <= pending_since)"
+        )
+        await tx.execute("DELETE FROM schema_migrations WHERE version = 8")
+    assert await store.migrate() == [8]
+    async with store._tx() as tx:
+        rows = await tx.fetch("SELECT provider_id, awaiting_since FROM templates ORDER BY 1")
+    assert rows == [
+        {"provider_id": "41", "awaiting_since": NOW_MS},
+        {"provider_id": "42", "awaiting_since": None},
+    ]
+    assert await store.due_workspaces(NOW_MS, 0, 1000, 10) == [tenant.workspace_id]
+
+
 async def test_workspaces(store: Store) -> None:
     created = await store.create_workspace("Acme", NOW_MS)
     assert await store.get_workspace(created.id) == created

@@ -20,13 +20,6 @@ from . import PollState
 if TYPE_CHECKING:
     from .sql import Tx
 
-# A template awaits a webhook: pending, and no webhook since it became pending (a webhook
-# that made it pending has last_webhook_at == pending_since). The same terms as the partial
-# index `templates_awaiting_webhook`, so both planners can use it.
-AWAITING_WEBHOOK = (
-    "t.status IN ('PENDING', 'IN_APPEAL') "
-    "AND (t.last_webhook_at IS NULL OR t.last_webhook_at <= t.pending_since)"
-)
 # The workspace's poll state forbids a poll now: leased, or released with a later next_poll_at.
 # A lease still named by an owner after it expired is a crashed replica's: it is taken over.
 POLL_BLOCKED = "p.lease_until > ? OR (p.lease_owner IS NULL AND p.next_poll_at > ?)"
@@ -35,12 +28,13 @@ RECENT_SYNC = (
     "SELECT 1 FROM sync_runs r WHERE r.workspace_id = {ws} AND r.started_at > ? "
     "AND (r.status <> 'running' OR r.lease_until > ?)"
 )
-# MATERIALIZED keeps SQLite's planner on the partial index: flattened, it scans every
-# template through the (workspace_id, status) index instead (about 100x slower at 100k).
+# A template awaits a webhook while `awaiting_since` is set: it is pending, and no webhook
+# came since it became pending (schema.py, migration 8). MATERIALIZED keeps SQLite's planner
+# on that column's partial index, whose entries are the few templates awaiting.
 DUE_SQL = (
-    "WITH awaiting AS MATERIALIZED (SELECT t.workspace_id, t.pending_since FROM templates t "
-    f"WHERE {AWAITING_WEBHOOK} AND t.pending_since <= ?) "
-    "SELECT a.workspace_id, MIN(a.pending_since) AS oldest FROM awaiting a "
+    "WITH awaiting AS MATERIALIZED (SELECT t.workspace_id, t.awaiting_since FROM templates t "
+    "WHERE t.awaiting_since <= ?) "
+    "SELECT a.workspace_id, MIN(a.awaiting_since) AS oldest FROM awaiting a "
     "WHERE NOT EXISTS (SELECT 1 FROM workspace_polls p WHERE p.workspace_id = a.workspace_id "
     f"AND ({POLL_BLOCKED})) "
     f"AND NOT EXISTS ({RECENT_SYNC.format(ws='a.workspace_id')}) "

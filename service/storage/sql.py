@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
@@ -56,8 +56,7 @@ class Tx(Protocol):
 
 class Backend(Dialect, Protocol):
     parallel_batches: int  # webhook batches that may commit at once (writer.py)
-    serial: str
-    blob: str
+    schema_words: Mapping[str, str]  # schema.py
     migration_lock: str | None
     table_exists: str  # one `?`: the table name
 
@@ -98,7 +97,7 @@ class SqlStore(SyncQueries, PollQueries):
             for version, sql in MIGRATIONS:
                 if version in done:
                     continue
-                for statement in statements(sql, self._db.serial, self._db.blob):
+                for statement in statements(sql, self._db.schema_words):
                     await tx.execute(statement)
                 await tx.execute(
                     "INSERT INTO schema_migrations (version, applied_at) VALUES (?, 0)", version

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from . import StoreUnavailable
@@ -95,8 +96,12 @@ def _open(path: str) -> sqlite3.Connection:
 class SqliteBackend:
     parallel_batches = 1  # one writer
     batch_setup: str | None = None
-    serial = "INTEGER PRIMARY KEY AUTOINCREMENT"
-    blob = "BLOB"
+    schema_words: Mapping[str, str] = MappingProxyType({
+        "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "blob": "BLOB",
+        "generated": "VIRTUAL",  # ALTER TABLE cannot add a STORED column
+        "templates_fillfactor": "",  # pages are always filled
+    })  # fmt: skip
     for_update = _Tx.for_update
     migration_lock: str | None = None  # BEGIN IMMEDIATE already excludes other writers
     table_exists = "SELECT 1 AS ok FROM sqlite_master WHERE type = 'table' AND name = ?"
