@@ -213,3 +213,19 @@ async def test_a_delivery_submitted_after_close_is_still_answered() -> None:
     late = writer.submit(delivery(change("APPROVED", 1)))
     assert (await asyncio.wait_for(late, timeout=5)).outcome == "processed"
     assert committed == [1]
+
+
+async def test_a_batch_larger_than_one_statement_takes_is_stored_whole(
+    store: Store, tenant: Tenant
+) -> None:
+    """600 deliveries and 1,100 changes: more rows than SQLite takes in one statement
+    (sqlite.ROWS_PER_STATEMENT), each list of them of a size that is no power of two."""
+    many = [delivery(change("APPROVED", 1000 + i, str(i))) for i in range(600)]
+    wide = delivery(*(change("PAUSED", 5000, str(i)) for i in range(1100)))
+    results = await sql_store(store)._commit_deliveries([*many, wide, many[0]])
+    assert len({r.delivery_id for r in results}) == 602
+    assert [r.created for r in results[:600]] == [1] * 600
+    assert (results[600].applied, results[600].created) == (1100, 500)
+    assert (results[601].duplicate, results[601].applied) == (1, 0)  # in the same batch
+    templates, total = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 100)
+    assert total == 1100 and {t.status for t in templates} == {"PAUSED"}

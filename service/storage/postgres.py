@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, nullcontext
 from functools import lru_cache
 from types import MappingProxyType
@@ -100,6 +100,17 @@ class PostgresBackend:
         except _UNAVAILABLE as error:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {error}") from error
         return cls(pool)
+
+    @staticmethod
+    def row_source(
+        types: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> list[tuple[str, tuple[Any, ...]]]:
+        """One array per column: any number of rows in one statement (one round trip) of
+        one text (one prepared statement)."""
+        arrays = ", ".join(f"?::{sql_type}[]" for sql_type in types)
+        names = ", ".join(f"column{n}" for n in range(1, len(types) + 1))
+        columns = tuple(list(column) for column in zip(*rows, strict=True))
+        return [(f"(SELECT * FROM unnest({arrays}) AS u ({names}))", columns)]
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Tx]:
