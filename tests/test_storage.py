@@ -11,6 +11,7 @@ from service.events import STATUS_FIELD, Change
 from service.storage import Conflict, NewTemplate, NotFound, Store, TemplateFilter, open_store
 from service.storage.schema import MIGRATIONS
 from service.storage.sql import SqlStore
+from service.storage.steps import Steps, execute
 
 from .conftest import NOW_MS, WABA_ID, Tenant, add_template, make_tenant
 
@@ -71,6 +72,23 @@ async def test_migration_8_keeps_templates_stored_before_it_awaiting_their_webho
         {"provider_id": "42", "awaiting_since": None},
     ]
     assert await store.due_workspaces(NOW_MS, 0, 1000, 10) == [tenant.workspace_id]
+
+
+async def test_a_write_that_fails_part_way_stores_nothing(store: Store) -> None:
+    """On PostgreSQL the first statement goes to the server with BEGIN, in one round trip."""
+
+    def steps() -> Steps[None]:
+        yield execute("SAVEPOINT opening")
+        yield execute("INSERT INTO workspaces (id, name, created_at) VALUES (?, 'n', 0)", "w")
+        raise RuntimeError("after the insert")
+
+    assert isinstance(store, SqlStore)
+    for _ in range(12):  # more than the pool holds: no connection goes back mid-transaction
+        with pytest.raises(RuntimeError):
+            await store._db.run(steps())
+    assert await store.list_workspaces() == []
+    created = await store.create_workspace("after", NOW_MS)
+    assert await store.list_workspaces() == [created]
 
 
 async def test_workspaces(store: Store) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -44,23 +45,45 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 class _Tx:
+    """Statements on one connection. Argument-less statements that open a transaction
+    (BEGIN, then a batch's SET LOCAL and SAVEPOINT) wait in `opening`, and go to the
+    server in one round trip, just before the first statement that is not one of them."""
+
     for_update = " FOR UPDATE"
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, opening: tuple[str, ...] = ()) -> None:
         self._conn = conn
+        self._opening = list(opening)
+
+    async def _open(self) -> None:
+        if self._opening:
+            sql, self._opening = "; ".join(self._opening), []
+            await self._conn.execute(sql)  # no arguments: several statements may go at once
 
     async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        await self._open()
         return [dict(row) for row in await self._conn.fetch(_numbered(sql), *args)]
 
     async def fetchrow(self, sql: str, *args: Any) -> dict[str, Any] | None:
+        await self._open()
         row = await self._conn.fetchrow(_numbered(sql), *args)
         return dict(row) if row is not None else None
 
     async def execute(self, sql: str, *args: Any) -> None:
+        if self._opening and not args:
+            self._opening.append(sql)
+            return
+        await self._open()
         await self._conn.execute(_numbered(sql), *args)
 
     async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        await self._open()
         await self._conn.executemany(_numbered(sql), rows)
+
+    async def end(self, sql: str) -> None:
+        """COMMIT or ROLLBACK the transaction, if any statement of it reached the server."""
+        if not self._opening:
+            await self._conn.execute(sql)
 
 
 class PostgresBackend:
@@ -114,23 +137,32 @@ class PostgresBackend:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Tx]:
-        async with self._connection(transaction=True) as tx:
-            yield tx
+        async with self._connection() as conn, conn.transaction():
+            yield _Tx(conn)
 
     async def run(self, steps: Steps[T], write: bool = True) -> T:
-        """Run `steps` as one transaction; a read's statements each on their own (no BEGIN
-        and COMMIT round trips: the API's reads are one statement, or a count and a page)."""
-        async with self._connection(transaction=write) as tx:
-            return await drive(tx, steps)
+        """Run `steps`: a write as one transaction, whose BEGIN goes in one round trip with
+        the argument-less statements that open it (a webhook batch: two round trips fewer);
+        a read's statements each on their own (no BEGIN and COMMIT round trips: the API's
+        reads are one statement, or a count and a page)."""
+        async with self._connection() as conn:
+            if not write:
+                return await drive(_Tx(conn), steps)
+            tx = _Tx(conn, opening=("BEGIN",))
+            try:
+                result = await drive(tx, steps)
+            except BaseException:
+                with contextlib.suppress(Exception):  # the error to report is the first one
+                    await tx.end("ROLLBACK")
+                raise
+            await tx.end("COMMIT")
+            return result
 
     @asynccontextmanager
-    async def _connection(self, transaction: bool) -> AsyncIterator[_Tx]:
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         try:
-            async with (
-                self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
-                conn.transaction() if transaction else nullcontext(),
-            ):
-                yield _Tx(conn)
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                yield conn
         except _UNAVAILABLE as error:
             raise StoreUnavailable(f"PostgreSQL: {type(error).__name__}") from error
 
