@@ -11,7 +11,7 @@ from service.events import STATUS_FIELD, Change
 from service.storage import DeliveryResult, Store, StoreUnavailable, TemplateFilter, open_store
 from service.storage.ingest import NewDelivery
 from service.storage.sql import SqlStore
-from service.storage.writer import MAX_BATCH, DeliveryWriter
+from service.storage.writer import MAX_BATCH, PARALLEL_AFTER, DeliveryWriter
 
 from .conftest import NOW_MS, WABA_ID, Tenant
 
@@ -174,8 +174,14 @@ def writer_submit(store: Store, event: Change) -> Awaitable[DeliveryResult]:
     return store.record_delivery(b"{}", NOW_MS, [event], None)
 
 
-@pytest.mark.parametrize("parallel", [1, 2])
-async def test_batches_commit_side_by_side_up_to_the_backends_limit(parallel: int) -> None:
+@pytest.mark.parametrize(
+    ("parallel", "waiting", "side_by_side"),
+    [(1, PARALLEL_AFTER, 1), (2, PARALLEL_AFTER, 2), (4, PARALLEL_AFTER - 1, 1)],
+)
+async def test_batches_commit_side_by_side_up_to_the_backends_limit_when_enough_wait(
+    parallel: int, waiting: int, side_by_side: int
+) -> None:
+    """Fewer than PARALLEL_AFTER waiting: they wait for the commit in flight, as one batch."""
     gate, running, most = asyncio.Event(), 0, 0
     batches: list[int] = []
 
@@ -192,13 +198,13 @@ async def test_batches_commit_side_by_side_up_to_the_backends_limit(parallel: in
     first = asyncio.create_task(writer.submit(delivery(change("APPROVED", 1))))
     await asyncio.sleep(0.01)  # the first batch is committing
     later = [asyncio.create_task(writer.submit(delivery(change("APPROVED", 2 + i))))
-             for i in range(2)]  # fmt: skip
+             for i in range(waiting)]  # fmt: skip
     await asyncio.sleep(0.01)
     assert not any(task.done() for task in [first, *later])  # nobody answered before commit
     gate.set()
     await asyncio.gather(first, *later)
     await writer.close()
-    assert (batches, most) == ([1, 2], parallel)
+    assert (batches, most) == ([1, waiting], side_by_side)
 
 
 async def test_a_delivery_submitted_after_close_is_still_answered() -> None:
