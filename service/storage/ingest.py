@@ -54,7 +54,7 @@ class Dialect(Protocol):
         self, types: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> list[tuple[str, tuple[Any, ...]]]:
         """`rows` (of the SQL `types`) as table expressions with columns column1, column2...,
-        and their arguments: as few as the database's parameter limit allows."""
+        each with its arguments: one per statement to run, as few as the database allows."""
         ...
 
 
