@@ -10,8 +10,6 @@ uvicorn bench.apps:floor   the floor of durable ingest: signature check, JSON pa
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 import sqlite3
@@ -21,6 +19,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+
+from service.webhooks import SignatureError, verify_signature
 
 SECRET = os.environ.get("BENCH_APP_SECRET", "bench-secret")
 
@@ -93,13 +93,13 @@ class GroupCommit:
 
 def make_floor(path: str) -> Starlette:
     writer = GroupCommit(path)
-    key = SECRET.encode()
+    secrets = (SECRET.encode(),)
 
     async def handle(request: Request) -> Response:
         body = await request.body()
-        sent = request.headers.get("x-hub-signature-256", "")
-        expected = "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(sent, expected):
+        try:
+            verify_signature(body, request.headers.get("x-hub-signature-256"), secrets)
+        except SignatureError:
             return PlainTextResponse("bad signature", status_code=401)
         json.loads(body)
         await writer.store(body)

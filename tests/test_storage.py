@@ -91,6 +91,17 @@ async def test_a_write_that_fails_part_way_stores_nothing(store: Store) -> None:
     assert await store.list_workspaces() == [created]
 
 
+async def test_a_write_of_argument_less_statements_only_is_committed(store: Store) -> None:
+    """On PostgreSQL they wait to go with BEGIN; the COMMIT must take them along."""
+
+    def steps() -> Steps[None]:
+        yield execute("INSERT INTO workspaces (id, name, created_at) VALUES ('w', 'n', 0)")
+
+    assert isinstance(store, SqlStore)
+    await store._db.run(steps())
+    assert [workspace.id for workspace in await store.list_workspaces()] == ["w"]
+
+
 async def test_workspaces(store: Store) -> None:
     created = await store.create_workspace("Acme", NOW_MS)
     assert await store.get_workspace(created.id) == created

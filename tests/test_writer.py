@@ -87,9 +87,8 @@ async def test_one_unstorable_delivery_is_quarantined_and_the_batch_lands(
     )
 
 
-async def test_no_caller_is_answered_before_its_commit(
-    database_url: str, store: Store, tenant: Tenant
-) -> None:
+def gated_writer(store: Store) -> tuple[DeliveryWriter, asyncio.Event]:
+    """A writer over the store's own commit that waits for the event before each commit."""
     release = asyncio.Event()
     real = sql_store(store)
 
@@ -97,7 +96,13 @@ async def test_no_caller_is_answered_before_its_commit(
         await release.wait()
         return await real._commit_deliveries(items)
 
-    writer = DeliveryWriter(slow_commit)
+    return DeliveryWriter(slow_commit), release
+
+
+async def test_no_caller_is_answered_before_its_commit(
+    database_url: str, store: Store, tenant: Tenant
+) -> None:
+    writer, release = gated_writer(store)
     pending = asyncio.create_task(writer.submit(delivery(change("APPROVED", 1))))
     await asyncio.sleep(0.05)
     assert not pending.done()  # the commit has not happened: no answer yet
@@ -113,14 +118,7 @@ async def test_no_caller_is_answered_before_its_commit(
 
 
 async def test_a_caller_gone_away_does_not_cancel_the_commit(store: Store, tenant: Tenant) -> None:
-    release = asyncio.Event()
-    real = sql_store(store)
-
-    async def slow_commit(items: list[NewDelivery]) -> list[DeliveryResult]:
-        await release.wait()
-        return await real._commit_deliveries(items)
-
-    writer = DeliveryWriter(slow_commit)
+    writer, release = gated_writer(store)
     caller = asyncio.create_task(writer.submit(delivery(change("APPROVED", 1))))
     await asyncio.sleep(0.05)
     caller.cancel()  # the client hung up while its delivery was being committed

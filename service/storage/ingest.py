@@ -46,7 +46,7 @@ class Dialect(Protocol):
     """What a batch needs to know of its database (each backend is one)."""
 
     for_update: str  # appended to the template lookup
-    batch_setup: str | None  # a statement that opens the batch
+    batch_setup: str | None  # argument-less statements that open the batch
 
     def unavailable(self, error: Exception) -> bool: ...
 

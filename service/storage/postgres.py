@@ -80,10 +80,15 @@ class _Tx:
         await self._open()
         await self._conn.executemany(_numbered(sql), rows)
 
-    async def end(self, sql: str) -> None:
-        """COMMIT or ROLLBACK the transaction, if any statement of it reached the server."""
-        if not self._opening:
-            await self._conn.execute(sql)
+    async def commit(self) -> None:
+        self._opening.append("COMMIT")  # with what still waits, if anything does
+        await self._open()
+
+    async def rollback(self) -> None:
+        if self._opening:
+            self._opening = []  # nothing reached the server
+        else:
+            await self._conn.execute("ROLLBACK")
 
 
 class PostgresBackend:
@@ -142,26 +147,27 @@ class PostgresBackend:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Tx]:
-        async with self._connection() as conn, conn.transaction():
-            yield _Tx(conn)
-
-    async def run(self, steps: Steps[T], write: bool = True) -> T:
-        """Run `steps`: a write as one transaction, whose BEGIN goes in one round trip with
-        the argument-less statements that open it (a webhook batch: two round trips fewer);
-        a read's statements each on their own (no BEGIN and COMMIT round trips: the API's
-        reads are one statement, or a count and a page)."""
+        """One transaction, whose BEGIN goes in one round trip with the argument-less
+        statements that open it (a webhook batch: two round trips fewer)."""
         async with self._connection() as conn:
-            if not write:
-                return await drive(_Tx(conn), steps)
             tx = _Tx(conn, opening=("BEGIN",))
             try:
-                result = await drive(tx, steps)
+                yield tx
             except BaseException:
                 with contextlib.suppress(Exception):  # the error to report is the first one
-                    await tx.end("ROLLBACK")
+                    await tx.rollback()
                 raise
-            await tx.end("COMMIT")
-            return result
+            await tx.commit()
+
+    async def run(self, steps: Steps[T], write: bool = True) -> T:
+        """Run `steps`: a write as one transaction; a read's statements each on their own
+        (no BEGIN and COMMIT round trips: the API's reads are one statement, or a count and
+        a page)."""
+        if write:
+            async with self.transaction() as tx:
+                return await drive(tx, steps)
+        async with self._connection() as conn:
+            return await drive(_Tx(conn), steps)
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
