@@ -5,7 +5,7 @@
     .venv/bin/python bench/ingest.py --memory 1000000     (peak RSS over that many deliveries)
 
 Each server runs alone on a fresh store, pinned to core 0; the load is pinned to core 1:
-wrk with 64 connections and distinct signed template-status bodies of ~800 bytes, then an
+wrk with 64 connections and distinct signed template-status bodies of ~590 bytes, then an
 open-loop generator (bench/openloop.py) at fixed rates. Targets take turns round by round
 and the median round is reported, because this machine's speed drifts between minutes.
 For this service the ledger must balance (deliveries stored >= requests acknowledged), or
@@ -135,6 +135,7 @@ def run_wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str,
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     result = {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
+        "requests": float(re.search(r"(\d+) requests in", output).group(1)),  # type: ignore[union-attr]
         "p50_ms": latency_ms(output, "50%"),
         "p99_ms": latency_ms(output, "99%"),
     }
@@ -241,15 +242,39 @@ def serving(target: Target, url: str | None) -> Iterator[tuple[int, int]]:
 
 def closed_loop(target: Target, args: argparse.Namespace, script: Path, work: Path) -> None:
     with fresh_store(target, work) as url:
-        with serving(target, url) as (port, _):
+        with serving(target, url) as (port, pid):
             hook = f"http://127.0.0.1:{port}/webhooks/meta"
+            before = thread_ticks(pid)
             result = run_wrk(hook, script, args.seconds, args.connections)
+            result.update(cpu_per_request(before, thread_ticks(pid), pid, result["requests"]))
         if url is not None:
             count = asyncio.run(stored(url))
             result["stored"] = count
             result["ledger_ok"] = float(count >= result["acked"])
     target.rounds.append(result)
     print(f"  {target.name}: {result}", file=sys.stderr)
+
+
+def thread_ticks(pid: int) -> dict[int, int]:
+    """CPU time (user + system, in clock ticks) of each thread of process `pid`."""
+    ticks = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        ticks[int(task.name)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def cpu_per_request(
+    before: dict[int, int], after: dict[int, int], pid: int, requests: float
+) -> dict[str, float]:
+    """µs of CPU per request in the event loop's thread (the main one) and in all others."""
+    us_per_tick = 1e6 / os.sysconf("SC_CLK_TCK")
+    spent = {tid: ticks - before.get(tid, 0) for tid, ticks in after.items()}
+    loop = spent.pop(pid, 0)
+    return {
+        "loop_us": loop * us_per_tick / requests,
+        "other_us": sum(spent.values()) * us_per_tick / requests,
+    }
 
 
 def open_loop(target: Target, rate: float, args: argparse.Namespace, work: Path) -> None:
@@ -410,6 +435,12 @@ def report(found: list[Target]) -> None:
               f"{ledger} |")  # fmt: skip
     if len(found) > 4:
         print(f"\nPostgreSQL / SQLite: {median_round(found[4])['rps'] / sqlite:.2f}")
+    print("\n| target (median round) | CPU per request: event loop | other threads | all |")
+    print("|---|---:|---:|---:|")
+    for t in found:
+        m = median_round(t)
+        print(f"| {t.name} | {m['loop_us']:.1f} µs | {m['other_us']:.1f} µs | "
+              f"{m['loop_us'] + m['other_us']:.1f} µs |")  # fmt: skip
     print("\n| target | open loop | p50 ms | p99 ms | max ms | errors |")
     print("|---|---:|---:|---:|---:|---:|")
     for t in found:
