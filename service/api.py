@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 from .crypto import token_id_of, token_matches
 from .errors import ApiError
 from .state import services
-from .storage import HistoryEvent, SyncRun, Template, TemplateFilter
+from .storage import ApiToken, HistoryEvent, SyncRun, Template, TemplateFilter
 from .sync import NoPendingTemplates, report_json
 from .times import iso
 
@@ -40,10 +40,20 @@ def history_json(event: HistoryEvent) -> dict[str, Any]:
 
 async def authorise(request: Request) -> str:
     """The workspace of the request's bearer token; 401 without one, 404 for another tenant's."""
+    token, token_id = _bearer(request)
+    found = await services(request).store.find_token(token_id) if token_id else None
+    return _check(request, token, found)
+
+
+def _bearer(request: Request) -> tuple[str, str | None]:
+    """The request's bearer token, and its id (None when it is not one of ours)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
-    token_id = token_id_of(token) if scheme.lower() == "bearer" else None
-    found = await services(request).store.find_token(token_id) if token_id else None
+    return token, token_id_of(token) if scheme.lower() == "bearer" else None
+
+
+def _check(request: Request, token: str, found: ApiToken | None) -> str:
+    """`found`'s workspace when `token` is it and the path names that workspace."""
     if found is None or found.revoked_at is not None or not token_matches(token, found.token_hash):
         raise ApiError(401, "Unauthenticated", headers={"WWW-Authenticate": "Bearer"})
     if request.path_params["workspace"] != found.workspace_id:
@@ -89,10 +99,16 @@ def _filter(request: Request) -> TemplateFilter:
 
 
 def _template_id(request: Request) -> int:
-    raw = request.path_params["id"]
-    if not _digits(raw, MAX_ID) or not 0 < int(raw) <= MAX_ID:
+    template_id = _parsed_id(request)
+    if not template_id:
         raise ApiError(404, "Template not found")
-    return int(raw)
+    return template_id
+
+
+def _parsed_id(request: Request) -> int:
+    """The path's template id, or 0 (which no template has) when it is not an id."""
+    raw = request.path_params["id"]
+    return int(raw) if _digits(raw, MAX_ID) and 0 < int(raw) <= MAX_ID else 0
 
 
 async def list_templates(request: Request) -> JSONResponse:
@@ -117,8 +133,15 @@ async def list_templates(request: Request) -> JSONResponse:
 
 
 async def get_template(request: Request) -> JSONResponse:
-    workspace_id = await authorise(request)
-    template = await services(request).store.get_template(workspace_id, _template_id(request))
+    """`authorise`'s checks, with the template read in the token's statement."""
+    token, token_id = _bearer(request)
+    store = services(request).store
+    found, template = (
+        await store.find_token_and_template(token_id, _parsed_id(request))
+        if token_id
+        else (None, None)
+    )
+    _check(request, token, found)
     if template is None:
         raise ApiError(404, "Template not found")
     return JSONResponse({"success": True, "data": template_json(template)})

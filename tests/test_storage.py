@@ -218,6 +218,23 @@ async def test_history_of_another_workspaces_template_is_none(
     assert await store.get_template(tenant.workspace_id, theirs) is None
 
 
+async def test_a_token_is_found_with_a_template_of_its_workspace_only(
+    store: Store, settings: Settings, tenant: Tenant
+) -> None:
+    own = await add_template(store, tenant, "4")
+    theirs = await add_template(store, await make_tenant(store, settings, waba_id="888"), "5")
+    token = await store.find_token(tenant.token_id)
+    template = await store.get_template(tenant.workspace_id, own)
+    assert token is not None and template is not None
+    assert await store.find_token_and_template(tenant.token_id, own) == (token, template)
+    assert await store.find_token_and_template(tenant.token_id, theirs) == (token, None)
+    assert await store.find_token_and_template(tenant.token_id, 0) == (token, None)
+    assert await store.find_token_and_template("missing", own) == (None, None)
+    await store.revoke_token(tenant.token_id, NOW_MS)
+    revoked, _ = await store.find_token_and_template(tenant.token_id, own)
+    assert revoked is not None and revoked.revoked_at == NOW_MS  # the API refuses it
+
+
 async def test_new_template_fields_round_trip(store: Store, tenant: Tenant) -> None:
     new = NewTemplate(tenant.workspace_id, WABA_ID, "9", "otp", "pt_BR", None, "IN_APPEAL")
     created = await store.add_template(new, NOW_MS)
