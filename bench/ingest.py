@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -244,9 +244,9 @@ def closed_loop(target: Target, args: argparse.Namespace, script: Path, work: Pa
     with fresh_store(target, work) as url:
         with serving(target, url) as (port, pid):
             hook = f"http://127.0.0.1:{port}/webhooks/meta"
-            before = thread_ticks(pid)
+            before = cpu_ticks(pid)
             result = run_wrk(hook, script, args.seconds, args.connections)
-            result.update(cpu_per_request(before, thread_ticks(pid), pid, result["requests"]))
+            result.update(cpu_per_request(before, cpu_ticks(pid), result["requests"]))
         if url is not None:
             count = asyncio.run(stored(url))
             result["stored"] = count
@@ -255,26 +255,30 @@ def closed_loop(target: Target, args: argparse.Namespace, script: Path, work: Pa
     print(f"  {target.name}: {result}", file=sys.stderr)
 
 
-def thread_ticks(pid: int) -> dict[int, int]:
-    """CPU time (user + system, in clock ticks) of each thread of process `pid`."""
-    ticks = {}
+def cpu_ticks(pid: int) -> dict[str, int]:
+    """CPU time (user + system, in clock ticks) of the server's event-loop thread (its main
+    one), of its other threads, and of every PostgreSQL server process on this machine."""
+    ticks = {"loop": 0, "threads": 0, "postgres": 0}
     for task in Path(f"/proc/{pid}/task").iterdir():
-        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        ticks[int(task.name)] = int(fields[11]) + int(fields[12])
+        ticks["loop" if int(task.name) == pid else "threads"] += _ticks(task)
+    for process in Path("/proc").iterdir():
+        with suppress(OSError):  # a process may end while it is read
+            if process.name.isdigit() and (process / "comm").read_text().strip() == "postgres":
+                ticks["postgres"] += _ticks(process)
     return ticks
 
 
+def _ticks(task: Path) -> int:
+    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def cpu_per_request(
-    before: dict[int, int], after: dict[int, int], pid: int, requests: float
+    before: dict[str, int], after: dict[str, int], requests: float
 ) -> dict[str, float]:
-    """µs of CPU per request in the event loop's thread (the main one) and in all others."""
+    """µs of CPU per request, by what `cpu_ticks` counts."""
     us_per_tick = 1e6 / os.sysconf("SC_CLK_TCK")
-    spent = {tid: ticks - before.get(tid, 0) for tid, ticks in after.items()}
-    loop = spent.pop(pid, 0)
-    return {
-        "loop_us": loop * us_per_tick / requests,
-        "other_us": sum(spent.values()) * us_per_tick / requests,
-    }
+    return {f"{key}_us": (after[key] - before[key]) * us_per_tick / requests for key in after}
 
 
 def open_loop(target: Target, rate: float, args: argparse.Namespace, work: Path) -> None:
@@ -435,12 +439,13 @@ def report(found: list[Target]) -> None:
               f"{ledger} |")  # fmt: skip
     if len(found) > 4:
         print(f"\nPostgreSQL / SQLite: {median_round(found[4])['rps'] / sqlite:.2f}")
-    print("\n| target (median round) | CPU per request: event loop | other threads | all |")
-    print("|---|---:|---:|---:|")
+    print("\n| target (median round) | CPU per request: event loop | other threads | PostgreSQL "
+          "server | all |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|")
     for t in found:
         m = median_round(t)
-        print(f"| {t.name} | {m['loop_us']:.1f} µs | {m['other_us']:.1f} µs | "
-              f"{m['loop_us'] + m['other_us']:.1f} µs |")  # fmt: skip
+        parts = (m["loop_us"], m["threads_us"], m["postgres_us"])
+        print(f"| {t.name} | " + " | ".join(f"{us:.1f} µs" for us in (*parts, sum(parts))) + " |")
     print("\n| target | open loop | p50 ms | p99 ms | max ms | errors |")
     print("|---|---:|---:|---:|---:|---:|")
     for t in found:
