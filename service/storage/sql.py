@@ -36,19 +36,18 @@ from .writer import DeliveryWriter
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TEMPLATE_COLUMNS = (
-    "id, workspace_id, waba_id, provider_id, name, language, category, status, rejected_reason, "
-    "quality_score, flagged, status_source, status_updated_at, last_webhook_at, last_synced_at, "
-    "created_at, updated_at"
-)
-CHANNEL_COLUMNS = "id, workspace_id, waba_id, access_token_enc, created_at"
+# The columns of a read are its dataclass's fields, so to_template() and ApiToken(**row)
+# take a row as it comes.
+TEMPLATE_FIELDS = tuple(field.name for field in dataclasses.fields(Template))
+TEMPLATE_COLUMNS = ", ".join(TEMPLATE_FIELDS)
 TOKEN_FIELDS = tuple(field.name for field in dataclasses.fields(ApiToken))
+CHANNEL_COLUMNS = "id, workspace_id, waba_id, access_token_enc, created_at"
 # A token and its workspace's template (NULLs when there is none): a template GET's reads
 # in one statement. On PostgreSQL that is one round trip and one pool acquisition less:
 # 4.7k -> 7.1k req/s under wrk (two ABBA pairs); on SQLite 48 -> 43 us a GET in-process.
 TOKEN_AND_TEMPLATE = (
     f"SELECT {', '.join(f'k.{name} AS token_{name}' for name in TOKEN_FIELDS)}, "
-    f"{', '.join(f't.{name}' for name in TEMPLATE_COLUMNS.split(', '))} "
+    f"{', '.join(f't.{name}' for name in TEMPLATE_FIELDS)} "
     "FROM api_tokens AS k LEFT JOIN templates AS t "
     "ON t.workspace_id = k.workspace_id AND t.id = ? WHERE k.id = ?"
 )
