@@ -31,14 +31,14 @@ from service.storage import NewTemplate, Store, open_store
 POSTGRES_URL = os.environ.get("TEMPLATE_SYNC_TEST_POSTGRES_URL")
 APP_SECRET = "test-app-secret"
 VERIFY_TOKEN = "test-verify-token"
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WABA_ID = "102290129340398"
 NOW_MS = 1_780_000_000_000
 META_TOKEN = "EAAG-meta-token"
 
 
 def fixture_body(name: str) -> bytes:
-    """A shared fixture as compact JSON with non-ASCII escaped, like Meta sends it."""
+    """A fixture from tests/fixtures as compact JSON with non-ASCII escaped, like Meta sends it."""
     return compact(json.loads((FIXTURES / name).read_text()))
 
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from service.graph import GraphClient, GraphTemplate, appsecret_proof
 from service.graph_errors import DEFAULT_REGAIN_ACCESS_S, GraphError, classify, parse_usage
 from service.simulator import Simulator, base_url, make_templates, serve
+from tests.conftest import FIXTURES
 
 WABA = "102290129340398"
 OTHER_WABA = "200000000000001"
@@ -159,8 +160,7 @@ async def test_int_ids_become_exact_strings(sim: Simulator, client: GraphClient)
 
 
 def test_from_graph_reads_fixture_shapes() -> None:
-    with open("/work/shared/fixtures/graph-templates-page1.json") as fh:
-        page = json.load(fh)
+    page = json.loads((FIXTURES / "graph-templates-page1.json").read_text())
     first = GraphTemplate.from_graph(page["data"][0])
     assert (first.id, first.quality_score, first.rejected_reason) == (
         "1387372356726668",
@@ -399,8 +399,7 @@ async def test_subscribed_apps_get_and_post(client: GraphClient) -> None:
 
 
 def test_parse_usage_reads_fixture_header() -> None:
-    with open("/work/shared/fixtures/graph-header-business-use-case-usage.json") as fh:
-        header = fh.read()
+    header = (FIXTURES / "graph-header-business-use-case-usage.json").read_text()
     usage = parse_usage(
         {
             "X-Business-Use-Case-Usage": header,
