@@ -2,6 +2,8 @@
 
 The client never logs access tokens, `appsecret_proof` values or full URLs (Meta's
 `paging.next` links carry the access token); log lines name the WABA or template id only.
+Every request carries the token, so `paging.next` is followed only where the base URL
+points (`GraphScope`): a link elsewhere is an invalid response, never a request.
 """
 
 from __future__ import annotations
@@ -83,6 +85,32 @@ def _quality_score(value: Any) -> str | None:
     return _text(value)
 
 
+@dataclass(frozen=True)
+class GraphScope:
+    """Where the token may go: the base URL's scheme, host and port, and its path without
+    the last segment (the API version, which Meta's `paging.next` links may change)."""
+
+    scheme: str
+    host: str
+    port: int | None
+    path_prefix: str
+
+    @classmethod
+    def of(cls, base_url: URL) -> GraphScope:
+        prefix = base_url.path.rstrip("/").rsplit("/", 1)[0] + "/"
+        return cls(base_url.scheme, base_url.host or "", base_url.port, prefix)
+
+    def admits(self, url: URL) -> bool:
+        """Same origin, under the prefix, no credentials of its own, no dot segments."""
+        return (
+            (url.scheme, url.host, url.port) == (self.scheme, self.host, self.port)
+            and url.path.startswith(self.path_prefix)
+            and url.user is None
+            and url.password is None
+            and not {".", ".."} & set(url.path.split("/"))
+        )
+
+
 def appsecret_proof(app_secret: str, access_token: str) -> str:
     """Hex HMAC-SHA256 of the access token keyed with the app secret."""
     return hmac.new(app_secret.encode(), access_token.encode(), hashlib.sha256).hexdigest()
@@ -108,6 +136,7 @@ class GraphClient:
             raise ValueError("page_limit and max_attempts must be >= 1")
         self._session = session
         self._base_url = base_url.rstrip("/")
+        self._scope = GraphScope.of(URL(self._base_url))
         self._app_secret = app_secret
         self._page_limit = page_limit
         self._max_attempts = max_attempts
@@ -136,6 +165,7 @@ class GraphClient:
             next_url = _next_url(page)
             if next_url is None:
                 return templates
+            self._check_scope(next_url, waba_id)
             if next_url in seen:
                 raise GraphError("invalid_response", "paging.next repeats a page")
             seen.add(next_url)
@@ -161,6 +191,14 @@ class GraphClient:
         """Generic JSON POST of `{base}/{path}`; retried on transient errors, so idempotent
         calls only (e.g. subscribing an app)."""
         return await self._request("POST", self._url(path), access_token, params or {}, label=path)
+
+    def _check_scope(self, url: URL, label: str) -> None:
+        """Refuse a link the access token must not follow (logged without its query)."""
+        if self._scope.admits(url):
+            return
+        shown = url.with_user(None).with_query(None).with_fragment(None)
+        logger.warning("graph GET %s: paging.next %s is outside the Graph URL", label, shown)
+        raise GraphError("invalid_response", f"paging.next leaves the Graph URL: {shown.origin()}")
 
     def _url(self, path: str) -> URL:
         return URL(f"{self._base_url}/{quote(path.lstrip('/'), safe='/')}")

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime
+import ipaddress
 import json
 import logging
 import math
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
 from service.graph import GraphClient, GraphTemplate, appsecret_proof
 from service.graph_errors import DEFAULT_REGAIN_ACCESS_S, GraphError, classify, parse_usage
-from service.simulator import Simulator, base_url, make_templates, serve
+from service.simulator import Simulator, base_url, bound_port, make_templates, serve
 from tests.conftest import FIXTURES
 
 WABA = "102290129340398"
@@ -120,6 +131,148 @@ async def test_on_call_counts_requests(
     client = GraphClient(session, url, SECRET, page_limit=2, on_call=lambda: seen.append(1))
     await client.list_templates(WABA, TOKEN)
     assert len(seen) == client.calls == 3
+
+
+# --- paging.next stays where the token may go ----------------------------------------
+
+
+def tls_pair(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) contexts for a throwaway self-signed 127.0.0.1/localhost cert."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = directory / "graph.crt", directory / "graph.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_path, key_path)
+    return server, ssl.create_default_context(cafile=str(cert_path))
+
+
+class Bystander:
+    """A second loopback server on another port: records every connection, answers none."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.received = b""
+
+    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        with contextlib.suppress(TimeoutError):
+            self.received += await asyncio.wait_for(reader.read(4096), timeout=1.0)
+        writer.close()
+
+
+@pytest.fixture
+async def bystander() -> AsyncIterator[tuple[Bystander, int]]:
+    recorder = Bystander()
+    server = await asyncio.start_server(recorder.accept, "127.0.0.1", 0)
+    try:
+        yield recorder, server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    return tls_pair(tmp_path)
+
+
+async def hostile_meta(
+    next_link: str, server_tls: ssl.SSLContext
+) -> tuple[web.AppRunner, list[str]]:
+    """Meta over TLS whose first page links to `next_link` (with `{port}` filled in)."""
+    paths: list[str] = []
+
+    async def page(request: web.Request) -> web.Response:
+        paths.append(request.path)
+        body: dict[str, Any] = {"data": [template(str(len(paths)))]}
+        if len(paths) == 1:
+            link = next_link.format(port=bound_port(runner))
+            body["paging"] = {"next": f"{link}?access_token={TOKEN}&after=MQ"}
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls).start()
+    return runner, paths
+
+
+@pytest.mark.parametrize(
+    "next_link",
+    [
+        "https://127.0.0.1:{other}/graph/v25.0/1/message_templates",  # another port
+        "http://127.0.0.1:{other}/graph/v25.0/1/message_templates",  # and in cleartext
+        "http://127.0.0.1:{port}/graph/v25.0/1/message_templates",  # Meta's port, cleartext
+        "https://localhost:{port}/graph/v25.0/1/message_templates",  # another host name
+        "https://127.0.0.1:{port}/other/v25.0/1/message_templates",  # outside the prefix
+        "https://127.0.0.1:{port}/graph/../v25.0/1/message_templates",  # dot segments
+        "https://user:s3cr3tpw@127.0.0.1:{port}/graph/v25.0/1/message_templates",  # credentials
+    ],
+)
+async def test_paging_next_outside_the_graph_url_is_never_requested(
+    bystander: tuple[Bystander, int],
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+    caplog: pytest.LogCaptureFixture,
+    next_link: str,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    recorder, other = bystander
+    runner, paths = await hostile_meta(next_link.replace("{other}", str(other)), tls[0])
+    graph_url = f"https://127.0.0.1:{bound_port(runner)}/graph/v25.0"
+    connector = aiohttp.TCPConnector(ssl=tls[1])
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            client = GraphClient(session, graph_url, SECRET, sleep=Sleeps())
+            (error,) = await asyncio.gather(
+                client.list_templates(WABA, TOKEN), return_exceptions=True
+            )
+    finally:
+        await runner.cleanup()
+
+    assert (recorder.connections, recorder.received) == (0, b"")  # not even a TLS hello
+    assert (paths, client.calls) == (["/graph/v25.0/102290129340398/message_templates"], 1)
+    assert isinstance(error, GraphError) and error.kind == "invalid_response", error
+    assert "paging.next leaves the Graph URL" in error.message
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(WABA in m and "outside the Graph URL" in m for m in messages)
+    for text in [*messages, error.message]:
+        assert TOKEN not in text and "access_token" not in text and "s3cr3tpw" not in text
+        assert appsecret_proof(SECRET, TOKEN) not in text
+
+
+async def test_paging_next_on_another_version_under_the_prefix_is_followed(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    link = "https://127.0.0.1:{port}/graph/v99.0/1/message_templates"
+    runner, paths = await hostile_meta(link, tls[0])
+    graph_url = f"https://127.0.0.1:{bound_port(runner)}/graph/v25.0"
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls[1])) as session:
+            listed = await GraphClient(session, graph_url, SECRET).list_templates(WABA, TOKEN)
+    finally:
+        await runner.cleanup()
+    assert [t.id for t in listed] == ["1", "2"]
+    assert paths[1] == "/graph/v99.0/1/message_templates"
 
 
 # --- template mapping -------------------------------------------------------------------
