@@ -2,8 +2,9 @@
 
 Everything runs on loopback high ports from a temporary directory: its own nginx prefix,
 config, pid and logs, never the system's nginx service. The shipped site file is used as
-is; only the listen ports, certificate paths and upstream address are substituted (and,
-for the mTLS test, the "#mtls " lines uncommented as the file tells users to).
+is; only the listen ports, certificate and log paths and upstream address are substituted
+(and, for the mTLS test, the "#mtls " lines uncommented as the file tells users to; for
+the compose test, the edits deploy/compose.yaml's own command makes).
 The client connects from 127.0.0.2 so that the forwarded address is told apart from
 nginx's own (127.0.0.1, the only address the service trusts).
 """
@@ -33,6 +34,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -48,6 +50,9 @@ from .service_process import service_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "deploy" / "nginx.conf"
+COMPOSE = ROOT / "deploy" / "compose.yaml"
+ACCESS_LOG = "/var/log/nginx/access.log"  # the site file's, replaced by the prefix's
+HSTS = "max-age=31536000"
 CLIENT_IP = "127.0.0.2"  # the "internet" client; nginx and the service are on 127.0.0.1
 MAX_BODY_BYTES = 4 * 1024 * 1024  # TEMPLATE_SYNC_MAX_BODY_BYTES' default
 META_CN = "client.webhooks.fbclientcerts.com"
@@ -207,10 +212,16 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 
 def site_config(
-    upstream_port: int, https_port: int, http_port: int, pki: Pki, mtls: bool = False
+    upstream_port: int,
+    https_port: int,
+    http_port: int,
+    pki: Pki,
+    mtls: bool = False,
+    text: str | None = None,
 ) -> str:
-    """The shipped site file with only ports, certificate paths and upstream replaced."""
-    text = SITE.read_text()
+    """The shipped site file (or `text`) with only ports, certificate paths and upstream
+    replaced; start_nginx() replaces the log path."""
+    text = SITE.read_text() if text is None else text
     for old, new in {
         "server 127.0.0.1:8000;": f"server 127.0.0.1:{upstream_port};",
         "listen 443 ssl;": f"listen 127.0.0.1:{https_port} ssl;",
@@ -239,11 +250,24 @@ class Nginx:
     def url(self) -> str:
         return f"https://localhost:{self.https_port}"
 
+    async def access_log(self, *patterns: str) -> str:
+        """nginx's access log once every pattern matches a line of it (nginx writes a line
+        just after the response, so wait up to 5 s)."""
+        deadline = time.monotonic() + 5
+        while True:
+            text = (self.prefix / "access.log").read_text()
+            if all(re.search(p, text, re.MULTILINE) for p in patterns):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not in nginx's access log: {patterns}\n{text[-3000:]}")
+            await asyncio.sleep(0.05)
+
 
 def start_nginx(binary: str, prefix: Path, site: str, https_port: int, http_port: int) -> Nginx:
     """nginx in the foreground as our child, with its own prefix, pid, logs and temp dirs."""
     prefix.mkdir(parents=True, exist_ok=True)
-    (prefix / "site.conf").write_text(site)
+    assert site.count(ACCESS_LOG) == 2, "one access_log line in each server block"
+    (prefix / "site.conf").write_text(site.replace(ACCESS_LOG, str(prefix / "access.log")))
     temp = " ".join(
         f"{kind}_temp_path {prefix / kind};" for kind in ("client_body", "proxy", "fastcgi")
     )
@@ -440,6 +464,55 @@ async def test_signed_webhooks_verify_and_apply_through_nginx(
     assert posts == [CLIENT_IP] * 3  # the forwarded address, not nginx's, not the spoofed one
 
 
+async def test_plain_http_refuses_the_api_in_its_shape_and_redirects_the_rest(
+    client: aiohttp.ClientSession, nginx: Nginx, service: Service
+) -> None:
+    plain = f"http://127.0.0.1:{nginx.http_port}"
+    path = f"/api/v3/workspaces/{service.workspace_id}/templates"
+    headers = {"Authorization": f"Bearer {service.api_token}"}
+    for method in ("GET", "POST"):
+        async with client.request(
+            method, plain + path, headers=headers, allow_redirects=False
+        ) as response:
+            assert (response.status, response.content_type) == (403, "application/json")
+            assert "Location" not in response.headers  # no second trip for the token
+            assert "Strict-Transport-Security" not in response.headers  # ignored over http
+            body = await response.json()
+        assert body["success"] is False and body["message"].startswith("Use https")
+    async with client.get(plain + "/ui/?x=1", allow_redirects=False) as response:
+        assert (response.status, response.headers["Location"]) == (301, "https://127.0.0.1/ui/?x=1")
+
+
+async def test_https_answers_carry_strict_transport_security(
+    client: aiohttp.ClientSession, nginx: Nginx, service: Service
+) -> None:
+    statuses = []
+    for path in ("/readyz", f"/api/v3/workspaces/{service.workspace_id}/templates", "/metrics"):
+        async with client.get(nginx.url + path) as response:
+            statuses.append(response.status)  # the service's 200 and 401, nginx's own 403
+            assert response.headers.getall("Strict-Transport-Security") == [HSTS]
+    assert statuses == [200, 401, 403]
+
+
+async def test_access_log_leaves_out_the_verify_token(
+    client: aiohttp.ClientSession, nginx: Nginx, service: Service
+) -> None:
+    query = {"hub.mode": "subscribe", "hub.verify_token": "SECRETVALUE", "hub.challenge": "c-7"}
+    async with client.get(nginx.url + "/webhooks/meta", params=query) as response:
+        assert response.status == 403  # a wrong token is a secret someone tried, too
+    right = {**query, "hub.verify_token": VERIFY_TOKEN}
+    async with client.get(nginx.url + "/webhooks/meta", params=right) as response:
+        assert (response.status, await response.text()) == (200, "c-7")
+    plain = f"http://127.0.0.1:{nginx.http_port}/webhooks/meta"
+    async with client.get(plain, params=query, allow_redirects=False) as response:
+        assert response.status == 301
+
+    line = rf'^{re.escape(CLIENT_IP)} - - \[[^]]+\] "GET /webhooks/meta HTTP/1\.1" '
+    log = await nginx.access_log(*(line + f"{status} " for status in (403, 200, 301)))
+    assert "SECRETVALUE" not in log and VERIFY_TOKEN not in log and "hub." not in log
+    assert "SECRETVALUE" not in service.log.read_text()  # the service logs paths only
+
+
 async def test_forwarded_headers_are_believed_only_from_the_configured_proxy(
     service: Service,
 ) -> None:
@@ -621,3 +694,84 @@ async def test_optional_mtls_block_admits_only_metas_client_certificate(
         "none": 403, "none healthz": 200,
     }  # fmt: skip
     assert [body_ for _, body_ in recorder.requests].count(body) == 1
+
+
+# --- deploy/compose.yaml's nginx: /metrics is not for the compose network ----------------
+
+
+def compose_site(directory: Path) -> str:
+    """The site file as compose.yaml's nginx builds it: the command's own shell line, up to
+    `exec nginx`, run here with the mounted file's real path and a scratch output."""
+    nginx = yaml.safe_load(COMPOSE.read_text())["services"]["nginx"]
+    mounts = {m.split(":")[1]: COMPOSE.parent / m.split(":")[0] for m in nginx["volumes"]}
+    shell, flag, line = nginx["command"]
+    build, _, start = line.partition(" && exec ")
+    assert (shell, flag, start.split()[0]) == ("sh", "-c", "nginx")
+    output = re.fullmatch(r".* > (/etc/nginx/conf\.d/\S+\.conf)", build)
+    assert output, build  # a file the nginx image includes in its http {} block
+    build = build.replace(output[1], str(directory / "compose-site.conf"))
+    for inside, outside in mounts.items():
+        build = build.replace(inside, str(outside))
+    assert str(SITE) in build, build  # it edits the shipped site file, mounted
+    subprocess.run(["sh", "-c", build], check=True, timeout=10)
+    return (directory / "compose-site.conf").read_text()
+
+
+def compose_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Every subnet compose.yaml declares; Docker's default pools for a network without."""
+    found = []
+    for network in (yaml.safe_load(COMPOSE.read_text()).get("networks") or {}).values():
+        configs = ((network or {}).get("ipam") or {}).get("config") or []
+        subnets = [c["subnet"] for c in configs if "subnet" in c]
+        found += [ipaddress.ip_network(s) for s in subnets or ["172.16.0.0/12", "192.168.0.0/16"]]
+    return found
+
+
+def admits(site: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Whether `location = /metrics` lets any address of `network` through: nginx applies
+    the first allow/deny rule that matches, and allows when none does."""
+    block = re.search(r"location = /metrics \{(.*?)\}", site, re.DOTALL)
+    assert block, "no location = /metrics"
+    for action, source in re.findall(r"^\s*(allow|deny)\s+(\S+);", block[1], re.MULTILINE):
+        rule = network if source == "all" else ipaddress.ip_network(source, strict=False)
+        if rule.version != network.version:
+            continue
+        if action == "allow" and network.overlaps(rule):
+            return True
+        if action == "deny" and network.subnet_of(rule):
+            return False
+    return True
+
+
+async def test_compose_nginx_refuses_metrics_to_everyone(
+    nginx_binary: str, recorder: Recorder, pki: Pki, tmp_path: Path
+) -> None:
+    site = compose_site(tmp_path)
+    networks = compose_networks()
+    assert ipaddress.ip_network("172.30.0.0/24") in networks
+    assert [str(n) for n in networks if admits(site, n)] == []
+    assert not admits(site, ipaddress.ip_network("127.0.0.1/32"))  # nor through the port
+
+    # the same text runs in nginx: /metrics refused even from nginx's own host, the rest works
+    assert site.count("server app:8000;") == 1
+    site = site.replace("server app:8000;", "server 127.0.0.1:8000;")
+    https_port, http_port = free_port(), free_port()
+    text = site_config(recorder.port, https_port, http_port, pki, text=site)
+    proxy = await asyncio.to_thread(
+        start_nginx, nginx_binary, tmp_path / "nginx", text, https_port, http_port
+    )
+    statuses = {}
+    try:
+        for source in (CLIENT_IP, "127.0.0.1"):
+            connector = aiohttp.TCPConnector(ssl=client_tls(pki), local_addr=(source, 0))
+            async with aiohttp.ClientSession(connector=connector) as session:
+                for path in ("/metrics", "/healthz"):
+                    async with session.get(proxy.url + path) as response:
+                        statuses[source, path] = response.status
+    finally:
+        await asyncio.to_thread(stop, proxy.process)
+    assert statuses == {
+        (CLIENT_IP, "/metrics"): 403, (CLIENT_IP, "/healthz"): 200,
+        ("127.0.0.1", "/metrics"): 403, ("127.0.0.1", "/healthz"): 200,
+    }  # fmt: skip
+    assert len(recorder.requests) == 2
