@@ -1,23 +1,31 @@
-"""Commands that manage workspaces, channels, tokens, templates and keys."""
+"""Commands that manage workspaces, bearer tokens and keys, and show stored deliveries."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import sys
-from collections.abc import Callable
-from typing import Any
 
 import click
 
-from .cli_common import digits, emit, json_flag, load_settings, with_store
-from .config import ConfigError, Settings
-from .crypto import DecryptionError, generate_key, load_cipher, new_bearer_token
-from .doctor import Check, check_channel, failed, render
-from .events import STATUS_EVENTS
-from .storage import Channel, NewTemplate, NotFound, Store
+from .cli_common import emit, json_flag, load_settings, with_store
+from .cli_output import confirm, json_list_flag, print_json, print_table, when, yes_flag
+from .config import ConfigError
+from .crypto import (
+    TOKEN_PREFIX,
+    DecryptionError,
+    generate_key,
+    load_cipher,
+    new_bearer_token,
+    token_id_of,
+)
+from .storage import Channel, Conflict, NotFound, Store, Workspace, WorkspaceSummary
 from .times import iso, now_ms
+
+
+async def existing_workspace(store: Store, workspace_id: str) -> Workspace:
+    found = await store.get_workspace(workspace_id)
+    if found is None:
+        raise NotFound(f"workspace {workspace_id} does not exist")
+    return found
 
 
 @click.group()
@@ -35,116 +43,68 @@ def workspace_create(name: str, as_json: bool) -> None:
 
 
 @workspace.command("list")
-@json_flag
+@json_list_flag
 def workspace_list(as_json: bool) -> None:
-    """List workspaces."""
-    found = with_store(load_settings(), lambda store: store.list_workspaces())
+    """List workspaces with their channels, active tokens, templates and pending templates."""
+    found = with_store(load_settings(), lambda store: store.workspace_summaries())
     if as_json:
-        click.echo(json.dumps([{"id": w.id, "name": w.name} for w in found]))
-    for item in [] if as_json else found:
-        click.echo(f"{item.id}  {item.name}")
+        print_json([dataclasses.asdict(w) | {"created_at": iso(w.created_at)} for w in found])
+        return
+    header = ("ID", "CREATED", "CHANNELS", "ACTIVE_TOKENS", "TEMPLATES", "PENDING", "NAME")
+    rows = [
+        (w.id, when(w.created_at), str(w.channels), str(w.active_tokens), str(w.templates),
+         str(w.pending_templates), w.name)
+        for w in found
+    ]  # fmt: skip
+    print_table(header, rows)
 
 
-@click.group()
-def channel() -> None:
-    """WhatsApp Business Accounts and their Meta access tokens."""
+def contents(held: WorkspaceSummary) -> str:
+    return (
+        f"{held.channels} channel(s) with their Meta tokens, {held.tokens} bearer token(s) "
+        f"({held.active_tokens} active), {held.templates} template(s) "
+        f"({held.pending_templates} pending) with their history, {held.sync_runs} sync "
+        "run(s) and its poll state"
+    )
 
 
-def read_access_token(env_var: str | None, from_stdin: bool) -> str:
-    if bool(env_var) == from_stdin:
-        raise click.UsageError("give exactly one of --access-token-env or --access-token-stdin")
-    token = (sys.stdin.readline() if from_stdin else os.environ.get(env_var or "", "")).strip()
-    if not token:
-        source = "standard input" if from_stdin else f"the variable {env_var}"
-        raise click.ClickException(f"no access token in {source}")
-    return token
+@workspace.command("delete")
+@click.argument("workspace_id", metavar="WORKSPACE")
+@yes_flag
+def workspace_delete(workspace_id: str, yes: bool) -> None:
+    """Delete a workspace and all its data: channels and their Meta tokens, bearer tokens,
+    templates and their history, sync runs and poll state. Nothing changes at Meta."""
 
+    async def delete(store: Store) -> WorkspaceSummary:
+        found = await store.workspace_summaries(workspace_id)
+        if not found:
+            raise NotFound(f"workspace {workspace_id} does not exist")
+        question = f"Delete workspace {found[0].name!r} ({workspace_id}) and {contents(found[0])}?"
+        confirm(question + " This cannot be undone.", yes)
+        return await store.delete_workspace(workspace_id)
 
-def check_options(command: Callable[..., None]) -> Callable[..., None]:
-    command = click.option(
-        "--subscribe", is_flag=True, help="Subscribe the app to the WABA's webhooks if needed."
-    )(command)
-    return click.option(
-        "--check/--no-check", default=True, show_default=True,
-        help="Check the token and the webhook subscription with Meta.",
-    )(command)  # fmt: skip
-
-
-def encrypt(settings: Settings, token: str) -> str:
-    try:
-        return load_cipher(settings).encrypt(token)
-    except ConfigError as error:
-        raise click.ClickException(str(error)) from None
-
-
-def report_channel_checks(checks: list[Check]) -> None:
-    """Checks of a stored channel: shown on stderr; the channel stays stored either way."""
-    if checks:
-        click.echo(render(checks), err=True)
-    if failed(checks):
-        click.echo(
-            "the channel is stored; fix the above, then run 'template-sync doctor'", err=True
-        )
-
-
-@channel.command("add")
-@click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
-@click.option("--waba-id", required=True, callback=digits, help="WhatsApp Business Account id.")
-@click.option("--access-token-env", metavar="VAR", help="Read the Meta token from this variable.")
-@click.option("--access-token-stdin", is_flag=True, help="Read the Meta token from stdin.")
-@check_options
-@json_flag
-def channel_add(
-    workspace_id: str, waba_id: str, access_token_env: str | None, access_token_stdin: bool,
-    check: bool, subscribe: bool, as_json: bool,
-) -> None:  # fmt: skip
-    """Add a WABA to a workspace; its token is encrypted at rest. Prints the channel id."""
-    token = read_access_token(access_token_env, access_token_stdin)
-    settings = load_settings()
-    ciphertext = encrypt(settings, token)
-
-    async def add(store: Store) -> tuple[Channel, list[Check]]:
-        created = await store.add_channel(workspace_id, waba_id, ciphertext, now_ms())
-        if not check:
-            return created, []
-        return created, await check_channel(settings, store, waba_id, token, do_subscribe=subscribe)
-
-    created, checks = with_store(settings, add)
-    emit(created.id, as_json, id=created.id, workspace_id=workspace_id, waba_id=waba_id)
-    report_channel_checks(checks)
-
-
-@channel.command("set-token")
-@click.option("--waba-id", required=True, callback=digits, help="WhatsApp Business Account id.")
-@click.option("--access-token-env", metavar="VAR", help="Read the Meta token from this variable.")
-@click.option("--access-token-stdin", is_flag=True, help="Read the Meta token from stdin.")
-@check_options
-def channel_set_token(
-    waba_id: str, access_token_env: str | None, access_token_stdin: bool, check: bool,
-    subscribe: bool,
-) -> None:  # fmt: skip
-    """Replace the Meta access token of a WABA's channel (e.g. after error 190)."""
-    token = read_access_token(access_token_env, access_token_stdin)
-    settings = load_settings()
-    ciphertext = encrypt(settings, token)
-
-    async def replace_token(store: Store) -> list[Check]:
-        found = await store.channel_for_waba(waba_id)
-        if found is None:
-            raise NotFound(f"no channel for WABA {waba_id}; add one with 'channel add'")
-        await store.set_channel_token(found.id, ciphertext)
-        if not check:
-            return []
-        return await check_channel(settings, store, waba_id, token, do_subscribe=subscribe)
-
-    checks = with_store(settings, replace_token)
-    click.echo(f"token of WABA {waba_id} replaced", err=True)
-    report_channel_checks(checks)
+    deleted = with_store(load_settings(), delete)
+    click.echo(f"deleted workspace {workspace_id}: {contents(deleted)}", err=True)
 
 
 @click.group()
 def token() -> None:
     """API bearer tokens."""
+
+
+def shown(token_id: str) -> str:
+    """A token's id as the user sees it: the part of the token before the dot."""
+    return f"{TOKEN_PREFIX}{token_id}"
+
+
+def token_id_arg(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """The id from `tsk_<id>`, `<id>` or a whole pasted token, whose secret is dropped
+    here, before anything could print it."""
+    before_dot = value.strip().split(".", 1)[0]
+    token_id = token_id_of(shown(before_dot.removeprefix(TOKEN_PREFIX)) + ".")
+    if token_id is None:
+        raise click.BadParameter("not a token id: give tsk_<id> as 'token list' shows it")
+    return token_id
 
 
 @token.command("create")
@@ -160,72 +120,43 @@ def token_create(workspace_id: str, name: str | None, as_json: bool) -> None:
             workspace_id, new.token_id, new.token_hash, name, now_ms()
         ),
     )
-    emit(new.token, as_json, id=new.token_id, token=new.token, workspace_id=workspace_id)
+    emit(new.token, as_json, id=shown(new.token_id), token=new.token, workspace_id=workspace_id)
+
+
+@token.command("list")
+@click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
+@json_list_flag
+def token_list(workspace_id: str, as_json: bool) -> None:
+    """List a workspace's tokens, revoked ones too (ids only: secrets are never stored)."""
+    found = with_store(load_settings(), lambda store: store.list_tokens(workspace_id))
+    if as_json:
+        print_json([
+            {"id": shown(t.id), "name": t.name, "created_at": iso(t.created_at),
+             "revoked": t.revoked_at is not None, "revoked_at": iso(t.revoked_at)}
+            for t in found
+        ])  # fmt: skip
+        return
+    rows = [(shown(t.id), when(t.created_at), when(t.revoked_at), t.name or "-") for t in found]
+    print_table(("ID", "CREATED", "REVOKED", "NAME"), rows)
 
 
 @token.command("revoke")
-@click.argument("token_id")
+@click.argument("token_id", callback=token_id_arg)
 def token_revoke(token_id: str) -> None:
-    """Revoke a token by its id."""
-    if not with_store(load_settings(), lambda store: store.revoke_token(token_id, now_ms())):
-        raise click.ClickException(f"no active token with id {token_id}")
-    click.echo(f"revoked {token_id}", err=True)
+    """Revoke a bearer token. TOKEN_ID is the part of the token before the dot, tsk_<id>,
+    as 'token create' and 'token list' show it; the bare <id> or the whole token work too
+    (a pasted secret is never printed)."""
 
+    async def revoke(store: Store) -> None:
+        if await store.revoke_token(token_id, now_ms()):
+            return
+        found = await store.find_token(token_id)
+        if found is None:
+            raise NotFound(f"no token {shown(token_id)}; 'token list --workspace WS' lists them")
+        raise Conflict(f"token {shown(token_id)} was revoked already, at {iso(found.revoked_at)}")
 
-@click.group()
-def template() -> None:
-    """Templates."""
-
-
-@template.command("add")
-@click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
-@click.option("--waba-id", required=True, callback=digits, help="WABA the template belongs to.")
-@click.option("--provider-id", required=True, callback=digits, help="Meta's template id.")
-@click.option("--name", required=True, help="Template name.")
-@click.option("--language", required=True, help="Language code, e.g. en_US.")
-@click.option("--category", help="MARKETING, UTILITY or AUTHENTICATION.")
-@click.option(
-    "--status", default="PENDING", show_default=True,
-    type=click.Choice(sorted(STATUS_EVENTS), case_sensitive=False),
-)  # fmt: skip
-@json_flag
-def template_add(as_json: bool, workspace_id: str, **fields: str) -> None:
-    """Register a template that already exists on Meta; prints its local id."""
-    fields["status"] = fields["status"].upper()
-    new = NewTemplate(workspace_id=workspace_id, **fields)
-    created = with_store(load_settings(), lambda store: store.add_template(new, now_ms()))
-    emit(str(created.id), as_json, id=created.id, provider_id=created.provider_id)
-
-
-@click.command()
-@click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
-@click.option("--status", help="Only these statuses (comma-separated).")
-@json_flag
-def templates(workspace_id: str, status: str | None, as_json: bool) -> None:
-    """Print a table of a workspace's templates and their statuses."""
-    from .storage import TemplateFilter
-
-    statuses = tuple(s.strip().upper() for s in (status or "").split(",") if s.strip())
-
-    async def fetch(store: Store) -> list[Any]:
-        if await store.get_workspace(workspace_id) is None:
-            raise NotFound(f"workspace {workspace_id} does not exist")
-        found, _ = await store.list_templates(workspace_id, TemplateFilter(statuses), 0, 10**9)
-        return found
-
-    found = with_store(load_settings(), fetch)
-    if as_json:
-        click.echo(json.dumps([dataclasses.asdict(t) for t in found]))
-        return
-    rows = [("ID", "PROVIDER_ID", "NAME", "LANGUAGE", "STATUS", "SOURCE")]
-    rows += [
-        (str(t.id), t.provider_id, t.name, t.language, t.status, t.status_source) for t in found
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    with_store(load_settings(), revoke)
+    click.echo(f"revoked {shown(token_id)}", err=True)
 
 
 @click.command()

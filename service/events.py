@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -29,6 +30,26 @@ STATUS_EVENTS = frozenset(
 PENDING_STATUSES = frozenset({"PENDING", "IN_APPEAL"})
 #: Status of a template created from an event that does not say its status.
 UNKNOWN_STATUS = "UNKNOWN"
+#: Meta's template categories.
+CATEGORIES = frozenset({"AUTHENTICATION", "MARKETING", "UTILITY"})
+# Meta's template language codes: a language of two or three lower-case letters (`en`, `fil`),
+# optionally `_` and a region of two upper-case letters (`en_US`, `prs_AF`). A shape rather
+# than Meta's list, which grows. Meta's codes are case-sensitive: `en_us`, `en-US` are not.
+LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
+
+
+def template_category(value: str) -> str:
+    """`value` as Meta's category, upper case; ValueError when it is not one."""
+    if value.upper() not in CATEGORIES:
+        raise ValueError(f"must be one of {', '.join(sorted(CATEGORIES))} (any case)")
+    return value.upper()
+
+
+def language_code(value: str) -> str:
+    """`value` when it is shaped like Meta's template language codes; ValueError if not."""
+    if not LANGUAGE_CODE.fullmatch(value):
+        raise ValueError("must be a Meta language code such as en, en_US, pt_BR or fil")
+    return value
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import os
+import pty
 import re
 import shlex
 import subprocess
@@ -26,12 +27,16 @@ from cryptography.fernet import Fernet
 from service.cli import main
 from service.config import Secret
 from service.crypto import TokenCipher, generate_key, hash_secret, token_id_of
+from service.simulator import Simulator
 from service.storage import Store, TemplateFilter, open_store
+
+from .conftest import APP_SECRET, simulated
 
 VENV_BIN = Path(sys.executable).parent
 WABA = "102290129340398"
 META_TOKEN = "EAAG-secret-meta-token-value"
 TOKEN_LINE = re.compile(r"tsk_[0-9a-f]{16}\.[A-Za-z0-9_-]{43}\n")
+ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
 @dataclass
@@ -145,16 +150,32 @@ def test_workspace_create_json(cli: Cli) -> None:
     assert document["id"] == str(uuid.UUID(document["id"]))
 
 
-def test_workspace_list(cli: Cli) -> None:
-    assert cli.ok("workspace list").stdout == ""
+WORKSPACES_HEADER = "ID  CREATED  CHANNELS  ACTIVE_TOKENS  TEMPLATES  PENDING  NAME"
+
+
+def test_workspace_list_with_what_each_holds(cli: Cli) -> None:
+    assert cli.ok("workspace list").stdout == WORKSPACES_HEADER + "\n"
     first, second = cli.workspace("First"), cli.workspace("Second one")
-    lines = cli.ok("workspace list").stdout.splitlines()
-    assert sorted(lines) == sorted([f"{first}  First", f"{second}  Second one"])
-    listed = json.loads(cli.ok("workspace list --json").stdout)
-    assert sorted(listed, key=lambda w: w["name"]) == [
-        {"id": first, "name": "First"},
-        {"id": second, "name": "Second one"},
-    ]
+    cli.channel(first)
+    cli.template(first, "1001")
+    cli.template(first, "1002", "--status", "APPROVED")
+    cli.ok(f"token create --workspace {first}")
+    revoked = token_id_of(cli.ok(f"token create --workspace {first}").stdout.strip())
+    cli.ok(f"token revoke {revoked}")
+    header, *lines = cli.ok("workspace list").stdout.splitlines()
+    assert header.split() == WORKSPACES_HEADER.split()
+    rows = {line.split()[0]: line.split()[2:] for line in lines}
+    assert rows == {
+        first: ["1", "1", "2", "1", "First"],
+        second: ["0", "0", "0", "0", "Second", "one"],
+    }
+    listed = {w["id"]: w for w in json.loads(cli.ok("workspace list --json").stdout)}
+    assert listed[second]["name"] == "Second one"
+    assert ISO_TIME.fullmatch(listed[first].pop("created_at"))
+    assert listed[first] == {
+        "id": first, "name": "First", "channels": 1, "tokens": 2, "active_tokens": 1,
+        "templates": 2, "pending_templates": 1, "sync_runs": 0,
+    }  # fmt: skip
 
 
 def test_channel_add_from_env_stores_the_token_encrypted(cli: Cli, workspace_id: str) -> None:
@@ -245,20 +266,21 @@ def test_token_create_and_revoke(cli: Cli, workspace_id: str) -> None:
     assert stored.workspace_id == workspace_id and stored.name == "crm"
     assert stored.token_hash == hash_secret(token) and stored.revoked_at is None
 
-    revoked = cli.ok(f"token revoke {token_id}")
+    revoked = cli.ok(f"token revoke tsk_{token_id}")
     assert revoked.stdout == ""
-    assert f"revoked {token_id}" in revoked.stderr
+    assert f"revoked tsk_{token_id}" in revoked.stderr
     stored = with_store(cli.database_url, lambda store: store.find_token(token_id))
     assert stored.revoked_at is not None
 
-    failed(cli(f"token revoke {token_id}"), 1, f"no active token with id {token_id}")
-    failed(cli("token revoke 0123456789abcdef"), 1, "no active token with id 0123456789abcdef")
+    failed(cli(f"token revoke {token_id}"), 1, f"token tsk_{token_id} was revoked already")
+    failed(cli("token revoke 0123456789abcdef"), 1, "no token tsk_0123456789abcdef;")
 
 
 def test_token_create_json(cli: Cli, workspace_id: str) -> None:
     document = json.loads(cli.created(f"token create --workspace {workspace_id} --json"))
     assert TOKEN_LINE.fullmatch(document["token"] + "\n")
-    assert document["id"] == token_id_of(document["token"])
+    assert document["id"] == "tsk_" + str(token_id_of(document["token"]))
+    assert document["token"].startswith(document["id"] + ".")  # the id is the part before the dot
     assert document["workspace_id"] == workspace_id
 
 
@@ -422,7 +444,8 @@ def test_entry_points_run_for_real(tmp_path: Path) -> None:
     assert re.fullmatch(r"[0-9a-f-]{36}\n", created.stdout), created.stdout
     workspace_id = str(uuid.UUID(created.stdout.strip()))
 
-    assert run(script, "workspace", "list").stdout == f"{workspace_id}  X\n"
+    listed = run(script, "workspace", "list").stdout.splitlines()
+    assert [line.split()[0] for line in listed] == ["ID", workspace_id]
 
     missing = run(script, "templates", "--workspace", "nope")
     assert missing.returncode == 1
@@ -475,3 +498,263 @@ def test_keys_rotate_reencrypts_and_reports_what_it_cannot_read(
     cli.channel(workspace_id, "222")  # encrypted under old_key, the current key of `cli`
     result = cli("keys rotate", TEMPLATE_SYNC_ENCRYPTION_KEYS=new_key)
     assert result.exit_code == 1 and "222" in result.stderr and "Traceback" not in result.stderr
+
+
+def tokens_of(cli: Cli, workspace_id: str) -> list[Any]:
+    return with_store(cli.database_url, lambda store: store.list_tokens(workspace_id))
+
+
+def test_token_list_shows_ids_as_the_user_saw_them_and_never_a_secret(
+    cli: Cli, workspace_id: str
+) -> None:
+    first = cli.ok(f"token create --workspace {workspace_id} --name crm").stdout.strip()
+    second = cli.ok(f"token create --workspace {workspace_id}").stdout.strip()
+    first_id, second_id = first.split(".")[0], second.split(".")[0]  # tsk_<id>
+    cli.ok(f"token revoke {first_id}")
+    cli.ok(f"token create --workspace {cli.workspace('Other')}")  # not listed
+    result = cli.ok(f"token list --workspace {workspace_id}")
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["ID", "CREATED", "REVOKED", "NAME"]
+    cells = {row.split()[0]: row.split()[1:] for row in rows}
+    assert sorted(cells) == sorted([first_id, second_id])
+    assert ISO_TIME.fullmatch(cells[first_id][1]) and cells[first_id][2] == "crm"
+    assert ISO_TIME.fullmatch(cells[second_id][0]) and cells[second_id][1:] == ["-", "-"]
+    listed = json.loads(cli.ok(f"token list --workspace {workspace_id} --json").stdout)
+    assert {t["id"]: (t["name"], t["revoked"]) for t in listed} == {
+        first_id: ("crm", True),
+        second_id: (None, False),
+    }
+    assert set(listed[0]) == {"id", "name", "created_at", "revoked", "revoked_at"}
+    shown = result.stdout + json.dumps(listed)
+    for token in (first, second):
+        assert token.split(".")[1] not in shown and hash_secret(token) not in shown
+    failed(cli("token list --workspace nope"), 1, "workspace nope does not exist")
+
+
+@pytest.mark.parametrize("form", ["shown", "bare", "whole token", "whole token, spaced"])
+def test_token_revoke_takes_the_id_in_any_form_and_never_echoes_a_secret(
+    cli: Cli, workspace_id: str, form: str
+) -> None:
+    token = cli.ok(f"token create --workspace {workspace_id}").stdout.strip()
+    shown, secret = token.split(".", 1)
+    given = {"shown": shown, "bare": shown.removeprefix("tsk_"), "whole token": token,
+             "whole token, spaced": f"  {token} "}[form]  # fmt: skip
+    revoked = cli.ok("token revoke", given)
+    assert revoked.stdout == "" and f"revoked {shown}" in revoked.stderr
+    assert [t.revoked_at is not None for t in tokens_of(cli, workspace_id)] == [True]
+    again = cli("token revoke", given)
+    failed(again, 1, f"token {shown} was revoked already")
+    assert secret not in revoked.stderr + again.stderr
+
+
+def test_token_revoke_of_an_unknown_or_malformed_id(cli: Cli, workspace_id: str) -> None:
+    secret = "s3cr3t-part-of-a-pasted-token"
+    failed(cli("token revoke", f"tsk_00ff.{secret}"), 1, "no token tsk_00ff;")
+    malformed = cli("token revoke", f"Bearer tsk_00ff.{secret}")
+    failed(malformed, 2, "not a token id: give tsk_<id>")
+    for result in (cli("token revoke", f"tsk_00ff.{secret}"), malformed, cli("token revoke", "")):
+        assert secret not in result.stdout + result.stderr
+    assert "tsk_<id>" in cli.ok("token revoke --help").stdout
+
+
+def test_channel_list_never_shows_a_token(cli: Cli, workspace_id: str) -> None:
+    first = cli.channel(workspace_id, "111")
+    other = cli.workspace("Other")
+    second = cli.channel(other, "222")
+    [stored] = with_store(cli.database_url, lambda store: store.list_channels(workspace_id))
+    everything = cli.ok("channel list").stdout
+    header, *rows = everything.splitlines()
+    assert header.split() == ["ID", "WORKSPACE", "WABA_ID", "CREATED"]
+    assert sorted(row.split()[:3] for row in rows) == sorted(
+        [[first, workspace_id, "111"], [second, other, "222"]]
+    )
+    mine = json.loads(cli.ok(f"channel list --workspace {workspace_id} --json").stdout)
+    assert [(c["id"], c["workspace_id"], c["waba_id"]) for c in mine] == [
+        (first, workspace_id, "111")
+    ]
+    assert ISO_TIME.fullmatch(mine[0]["created_at"]) and len(mine[0]) == 4
+    for shown in (everything, json.dumps(mine)):
+        assert META_TOKEN not in shown and stored.access_token_enc not in shown
+    failed(cli("channel list --workspace nope"), 1, "workspace nope does not exist")
+
+
+def test_channel_remove_keeps_its_templates(cli: Cli, workspace_id: str) -> None:
+    cli.channel(workspace_id)
+    template_id = cli.template(workspace_id, "1001")
+    refused = cli(f"channel remove --waba-id {WABA}")
+    failed(refused, 1, "nothing deleted: there is no terminal to confirm on; add --yes")
+    assert with_store(cli.database_url, lambda store: store.channel_for_waba(WABA)) is not None
+    removed = cli.ok(f"channel remove --waba-id {WABA} --yes")
+    assert removed.stdout == "" and "its templates stay" in removed.stderr
+    assert with_store(cli.database_url, lambda store: store.channel_for_waba(WABA)) is None
+    kept = with_store(cli.database_url, lambda store: store.get_template(workspace_id, template_id))
+    assert kept is not None and kept.provider_id == "1001"
+    failed(cli(f"channel remove --waba-id {WABA} --yes"), 1, f"no channel for WABA {WABA}")
+    help_text = cli.ok("channel remove --help").stdout
+    assert "templates stay" in help_text and "no longer updated" in help_text
+
+
+async def test_channel_subscribe_uses_the_stored_token(cli: Cli, workspace_id: str) -> None:
+    """The command doctor prints for an unsubscribed WABA, pasted as is."""
+    simulator = Simulator(app_secret=APP_SECRET, app_name="Acme template-sync")
+    simulator.add_waba(WABA, META_TOKEN)
+    env = {"TEMPLATE_SYNC_META_APP_SECRET": APP_SECRET}
+    async with simulated(simulator) as (_, graph_url):
+        env["TEMPLATE_SYNC_GRAPH_URL"] = graph_url
+        await asyncio.to_thread(cli.channel, workspace_id)
+        assert not simulator.is_subscribed(WABA)
+        pasted = f"template-sync channel subscribe --waba-id {WABA}"
+        done = await asyncio.to_thread(cli.ok, pasted.removeprefix("template-sync "), **env)
+        assert simulator.is_subscribed(WABA)
+        assert done.stdout == "" and f"PASS  WABA {WABA}: subscribe" in done.stderr
+        assert "FAIL" not in done.stderr and META_TOKEN not in done.stderr
+        posts = [c for c in simulator.calls if c.method == "POST"]
+        again = await asyncio.to_thread(cli.ok, pasted.removeprefix("template-sync "), **env)
+        assert re.search(rf"PASS  WABA {WABA}: subscribed +apps: Acme template-sync", again.stderr)
+        assert [c for c in simulator.calls if c.method == "POST"] == posts  # none needed
+        simulator.add_waba("999")  # Meta knows it, but the stored token cannot reach it
+        unknown = await asyncio.to_thread(cli, "channel subscribe --waba-id 999", **env)
+        failed(unknown, 1, "no channel for WABA 999; add one with 'channel add'")
+        other = await asyncio.to_thread(cli.workspace, "Other")
+        await asyncio.to_thread(cli.channel, other, "999")
+        denied = await asyncio.to_thread(cli, "channel subscribe --waba-id 999", **env)
+        assert denied.exit_code == 1 and "FAIL  WABA 999: access token" in denied.stderr
+        assert not simulator.is_subscribed("999") and META_TOKEN not in denied.stderr
+
+
+def test_template_remove_by_either_id(cli: Cli, workspace_id: str) -> None:
+    cli.channel(workspace_id)
+    by_id, by_provider, kept = (cli.template(workspace_id, p) for p in ("1001", "1002", "1003"))
+    for choice in ("", f"--id {by_id} --provider-id 1002"):
+        failed(cli(f"template remove --workspace {workspace_id} {choice}"), 2, "exactly one of")
+    refused = cli(f"template remove --workspace {workspace_id} --id {by_id}")
+    failed(refused, 1, "nothing deleted: there is no terminal to confirm on")
+    cli.ok(f"template remove --workspace {workspace_id} --id {by_id} --yes")
+    cli.ok(f"template remove --workspace {workspace_id} --provider-id 1002 --yes")
+    listed, _ = with_store(
+        cli.database_url, lambda store: store.list_templates(workspace_id, TemplateFilter(), 0, 9)
+    )
+    assert [t.id for t in listed] == [kept]
+    assert by_provider not in [t.id for t in listed]
+    failed(
+        cli(f"template remove --workspace {workspace_id} --id {by_id} --yes"),
+        1,
+        f"workspace {workspace_id} has no template {by_id}",
+    )
+    other = cli.workspace("Other")
+    failed(
+        cli(f"template remove --workspace {other} --id {kept} --yes"),
+        1,
+        f"workspace {other} has no template {kept}",
+    )
+    failed(
+        cli(f"template remove --workspace {workspace_id} --provider-id 1002 --yes"),
+        1,
+        "has no template with Meta id 1002",
+    )
+    assert "never from Meta" in cli.ok("template remove --help").stdout
+
+
+def test_workspace_delete_removes_everything_it_holds(cli: Cli, workspace_id: str) -> None:
+    cli.channel(workspace_id)
+    cli.template(workspace_id, "1001")
+    cli.ok(f"token create --workspace {workspace_id}")
+    other = cli.workspace("Other")
+    refused = cli(f"workspace delete {workspace_id}")
+    failed(refused, 1, "nothing deleted: there is no terminal to confirm on; add --yes")
+    deleted = cli.ok(f"workspace delete {workspace_id} --yes")
+    assert deleted.stdout == ""
+    assert "1 channel(s) with their Meta tokens, 1 bearer token(s) (1 active)" in deleted.stderr
+    assert [w.id for w in with_store(cli.database_url, lambda s: s.list_workspaces())] == [other]
+    failed(cli(f"workspace delete {workspace_id} --yes"), 1, "does not exist")
+    cli.channel(other)  # its WABA is free again
+
+
+def test_deletes_ask_on_a_terminal_and_refuse_with_stdin_closed(
+    cli: Cli, workspace_id: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPLATE_SYNC_")}
+    env |= {
+        "TEMPLATE_SYNC_DATABASE_URL": cli.database_url,
+        "TEMPLATE_SYNC_ENCRYPTION_KEYS": cli.key,
+        "TEMPLATE_SYNC_LOG_FORMAT": "json",
+    }
+    command = [str(VENV_BIN / "template-sync"), "workspace", "delete", workspace_id]
+    cli.channel(workspace_id)
+
+    def on_a_terminal(answer: str) -> subprocess.CompletedProcess[str]:
+        main_fd, terminal = pty.openpty()
+        try:
+            os.write(main_fd, answer.encode())  # typed ahead: the terminal keeps it
+            return subprocess.run(
+                command, stdin=terminal, capture_output=True, text=True, env=env,
+                cwd=tmp_path, timeout=30, check=False,
+            )  # fmt: skip
+        finally:
+            os.close(terminal)
+            os.close(main_fd)
+
+    declined = on_a_terminal("n\n")
+    assert declined.returncode == 1 and "Aborted" in declined.stderr, declined.stderr
+    assert f"Delete workspace 'Acme' ({workspace_id}) and 1 channel(s)" in declined.stderr
+    assert "This cannot be undone. [y/N]" in declined.stderr and declined.stdout == ""
+    closed = subprocess.run(
+        ["sh", "-c", '"$@" <&-', "sh", *command], capture_output=True, text=True, env=env,
+        cwd=tmp_path, timeout=30, check=False,
+    )  # fmt: skip
+    assert closed.returncode == 1 and "no terminal to confirm on" in closed.stderr
+    assert "Traceback" not in closed.stderr
+    assert with_store(cli.database_url, lambda s: s.get_workspace(workspace_id)) is not None
+    accepted = on_a_terminal("y\n")
+    assert accepted.returncode == 0, accepted.stderr
+    assert with_store(cli.database_url, lambda s: s.get_workspace(workspace_id)) is None
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [("utility", "UTILITY"), ("Marketing", "MARKETING"), ("AUTHENTICATION", "AUTHENTICATION")],
+)
+def test_template_add_category_in_any_case_is_stored_upper_case(
+    cli: Cli, workspace_id: str, given: str, stored: str
+) -> None:
+    cli.channel(workspace_id)
+    template_id = cli.template(workspace_id, "1001", "--category", given)
+    found = with_store(cli.database_url, lambda s: s.get_template(workspace_id, template_id))
+    assert found.category == stored
+
+
+@pytest.mark.parametrize("language", ["en", "en_US", "pt_BR", "zh_CN", "es_AR", "fil", "prs_AF"])
+def test_template_add_takes_metas_language_codes(
+    cli: Cli, workspace_id: str, language: str
+) -> None:
+    cli.channel(workspace_id)
+    command = template_add(workspace_id).replace("--language en", f"--language {language}")
+    template_id = int(cli.created(command))
+    found = with_store(cli.database_url, lambda s: s.get_template(workspace_id, template_id))
+    assert found.language == language
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--category", "PROMO", "must be one of AUTHENTICATION, MARKETING, UTILITY"),
+        ("--category", "", "must be one of"),
+        ("--language", "en-US", "must be a Meta language code such as en, en_US"),
+        ("--language", "en_us", "must be a Meta language code"),
+        ("--language", "EN", "must be a Meta language code"),
+        ("--language", "english", "must be a Meta language code"),
+        ("--language", "en_US ", "must be a Meta language code"),
+    ],
+)
+def test_template_add_refuses_a_bad_category_or_language(
+    cli: Cli, workspace_id: str, option: str, value: str, message: str
+) -> None:
+    cli.channel(workspace_id)
+    command = template_add(workspace_id).removesuffix(" --language en")
+    extra = [option, value] + ([] if option == "--language" else ["--language", "en"])
+    failed(cli(command, *extra), 2, message)
+    assert f"Invalid value for '{option}'" in cli(command, *extra).stderr
+    listed, _ = with_store(
+        cli.database_url, lambda store: store.list_templates(workspace_id, TemplateFilter(), 0, 9)
+    )
+    assert listed == []

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
+import asyncpg
 import pytest
 
 from service.config import Settings
 from service.events import STATUS_FIELD, Change
-from service.storage import Conflict, NewTemplate, NotFound, Store, TemplateFilter, open_store
+from service.storage import (
+    Conflict,
+    NewTemplate,
+    NotFound,
+    Store,
+    TemplateFilter,
+    TokenInfo,
+    WorkspaceSummary,
+    open_store,
+)
+from service.storage.admin import WORKSPACE_ROWS
 from service.storage.schema import MIGRATIONS
 from service.storage.sql import SqlStore
+from service.storage.sqlite import SqliteBackend
 from service.storage.steps import Steps, execute
 
 from .conftest import NOW_MS, WABA_ID, Tenant, add_template, make_tenant
@@ -72,6 +85,45 @@ async def test_migration_8_keeps_templates_stored_before_it_awaiting_their_webho
         {"provider_id": "42", "awaiting_since": None},
     ]
     assert await store.due_workspaces(NOW_MS, 0, 1000, 10) == [tenant.workspace_id]
+
+
+async def test_migration_9_leaves_deliveries_stored_before_it_without_a_key(
+    store: Store, tenant: Tenant
+) -> None:
+    body = b'{"object":"whatsapp_business_account","entry":[]}'
+    await store.record_delivery(body, NOW_MS, [], None)
+    assert isinstance(store, SqlStore)
+    async with store._tx() as tx:  # back to the schema before migration 9
+        await tx.execute("DROP INDEX webhook_deliveries_body_key")
+        await tx.execute("ALTER TABLE webhook_deliveries DROP COLUMN body_key")
+        await tx.execute("DELETE FROM schema_migrations WHERE version = 9")
+    assert await store.migrate() == [9]
+    again = await store.record_delivery(body, NOW_MS, [], None)  # the old row has no key
+    replay = await store.record_delivery(body, NOW_MS, [], None)
+    assert again.outcome == "processed" and replay.outcome == "replayed"
+    assert replay.delivery_id == again.delivery_id
+    assert len(await store.list_deliveries(None, 10)) == 2
+
+
+async def test_one_body_sent_to_two_replicas_at_once_is_stored_once(
+    database_url: str, store: Store, tenant: Tenant
+) -> None:
+    """On PostgreSQL the copies' batches commit side by side: one waits on the other's
+    unique key, skips its insert and reads the id the other committed."""
+    other = await open_store(database_url)
+    body = b'{"object":"whatsapp_business_account","entry":[{"id":"1"}]}'
+    try:
+        results = await asyncio.gather(*(
+            replica.record_delivery(body, NOW_MS, [status_change("APPROVED")], None)
+            for _ in range(20) for replica in (store, other)
+        ))  # fmt: skip
+    finally:
+        await other.close()
+    assert len({r.delivery_id for r in results}) == 1
+    assert sorted(r.outcome for r in results) == ["processed"] + ["replayed"] * 39
+    assert sum(r.applied for r in results) == 1 and sum(r.duplicate for r in results) == 39
+    [stored] = await store.list_deliveries(None, 10)
+    assert stored.body == body
 
 
 async def test_a_write_that_fails_part_way_stores_nothing(store: Store) -> None:
@@ -245,3 +297,182 @@ async def test_new_template_fields_round_trip(store: Store, tenant: Tenant) -> N
         "IN_APPEAL",
     )
     assert created.created_at == created.status_updated_at == NOW_MS
+
+
+async def table_rows(store: Store, table: str) -> int:
+    assert isinstance(store, SqlStore)
+    async with store._tx() as tx:
+        row = await tx.fetchrow(f"SELECT COUNT(*) AS n FROM {table}")
+    return int(row["n"]) if row else 0
+
+
+async def test_list_tokens_shows_revoked_ones_and_never_a_hash(
+    store: Store, settings: Settings, tenant: Tenant
+) -> None:
+    await store.create_token(tenant.workspace_id, "ab12", "hash-of-it", None, NOW_MS + 1)
+    await store.revoke_token(tenant.token_id, NOW_MS + 2)
+    await make_tenant(store, settings, waba_id="777")  # another workspace's token: not listed
+    assert await store.list_tokens(tenant.workspace_id) == [
+        TokenInfo(tenant.token_id, tenant.workspace_id, "tests", NOW_MS, NOW_MS + 2),
+        TokenInfo("ab12", tenant.workspace_id, None, NOW_MS + 1, None),
+    ]
+    assert "token_hash" not in {field.name for field in dataclasses.fields(TokenInfo)}
+    with pytest.raises(NotFound, match="does not exist"):
+        await store.list_tokens("no-such-workspace")
+
+
+async def test_workspace_summaries_count_what_each_workspace_holds(
+    store: Store, settings: Settings, tenant: Tenant
+) -> None:
+    other = await make_tenant(store, settings, waba_id="777")
+    await store.add_channel(tenant.workspace_id, "778", "ciphertext", NOW_MS)
+    await store.create_token(tenant.workspace_id, "ab12", "hash", None, NOW_MS)
+    await store.revoke_token(tenant.token_id, NOW_MS)
+    for provider_id, status in [("1", "PENDING"), ("2", "IN_APPEAL"), ("3", "APPROVED")]:
+        await add_template(store, tenant, provider_id, status)
+    await store.claim_sync(tenant.workspace_id, "cli", NOW_MS, 1000)
+    found = {summary.id: summary for summary in await store.workspace_summaries()}
+    mine, theirs = found[tenant.workspace_id], found[other.workspace_id]
+    assert len(found) == 2
+    assert (mine.id, mine.name, mine.created_at) == (tenant.workspace_id, "Acme", NOW_MS)
+    assert (mine.channels, mine.tokens, mine.active_tokens) == (2, 2, 1)
+    assert (mine.templates, mine.pending_templates, mine.sync_runs) == (3, 2, 1)
+    assert theirs == WorkspaceSummary(other.workspace_id, "Acme", NOW_MS, 1, 1, 1, 0, 0, 0)
+    assert await store.workspace_summaries(other.workspace_id) == [theirs]
+    assert await store.workspace_summaries("no-such-workspace") == []
+
+
+async def seed_everything(store: Store, tenant: Tenant) -> int:
+    """A template with webhook history, a sync run and poll state; returns the template id."""
+    await store.record_delivery(b"{}", NOW_MS, [status_change("PENDING")], None)
+    await store.record_delivery(b"{}", NOW_MS, [status_change("APPROVED", 1751247600)], None)
+    await store.claim_sync(tenant.workspace_id, "api", NOW_MS, 1000)
+    assert await store.claim_poll(tenant.workspace_id, "replica", NOW_MS + 5000, 1000, 10)
+    [template], _ = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 10)
+    return template.id
+
+
+async def test_delete_workspace_removes_all_it_holds_and_nothing_else(
+    store: Store, settings: Settings, tenant: Tenant
+) -> None:
+    other = await make_tenant(store, settings, waba_id="777")
+    theirs = await add_template(store, other, "5")
+    await seed_everything(store, tenant)
+    before = {table: await table_rows(store, table) for table, _ in WORKSPACE_ROWS}
+
+    held = await store.delete_workspace(tenant.workspace_id)
+    assert (held.channels, held.tokens, held.templates, held.sync_runs) == (1, 1, 1, 1)
+    assert await store.get_workspace(tenant.workspace_id) is None
+    assert await store.find_token(tenant.token_id) is None
+    assert await store.channel_for_waba(WABA_ID) is None
+    assert await store.poll_state(tenant.workspace_id) is None
+    assert await store.last_sync_run(tenant.workspace_id) is None
+    after = {table: await table_rows(store, table) for table, _ in WORKSPACE_ROWS}
+    assert {table: before[table] - after[table] for table in before} == {
+        "template_events": 2, "templates": 1, "channels": 1, "api_tokens": 1,
+        "sync_runs": 1, "workspace_polls": 1, "workspaces": 1,
+    }  # fmt: skip
+    assert await store.template_history(other.workspace_id, theirs) is not None
+    with pytest.raises(NotFound, match="does not exist"):
+        await store.delete_workspace(tenant.workspace_id)
+    late = await store.record_delivery(b"{}", NOW_MS, [status_change("REJECTED", 1751247700)], None)
+    assert (late.unknown_waba, late.created) == (1, 0)  # its WABA is nobody's now
+
+
+async def test_delete_workspace_covers_every_table_that_refers_to_one(store: Store) -> None:
+    """A table added later that refers to a workspace or a template (by foreign key or by a
+    workspace_id column) must be in WORKSPACE_ROWS, or deleting a workspace would fail."""
+    assert isinstance(store, SqlStore)
+    if not isinstance(store._db, SqliteBackend):
+        pytest.skip("the schema is written once for both dialects; SQLite's is read here")
+    async with store._tx() as tx:
+        keys = await tx.fetch(
+            'SELECT m.name AS child, k."table" AS parent FROM sqlite_master AS m, '
+            "pragma_foreign_key_list(m.name) AS k WHERE m.type = 'table'"
+        )
+        columns = await tx.fetch(
+            "SELECT m.name AS child FROM sqlite_master AS m, pragma_table_info(m.name) AS c "
+            "WHERE m.type = 'table' AND c.name = 'workspace_id'"
+        )
+    owned = {"workspaces"} | {row["child"] for row in columns}
+    while grown := {k["child"] for k in keys if k["parent"] in owned} - owned:
+        owned |= grown
+    deleted = [table for table, _ in WORKSPACE_ROWS]
+    assert owned == set(deleted)
+    for row in keys:  # children before parents
+        if row["child"] in owned and row["child"] != row["parent"]:
+            assert deleted.index(row["child"]) < deleted.index(row["parent"]), row
+
+
+WAITING_FOR_ME = (
+    "SELECT COUNT(*) FROM pg_locks AS w JOIN pg_locks AS me ON me.pid = pg_backend_pid() "
+    "AND me.locktype = 'transactionid' AND me.granted "
+    "WHERE w.locktype = 'transactionid' AND NOT w.granted "
+    "AND w.transactionid::text = me.transactionid::text"
+)
+
+
+async def test_delete_workspace_waits_for_history_written_under_it(
+    store: Store, tenant: Tenant, database_url: str
+) -> None:
+    """A webhook's transaction has locked a template and added history when the delete
+    starts: the delete waits for its commit and removes that history too."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one writer at a time")
+    template_id = await add_template(store, tenant, "1")
+    writer = await asyncpg.connect(database_url)
+    try:
+        webhook = writer.transaction()
+        await webhook.start()
+        await writer.execute("SELECT id FROM templates WHERE id = $1 FOR UPDATE", template_id)
+        await writer.execute(
+            "INSERT INTO template_events (template_id, waba_id, provider_id, field, event, "
+            "source, received_at, applied) VALUES ($1, $2, '1', 'status', 'APPROVED', "
+            "'webhook', 0, TRUE)",
+            template_id,
+            WABA_ID,
+        )
+        deleting = asyncio.ensure_future(store.delete_workspace(tenant.workspace_id))
+        for _ in range(1000):  # at most 10 s
+            if await writer.fetchval(WAITING_FOR_ME):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the delete never waited for the webhook's transaction")
+        await webhook.commit()
+        await deleting
+    finally:
+        await writer.close()
+    assert await table_rows(store, "template_events") == 0
+
+
+async def test_remove_channel_keeps_its_templates_unchanged(store: Store, tenant: Tenant) -> None:
+    template_id = await seed_everything(store, tenant)
+    await store.remove_channel(WABA_ID)
+    assert await store.channel_for_waba(WABA_ID) is None
+    kept = await store.get_template(tenant.workspace_id, template_id)
+    assert kept is not None and kept.status == "APPROVED"
+    history = await store.template_history(tenant.workspace_id, template_id)
+    assert history is not None and len(history) == 2
+    late = await store.record_delivery(b"{}", NOW_MS, [status_change("REJECTED", 1751247700)], None)
+    assert late.unknown_waba == 1
+    assert await store.get_template(tenant.workspace_id, template_id) == kept
+    with pytest.raises(NotFound, match=f"no channel for WABA {WABA_ID}"):
+        await store.remove_channel(WABA_ID)
+
+
+async def test_remove_template_removes_its_history_only(
+    store: Store, settings: Settings, tenant: Tenant
+) -> None:
+    removed = await seed_everything(store, tenant)
+    kept = await add_template(store, tenant, "43")
+    theirs = await add_template(store, await make_tenant(store, settings, waba_id="777"), "5")
+    with pytest.raises(NotFound):  # another workspace's template
+        await store.remove_template(tenant.workspace_id, theirs)
+    await store.remove_template(tenant.workspace_id, removed)
+    assert await store.get_template(tenant.workspace_id, removed) is None
+    assert await table_rows(store, "template_events") == 2  # those of `kept` and `theirs`
+    history = await store.template_history(tenant.workspace_id, kept)
+    assert history is not None and len(history) == 1
+    with pytest.raises(NotFound, match=f"has no template {removed}"):
+        await store.remove_template(tenant.workspace_id, removed)

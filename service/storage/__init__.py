@@ -10,7 +10,15 @@ from ..events import Change
 
 
 class StoreUnavailable(Exception):
-    """The database cannot be reached or written; the caller should retry later."""
+    """The database cannot be reached or written; the caller should retry later.
+
+    `fix`, when known (a missing database, a path the service cannot write), says what the
+    operator should do; the message itself says only what is wrong.
+    """
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.fix = fix
 
 
 class Conflict(Exception):
@@ -44,6 +52,32 @@ class ApiToken:
     name: str | None
     token_hash: str = field(repr=False)
     revoked_at: int | None
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A bearer token as the operator sees it: never its secret or hash."""
+
+    id: str
+    workspace_id: str
+    name: str | None
+    created_at: int
+    revoked_at: int | None
+
+
+@dataclass(frozen=True)
+class WorkspaceSummary:
+    """A workspace with the counts of what it holds."""
+
+    id: str
+    name: str
+    created_at: int
+    channels: int
+    tokens: int
+    active_tokens: int
+    templates: int
+    pending_templates: int  # PENDING or IN_APPEAL
+    sync_runs: int
 
 
 @dataclass(frozen=True)
@@ -169,7 +203,7 @@ class SyncRun:
 @dataclass(frozen=True)
 class SyncClaim:
     run_id: int
-    owner: bool  # False: another sync of the workspace is running; wait for run_id
+    owner: bool  # False: run_id is running (wait for it) or finished within the minimum gap
 
 
 @dataclass(frozen=True)
@@ -198,7 +232,7 @@ class DeliveryResult:
     """What one stored delivery did; counts are per template change."""
 
     delivery_id: int
-    outcome: str  # "processed" or "quarantined"
+    outcome: str  # "processed", "quarantined", or "replayed": stored already, as delivery_id
     applied: int = 0
     stale: int = 0
     duplicate: int = 0
@@ -224,12 +258,14 @@ class Store(Protocol):
     async def channel_for_waba(self, waba_id: str) -> Channel | None: ...
     async def all_channels(self) -> list[Channel]: ...
     async def set_channel_token(self, channel_id: str, access_token_enc: str) -> None: ...
+    async def remove_channel(self, waba_id: str) -> None: ...
 
     async def create_token(
         self, workspace_id: str, token_id: str, token_hash: str, name: str | None, now_ms: int
     ) -> None: ...
     async def revoke_token(self, token_id: str, now_ms: int) -> bool: ...
     async def find_token(self, token_id: str) -> ApiToken | None: ...
+    async def list_tokens(self, workspace_id: str) -> list[TokenInfo]: ...
     async def find_token_and_template(
         self, token_id: str, template_id: int
     ) -> tuple[ApiToken | None, Template | None]: ...
@@ -242,6 +278,12 @@ class Store(Protocol):
     async def template_history(
         self, workspace_id: str, template_id: int
     ) -> list[HistoryEvent] | None: ...
+    async def remove_template(self, workspace_id: str, template_id: int) -> None: ...
+
+    async def workspace_summaries(
+        self, workspace_id: str | None = None
+    ) -> list[WorkspaceSummary]: ...
+    async def delete_workspace(self, workspace_id: str) -> WorkspaceSummary: ...
 
     async def record_delivery(
         self, body: bytes, received_at_ms: int, changes: Sequence[Change], error: str | None
@@ -262,7 +304,7 @@ class Store(Protocol):
         create: bool,
     ) -> RemoteCounts: ...
     async def claim_sync(
-        self, workspace_id: str, trigger: str, now_ms: int, lease_ms: int
+        self, workspace_id: str, trigger: str, now_ms: int, lease_ms: int, min_gap_ms: int = 0
     ) -> SyncClaim: ...
     async def finish_sync(self, run: SyncRun) -> None: ...
     async def get_sync_run(self, run_id: int) -> SyncRun | None: ...
@@ -273,6 +315,7 @@ class Store(Protocol):
     async def due_workspaces(
         self, now_ms: int, grace_ms: int, interval_ms: int, limit: int
     ) -> list[str]: ...
+    async def grace_waiting(self, now_ms: int, grace_ms: int) -> tuple[int, int | None]: ...
     async def claim_poll(
         self, workspace_id: str, owner: str, now_ms: int, lease_ms: int, interval_ms: int
     ) -> bool: ...

@@ -26,6 +26,7 @@ from . import (
     TemplateFilter,
     Workspace,
 )
+from .admin import AdminQueries, require_workspace
 from .ingest import Dialect, NewDelivery, record_batch
 from .polls import PollQueries
 from .schema import MIGRATIONS, statements
@@ -83,7 +84,7 @@ def to_history(row: dict[str, Any]) -> HistoryEvent:
     return HistoryEvent(**{**row, "applied": bool(row["applied"])})
 
 
-class SqlStore(SyncQueries, PollQueries):
+class SqlStore(SyncQueries, PollQueries, AdminQueries):
     def __init__(self, backend: Backend) -> None:
         self._db = backend
         self._writer = DeliveryWriter(self._commit_deliveries, backend.parallel_batches)
@@ -163,7 +164,7 @@ class SqlStore(SyncQueries, PollQueries):
     ) -> Channel:
         channel = Channel(str(uuid.uuid4()), workspace_id, waba_id, access_token_enc, now_ms)
         async with self._tx() as tx:
-            await _require_workspace(tx, workspace_id)
+            await require_workspace(tx, workspace_id)
             if await tx.fetchrow("SELECT id FROM channels WHERE waba_id = ?", waba_id):
                 raise Conflict(f"WABA {waba_id} already has a channel")
             await tx.execute(
@@ -210,7 +211,7 @@ class SqlStore(SyncQueries, PollQueries):
         self, workspace_id: str, token_id: str, token_hash: str, name: str | None, now_ms: int
     ) -> None:
         async with self._tx() as tx:
-            await _require_workspace(tx, workspace_id)
+            await require_workspace(tx, workspace_id)
             await tx.execute(
                 "INSERT INTO api_tokens (id, workspace_id, name, token_hash, created_at) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -396,11 +397,6 @@ def _page(
         offset,
     )
     return rows, int(total["n"]) if total else 0
-
-
-async def _require_workspace(tx: Tx, workspace_id: str) -> None:
-    if not await tx.fetchrow("SELECT id FROM workspaces WHERE id = ?", workspace_id):
-        raise NotFound(f"workspace {workspace_id} does not exist")
 
 
 def _template_filter(workspace_id: str, where: TemplateFilter) -> tuple[str, list[Any]]:

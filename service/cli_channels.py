@@ -1,0 +1,198 @@
+"""`template-sync channel ...`: WABAs, their Meta access tokens and webhook subscriptions."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+import click
+
+from .cli_admin import existing_workspace
+from .cli_common import digits, emit, json_flag, load_settings, with_store
+from .cli_output import confirm, json_list_flag, print_json, print_table, when, yes_flag
+from .config import ConfigError, Settings
+from .crypto import DecryptionError, load_cipher
+from .doctor import Check, check_channel, failed, render
+from .storage import Channel, NotFound, Store
+from .times import iso, now_ms
+
+
+@click.group()
+def channel() -> None:
+    """WhatsApp Business Accounts and their Meta access tokens."""
+
+
+def read_access_token(env_var: str | None, from_stdin: bool) -> str:
+    if bool(env_var) == from_stdin:
+        raise click.UsageError("give exactly one of --access-token-env or --access-token-stdin")
+    token = (sys.stdin.readline() if from_stdin else os.environ.get(env_var or "", "")).strip()
+    if not token:
+        source = "standard input" if from_stdin else f"the variable {env_var}"
+        raise click.ClickException(f"no access token in {source}")
+    return token
+
+
+def check_options(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option(
+        "--subscribe", is_flag=True, help="Subscribe the app to the WABA's webhooks if needed."
+    )(command)
+    return click.option(
+        "--check/--no-check", default=True, show_default=True,
+        help="Check the token and the webhook subscription with Meta.",
+    )(command)  # fmt: skip
+
+
+def encrypt(settings: Settings, token: str) -> str:
+    try:
+        return load_cipher(settings).encrypt(token)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def report_channel_checks(checks: list[Check]) -> None:
+    """Checks of a stored channel: shown on stderr; the channel stays stored either way."""
+    if checks:
+        click.echo(render(checks), err=True)
+    if failed(checks):
+        click.echo(
+            "the channel is stored; fix the above, then run 'template-sync doctor'", err=True
+        )
+
+
+async def stored_channel(store: Store, waba_id: str) -> Channel:
+    found = await store.channel_for_waba(waba_id)
+    if found is None:
+        raise NotFound(f"no channel for WABA {waba_id}; add one with 'channel add'")
+    return found
+
+
+@channel.command("add")
+@click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
+@click.option("--waba-id", required=True, callback=digits, help="WhatsApp Business Account id.")
+@click.option("--access-token-env", metavar="VAR", help="Read the Meta token from this variable.")
+@click.option("--access-token-stdin", is_flag=True, help="Read the Meta token from stdin.")
+@check_options
+@json_flag
+def channel_add(
+    workspace_id: str, waba_id: str, access_token_env: str | None, access_token_stdin: bool,
+    check: bool, subscribe: bool, as_json: bool,
+) -> None:  # fmt: skip
+    """Add a WABA to a workspace; its token is encrypted at rest. Prints the channel id."""
+    token = read_access_token(access_token_env, access_token_stdin)
+    settings = load_settings()
+    ciphertext = encrypt(settings, token)
+
+    async def add(store: Store) -> tuple[Channel, list[Check]]:
+        created = await store.add_channel(workspace_id, waba_id, ciphertext, now_ms())
+        if not check:
+            return created, []
+        return created, await check_channel(settings, store, waba_id, token, do_subscribe=subscribe)
+
+    created, checks = with_store(settings, add)
+    emit(created.id, as_json, id=created.id, workspace_id=workspace_id, waba_id=waba_id)
+    report_channel_checks(checks)
+
+
+@channel.command("set-token")
+@click.option("--waba-id", required=True, callback=digits, help="WhatsApp Business Account id.")
+@click.option("--access-token-env", metavar="VAR", help="Read the Meta token from this variable.")
+@click.option("--access-token-stdin", is_flag=True, help="Read the Meta token from stdin.")
+@check_options
+def channel_set_token(
+    waba_id: str, access_token_env: str | None, access_token_stdin: bool, check: bool,
+    subscribe: bool,
+) -> None:  # fmt: skip
+    """Replace the Meta access token of a WABA's channel (e.g. after error 190)."""
+    token = read_access_token(access_token_env, access_token_stdin)
+    settings = load_settings()
+    ciphertext = encrypt(settings, token)
+
+    async def replace_token(store: Store) -> list[Check]:
+        found = await stored_channel(store, waba_id)
+        await store.set_channel_token(found.id, ciphertext)
+        if not check:
+            return []
+        return await check_channel(settings, store, waba_id, token, do_subscribe=subscribe)
+
+    checks = with_store(settings, replace_token)
+    click.echo(f"token of WABA {waba_id} replaced", err=True)
+    report_channel_checks(checks)
+
+
+@channel.command("subscribe")
+@click.option("--waba-id", required=True, callback=digits, help="WhatsApp Business Account id.")
+def channel_subscribe(waba_id: str) -> None:
+    """Subscribe the Meta app to a WABA's webhooks with the channel's stored token
+    (POST /{waba}/subscribed_apps), then check the token and the subscription."""
+    settings = load_settings()
+    try:
+        cipher = load_cipher(settings)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+
+    async def subscribe(store: Store) -> list[Check]:
+        found = await stored_channel(store, waba_id)
+        try:
+            token = cipher.decrypt(found.access_token_enc)
+        except DecryptionError as error:
+            raise click.ClickException(f"WABA {waba_id}: {error}") from None
+        return await check_channel(settings, store, waba_id, token, do_subscribe=True)
+
+    checks = with_store(settings, subscribe)
+    click.echo(render(checks), err=True)
+    if failed(checks):
+        raise click.ClickException(f"WABA {waba_id}: a check failed; see its fix above")
+
+
+@channel.command("list")
+@click.option("--workspace", "workspace_id", help="Only this workspace's channels.")
+@json_list_flag
+def channel_list(workspace_id: str | None, as_json: bool) -> None:
+    """List channels: id, workspace, WABA id and when added (never their tokens)."""
+
+    async def fetch(store: Store) -> list[Channel]:
+        if workspace_id is None:
+            return await store.all_channels()
+        await existing_workspace(store, workspace_id)
+        return await store.list_channels(workspace_id)
+
+    found = with_store(load_settings(), fetch)
+    if as_json:
+        print_json([
+            {"id": c.id, "workspace_id": c.workspace_id, "waba_id": c.waba_id,
+             "created_at": iso(c.created_at)}
+            for c in found
+        ])  # fmt: skip
+        return
+    rows = [(c.id, c.workspace_id, c.waba_id, when(c.created_at)) for c in found]
+    print_table(("ID", "WORKSPACE", "WABA_ID", "CREATED"), rows)
+
+
+@channel.command("remove")
+@click.option("--waba-id", required=True, callback=digits, help="WhatsApp Business Account id.")
+@yes_flag
+def channel_remove(waba_id: str, yes: bool) -> None:
+    """Remove a WABA's channel and its encrypted Meta token.
+
+    The WABA's templates stay here with their history but are no longer updated: its
+    webhooks are stored without being applied, and syncs report "no channel for this WABA"
+    for its pending templates. Add the channel again to resume, or remove the templates
+    with 'template remove'. Nothing changes at Meta.
+    """
+
+    async def remove(store: Store) -> None:
+        found = await stored_channel(store, waba_id)
+        templates = (await store.template_counts(found.workspace_id)).get(waba_id, 0)
+        pending = await store.pending_templates(found.workspace_id)
+        waiting = sum(t.waba_id == waba_id for t in pending)
+        confirm(
+            f"Remove the channel of WABA {waba_id} (workspace {found.workspace_id}) and its "
+            f"Meta token? Its {templates} template(s) ({waiting} pending) stay here, no "
+            "longer updated.",
+            yes,
+        )
+        await store.remove_channel(waba_id)
+
+    with_store(load_settings(), remove)
+    click.echo(f"removed the channel of WABA {waba_id}; its templates stay", err=True)
