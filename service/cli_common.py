@@ -45,7 +45,9 @@ def with_store(
 
     try:
         return asyncio.run(run())
-    except (StoreUnavailable, Conflict, NotFound) as error:
+    except StoreUnavailable as error:
+        raise click.ClickException(f"{error}: {error.fix}" if error.fix else str(error)) from None
+    except (Conflict, NotFound) as error:
         raise click.ClickException(str(error)) from None
 
 

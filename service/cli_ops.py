@@ -6,20 +6,20 @@ import asyncio
 import dataclasses
 import gc
 import json
-import math
 import signal
 import sys
 
 import click
 
 from . import retention
+from .checkup import run_doctor
 from .cli_common import load_settings, with_store, with_syncer
-from .doctor import failed, render, run_doctor
+from .doctor import failed, render, warned
 from .metrics import Metrics
 from .retention import Pruned
 from .storage import RemoteCounts
 from .sync import NoPendingTemplates, Syncer, WabaFailure, report_json
-from .times import now_ms
+from .times import iso, now_ms
 
 
 @click.command()
@@ -27,26 +27,16 @@ from .times import now_ms
 @click.option("--port", type=int, help="Listen port (default TEMPLATE_SYNC_PORT or 8000).")
 def serve(host: str | None, port: int | None) -> None:
     """Serve the webhook receiver and the API; migrations are applied on start."""
-    import uvicorn
-
     from .app import create_app
+    from .server import build_server  # imports uvicorn: only when serving
 
     settings = load_settings()
     settings = dataclasses.replace(
         settings, host=host or settings.host, port=settings.port if port is None else port
     )
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
-    )
-    server = uvicorn.Server(config)
+    # Migrated here first: a store problem is then one line, not a traceback from the app.
+    with_store(settings, lambda store: store.schema_version())
+    server = build_server(create_app(settings), settings)
     tune_garbage_collector()
     server.run()
     if not server.started:
@@ -83,11 +73,13 @@ def prune() -> None:
 
 
 @click.command()
-def doctor() -> None:
-    """Check configuration, store and every channel with Meta; exit 1 on any failure."""
+@click.option("--strict", is_flag=True, help="Exit 1 on warnings too, not only on failures.")
+def doctor(strict: bool) -> None:
+    """Check configuration, store and every channel with Meta, each with its fix. Exits 1
+    when a check FAILs (broken now); a WARN (works, but risky) exits 0 unless --strict."""
     checks = asyncio.run(run_doctor(load_settings()))
     click.echo(render(checks))
-    if failed(checks):
+    if failed(checks) or (strict and warned(checks)):
         sys.exit(1)
 
 
@@ -140,7 +132,8 @@ def poll(once: bool) -> None:
         poller = make_poller(settings, syncer.store, syncer, Metrics())
         if once:
             report = await poller.run_once()
-            click.echo(json.dumps(dataclasses.asdict(report)))
+            shown = {**dataclasses.asdict(report), "next_due_at": iso(report.next_due_at)}
+            click.echo(json.dumps(shown))
             return
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

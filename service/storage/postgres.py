@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import shlex
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
+from ..config import PREFIX
 from . import StoreUnavailable
 from .steps import Steps, drive
 
@@ -29,7 +34,90 @@ _UNAVAILABLE = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.ReadOnlySQLTransactionError,
+    # The database or role is missing (or was dropped under a running service).
+    asyncpg.exceptions.InvalidCatalogNameError,
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
 )
+DATABASE_URL = f"{PREFIX}DATABASE_URL"
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What a PostgreSQL URL names, for messages: everything but the password."""
+
+    where: str  # host:port, or the hosts as written when there are several
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    database: str | None = None
+
+    @classmethod
+    def of(cls, url: str) -> _Target:
+        try:
+            parts = urlsplit(url)
+            host, port = parts.hostname, parts.port
+        except ValueError:  # several hosts, or a port that is not a number
+            return cls(url.partition("://")[2].rpartition("@")[2].split("/")[0])
+        shown = f"[{host}]" if host and ":" in host else host or "localhost"
+        user = unquote(parts.username) if parts.username else None
+        database = unquote(parts.path.lstrip("/")) or None
+        return cls(f"{shown}:{port or 5432}", host, port, user, database)
+
+    def command(self, program: str, *args: str, as_user: bool = True) -> str:
+        """`program` pointed at this server (and as the URL's user), for a fix to paste."""
+        options = [("-h", self.host), ("-p", str(self.port) if self.port else None)]
+        options.append(("-U", self.user if as_user else None))
+        flags = [item for flag, value in options if value for item in (flag, value)]
+        return shlex.join([program, *flags, *args])
+
+
+def connect_failure(url: str, error: BaseException) -> StoreUnavailable:
+    """What went wrong connecting to `url`, and what to do; never the URL's password."""
+    problem, fix = _explain(_Target.of(url), error)
+    return StoreUnavailable(_scrub(problem, url), _scrub(fix, url))
+
+
+def _scrub(text: str, url: str) -> str:
+    userinfo = re.match(r"[^:/]*://([^@/]*)@", url)
+    password = userinfo.group(1).partition(":")[2] if userinfo else ""
+    for secret in {password, unquote(password)} - {""}:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _explain(target: _Target, error: BaseException) -> tuple[str, str]:
+    on, or_fix = f"{error} on {target.where}", f"or fix {DATABASE_URL}"
+    if isinstance(error, asyncpg.InvalidCatalogNameError):
+        createdb = target.command("createdb", *filter(None, [target.database]))
+        return on, f"create it ({createdb}) {or_fix}"
+    if isinstance(error, asyncpg.InvalidPasswordError):
+        return on, (
+            f"put the role's password in {DATABASE_URL} "
+            "(postgresql://USER:PASSWORD@HOST:PORT/DATABASE, with @ : / %-encoded)"
+        )
+    if isinstance(error, asyncpg.InvalidAuthorizationSpecificationError):
+        if target.user and "does not exist" in str(error):
+            createuser = target.command("createuser", target.user, as_user=False)
+            return on, f"create it, as a superuser ({createuser}), {or_fix}"
+        return on, f"allow this host and role in the server's pg_hba.conf {or_fix}"
+    if isinstance(error, asyncpg.InsufficientPrivilegeError):
+        return on, f"grant the role CONNECT on the database {or_fix}"
+    if isinstance(error, asyncpg.TooManyConnectionsError):
+        return on, "raise the server's max_connections or stop what holds its connections"
+    if isinstance(error, asyncpg.PostgresError):
+        refused = f"PostgreSQL at {target.where} refused the connection: {error}"
+        return refused, f"check {DATABASE_URL} and the server's log"
+    if isinstance(error, ValueError):
+        invalid = f"{DATABASE_URL} is not a usable PostgreSQL URL: {error}"
+        return invalid, "write it as postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+    cannot = f"cannot connect to PostgreSQL at {target.where}"
+    if isinstance(error, TimeoutError):
+        late = f"{cannot}: no answer within {CONNECT_TIMEOUT_S:g} s"
+        return late, f"check that it runs and that this host may reach it, {or_fix}"
+    reason: object = error
+    if isinstance(error, OSError):  # asyncio's strerror names the address: say it once
+        reason = os.strerror(error.errno) if error.errno and error.errno > 0 else error.strerror
+    return f"{cannot}: {reason or error}", f"start the database {or_fix}"
 
 
 @lru_cache(maxsize=512)
@@ -130,8 +218,8 @@ class PostgresBackend:
                 timeout=CONNECT_TIMEOUT_S,
                 reset=_keep_session,
             )
-        except _UNAVAILABLE as error:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL: {error}") from error
+        except (*_UNAVAILABLE, asyncpg.PostgresError, ValueError) as error:
+            raise connect_failure(url, error) from None  # asyncpg's chain is 60 lines
         return cls(pool)
 
     @staticmethod

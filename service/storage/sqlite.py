@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +20,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from ..config import PREFIX
+from ..files import private_directory, private_file
 from . import StoreUnavailable
 from .steps import Steps, drive_sync
 
@@ -32,9 +36,12 @@ PRAGMAS = (
     "PRAGMA busy_timeout=500",
 )
 BEGIN = "BEGIN IMMEDIATE"  # every write transaction takes the write lock at once
+MEMORY = ":memory:"  # a database in memory: no file to create
 ROWS_PER_STATEMENT = 512  # of at most 14 columns: under SQLite's 32,766 parameters
 # Result codes that mean "the database cannot be used right now", not "the query is wrong".
 _UNAVAILABLE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+_ACCESS_CODES = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM})
+_ACCESS_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 def unavailable(error: Exception) -> bool:
@@ -84,7 +91,10 @@ class _Tx:
 
 
 def _open(path: str) -> sqlite3.Connection:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    private_directory(Path(path).parent)
+    if path != MEMORY:
+        private_file(Path(path))  # before SQLite makes it 0644; -wal and -shm take its mode
+    _require_access(Path(path))
     conn = sqlite3.connect(
         path, isolation_level=None, check_same_thread=False, cached_statements=256
     )  # room for every batch statement text (ingest.py)
@@ -92,6 +102,47 @@ def _open(path: str) -> sqlite3.Connection:
     for pragma in PRAGMAS:
         conn.execute(pragma)
     return conn
+
+
+def _require_access(path: Path) -> None:
+    """Every command writes: an existing file SQLite could only read (it would open it
+    read-only and fail at the first write) is refused at once."""
+    writable = os.W_OK | os.X_OK
+    if path.exists() and not (
+        os.access(path, os.R_OK | os.W_OK) and os.access(path.parent, writable)
+    ):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+
+def _existing_parent(path: str) -> Path:
+    """The nearest folder of `path` that exists (or what stands where it should be)."""
+    parent = Path(path).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent
+
+
+def open_failure(path: str, error: OSError | sqlite3.Error) -> StoreUnavailable:
+    """Why the database at `path` cannot be opened, and what to do."""
+    problem, or_fix = f"cannot open SQLite database {path}", f"or fix {PREFIX}DATABASE_URL"
+    code, folder = getattr(error, "sqlite_errorcode", 0) & 0xFF, _existing_parent(path)
+    if not folder.is_dir():  # a file where a folder goes
+        reason, fix = f"{folder} is not a directory", f"name another path {or_fix}"
+    elif Path(path).is_dir():
+        reason = "it is a directory"
+        fix = f"name a file in {PREFIX}DATABASE_URL, e.g. sqlite:///{path}/template-sync.db"
+    elif code == sqlite3.SQLITE_NOTADB:
+        reason = "it is not a SQLite database"
+        fix = f"name the service's database file, or a new one, in {PREFIX}DATABASE_URL"
+    elif code in _ACCESS_CODES or getattr(error, "errno", None) in _ACCESS_ERRNOS:
+        reason = "permission denied"
+        fix = (
+            f"give the user running template-sync read and write access to it and to "
+            f"{folder} (SQLite adds -wal and -shm files there) {or_fix}"
+        )
+    else:
+        reason, fix = str(error), f"check the file {or_fix}"
+    return StoreUnavailable(f"{problem}: {reason}", fix)
 
 
 class SqliteBackend:
@@ -140,7 +191,7 @@ class SqliteBackend:
             reader = _open(path)
         except (OSError, sqlite3.Error) as error:
             thread.shutdown()
-            raise StoreUnavailable(f"cannot open SQLite database {path}: {error}") from error
+            raise open_failure(path, error) from error
         return cls(conn, reader, thread)
 
     async def call(self, function: Callable[..., T], *args: Any) -> T:
