@@ -13,16 +13,20 @@ from starlette.responses import JSONResponse
 
 from .crypto import token_id_of, token_matches
 from .errors import ApiError
+from .events import STATUS_EVENTS, UNKNOWN_STATUS
 from .state import services
 from .storage import ApiToken, HistoryEvent, SyncRun, Template, TemplateFilter
 from .sync import NoPendingTemplates, report_json
 from .times import iso
 
 MAX_PER_PAGE = 100
-STATUS_LIST = re.compile(r"[A-Za-z_ ,]*")  # comma-separated statuses, any case
+STATUS_LIST = re.compile(r"[A-Za-z_]+")  # one status of a comma-separated list, any case
 MAX_ID = 2**63 - 1
 MAX_TEXT_PARAM = 512
 MAX_PAGE = MAX_ID // MAX_PER_PAGE
+# The list endpoint's query parameters; any other is refused, as a typo would filter nothing.
+LIST_PARAMS = ("page", "per_page", "status", "name", "language", "provider_id")
+FILTER_STATUSES = tuple(sorted(STATUS_EVENTS | {UNKNOWN_STATUS}))  # statuses templates have
 TIME_FIELDS = ("status_updated_at", "last_webhook_at", "last_synced_at", "created_at", "updated_at")
 
 
@@ -84,14 +88,33 @@ def _text_param(request: Request, name: str) -> str | None:
     return value
 
 
-def _filter(request: Request) -> TemplateFilter:
+def _known_params(request: Request) -> None:
+    """422 naming each query parameter the list endpoint does not take."""
+    accepted = ", ".join(LIST_PARAMS)
+    errors = {
+        name: [f"Unknown query parameter {name!r}; accepted: {accepted}."]
+        for name in request.query_params
+        if name not in LIST_PARAMS
+    }
+    if errors:
+        raise ApiError(422, next(iter(errors.values()))[0], errors=errors)
+
+
+def _statuses(request: Request) -> tuple[str, ...]:
+    """The `status` filter: comma-separated statuses, any case, each one templates have."""
     raw = _text_param(request, "status") or ""
-    if not STATUS_LIST.fullmatch(raw):
-        message = "The status field must be a comma-separated list of statuses."
-        raise ApiError(422, message, errors={"status": [message]})
-    statuses = tuple(part.strip().upper() for part in raw.split(",") if part.strip())
+    parts = [part.strip(" ") for part in raw.split(",") if part.strip(" ")]
+    allowed = ", ".join(FILTER_STATUSES)
+    for part in parts:
+        if not STATUS_LIST.fullmatch(part) or part.upper() not in FILTER_STATUSES:
+            message = f"The selected status {part!r} is invalid; allowed: {allowed}."
+            raise ApiError(422, message, errors={"status": [message]})
+    return tuple(part.upper() for part in parts)
+
+
+def _filter(request: Request) -> TemplateFilter:
     return TemplateFilter(
-        statuses=statuses,
+        statuses=_statuses(request),
         name=_text_param(request, "name"),
         language=_text_param(request, "language"),
         provider_id=_text_param(request, "provider_id"),
@@ -113,6 +136,7 @@ def _parsed_id(request: Request) -> int:
 
 async def list_templates(request: Request) -> JSONResponse:
     workspace_id = await authorise(request)
+    _known_params(request)
     page = _int_param(request, "page", 1, MAX_PAGE)
     per_page = _int_param(request, "per_page", 10, MAX_PER_PAGE)
     where = _filter(request)
@@ -156,10 +180,13 @@ async def template_history(request: Request) -> JSONResponse:
 
 
 async def sync_templates(request: Request) -> JSONResponse:
-    """The seed's endpoint: bring pending templates to Meta's current status."""
+    """The seed's endpoint: bring pending templates to Meta's current status (sooner than
+    SYNC_MIN_GAP_S after the last sync: that one's answer again, so no loop spends Meta's
+    budget)."""
     workspace_id = await authorise(request)
+    svc = services(request)
     try:
-        report = await services(request).syncer.sync(workspace_id, "api")
+        report = await svc.syncer.sync(workspace_id, "api", svc.settings.sync_min_gap_s)
     except NoPendingTemplates:
         raise ApiError(404, "No pending templates found") from None
     if report.failures:

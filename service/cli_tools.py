@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import sys
+from pathlib import Path
 
 import aiohttp
 import click
@@ -38,44 +40,81 @@ def simulator(
 
 
 @click.command("send-webhook")
-@click.option("--url", default="http://127.0.0.1:8000/webhooks/meta", show_default=True)
+@click.option(
+    "--url", help="Default: /webhooks/meta on TEMPLATE_SYNC_HOST and TEMPLATE_SYNC_PORT (this "
+    "machine's service, as `serve` would listen).",
+)  # fmt: skip
 @click.option("--waba-id", required=True, callback=digits)
 @click.option("--template-id", required=True, callback=digits, help="Meta's template id.")
 @click.option("--event", default="APPROVED", show_default=True, help="e.g. REJECTED, PAUSED.")
 @click.option("--name", required=True, help="Template name.")
 @click.option("--language", default="en_US", show_default=True)
 @click.option("--reason", help="Rejection reason, e.g. INVALID_FORMAT.")
+@click.option(
+    "--cacert", type=click.Path(path_type=Path),
+    help="For an https URL, trust the CA certificates in this PEM file (like curl's).",
+)  # fmt: skip
 def send_webhook(
-    url: str, waba_id: str, template_id: str, event: str, name: str, language: str,
-    reason: str | None,
+    url: str | None, waba_id: str, template_id: str, event: str, name: str, language: str,
+    reason: str | None, cacert: Path | None,
 ) -> None:  # fmt: skip
     """Send a template status webhook signed with TEMPLATE_SYNC_META_APP_SECRET, as Meta would."""
     from .demo import send_webhook as send
 
-    secret = load_settings().current_app_secret
+    settings = load_settings()
+    secret = settings.current_app_secret
     if secret is None:
-        raise click.ClickException("set TEMPLATE_SYNC_META_APP_SECRET to the service's secret")
+        raise click.ClickException(
+            "set TEMPLATE_SYNC_META_APP_SECRET (in .env or the environment) to the secret the "
+            "service uses; a service started before it was set needs a restart"
+        )
+    url = url or f"http://{local_address(settings.host)}:{settings.port}/webhooks/meta"
+    tls = trusting(cacert)
     try:
         status, text = asyncio.run(
             send(url, secret, waba_id=waba_id, template_id=template_id, event=event.upper(),
-                 name=name, language=language, reason=reason)
+                 name=name, language=language, reason=reason, tls=tls)
         )  # fmt: skip
+    except aiohttp.ClientConnectorCertificateError as error:
+        hint = "" if cacert else "; if it is self-signed, pass its CA with --cacert FILE"
+        raise click.ClickException(
+            f"could not verify {url}: {error.certificate_error}{hint}"
+        ) from None
     except aiohttp.ClientError as error:
         raise click.ClickException(f"could not reach {url}: {error}") from None
     click.echo(f"{status} {text}")
+    if status == 503 and "TEMPLATE_SYNC_META_APP_SECRET" in text:
+        click.echo("The service was started without the secret: restart it.", err=True)
     if status != 200:
         sys.exit(1)
+
+
+def local_address(host: str) -> str:
+    """Where this machine reaches a service listening on `host`."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+    return f"[{host}]" if ":" in host else host
 
 
 @click.command()
 @click.option("--workdir", default="demo", show_default=True, type=click.Path(file_okay=False))
 def demo(workdir: str) -> None:
     """Show the whole loop offline: webhook, API, a lost webhook repaired by a sync."""
-    from pathlib import Path
-
     from .demo import DemoError, run_demo
 
     try:
         asyncio.run(run_demo(Path(workdir), say=click.echo))
     except DemoError as error:
         raise click.ClickException(str(error)) from None
+
+
+def trusting(cacert: Path | None) -> ssl.SSLContext | None:
+    """A TLS context that trusts only the CAs in the PEM file `cacert`, like curl's --cacert
+    (None: the system's CAs)."""
+    if cacert is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=str(cacert))
+    except ssl.SSLError:  # an OSError too: first
+        raise click.ClickException(f"--cacert {cacert}: no PEM certificate in it") from None
+    except OSError as error:  # missing, a directory, unreadable
+        raise click.ClickException(f"--cacert {cacert}: {error.strerror or error}") from None

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +36,8 @@ START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 5.0
 CLI_TIMEOUT_S = 30.0
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30)
+# How the demo says where a template's status came from (its `status_source`).
+SOURCES = {"webhook": "from the webhook", "sync": "from the sync", "api": "as registered"}
 
 
 class DemoError(Exception):
@@ -68,9 +71,12 @@ def build_status_delivery(
 async def send_webhook(
     url: str, app_secret: str, *, waba_id: str, template_id: str, event: str, name: str,
     language: str, entry_time: int | None = None, reason: str | None = None,
-    session: aiohttp.ClientSession | None = None,
+    session: aiohttp.ClientSession | None = None, tls: ssl.SSLContext | None = None,
 ) -> tuple[int, str]:  # fmt: skip
-    """POST a signed status delivery to `url`; returns the status and the response text."""
+    """POST a signed status delivery to `url`; returns the status and the response text.
+
+    An https URL's certificate is checked against `tls`'s CAs, or the system's.
+    """
     body = build_status_delivery(
         waba_id=waba_id, template_id=template_id, event=event, name=name,
         language=language, entry_time=entry_time, reason=reason,
@@ -80,7 +86,7 @@ async def send_webhook(
     async with contextlib.AsyncExitStack() as stack:
         if session is None:
             session = await stack.enter_async_context(aiohttp.ClientSession(timeout=HTTP_TIMEOUT))
-        async with session.post(url, data=body, headers=headers) as response:
+        async with session.post(url, data=body, headers=headers, ssl=tls or True) as response:
             return response.status, await response.text()
 
 
@@ -146,14 +152,21 @@ class _Demo:
         status, body = await self.call("GET", self.url + path)
         _expect(step, status, body, 200, success=True)
         data = body["data"]
-        shown = ", ".join(f"{k} {data[k]}" for k in ("status_source", "rejected_reason"))
-        self.say(f"  API: template {data['name']} is {data['status']} ({shown})")
+        self.say(f"  API: template {data['name']} is {data['status']} ({_origin(data)})")
         _expect(step, status, data, 200, **want)
 
     async def sim_calls(self) -> int:
         status, body = await self.call("GET", self.sim_root + "/_sim/calls")
         _expect("simulator call log", status, body, 200)
         return len(body["calls"])
+
+
+def _origin(template: dict[str, Any]) -> str:
+    """Where the template's status came from, and its rejection reason when it has one."""
+    source = template["status_source"]
+    shown = f"status {SOURCES.get(source, f'from {source}')}"
+    reason = template["rejected_reason"]
+    return f"{shown}, reason {reason}" if reason else shown
 
 
 def _expect(step: str, status: int, body: Any, want: int, /, **fields: Any) -> None:
@@ -323,7 +336,7 @@ async def _repair_by_sync(demo: _Demo, template: dict[str, Any], local_id: str) 
     _expect("second sync", status, body, 404, success=False, message="No pending templates found")
     demo.say("  a second sync answers 404 'No pending templates found': nothing left to repair")
     used = await demo.sim_calls() - calls_before
-    demo.say(f"the sync made {used} Graph API calls (simulator call log)")
+    demo.say(f"the sync made {used} Graph API call{'s' * (used != 1)} (simulator call log)")
 
 
 async def run_demo(workdir: Path, say: Say) -> None:

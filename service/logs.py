@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 # A request scope key: a callable giving what an endpoint adds to its access log line.
@@ -53,3 +55,25 @@ def silence_leaky_loggers() -> None:
     """Mute uvicorn's access log, whoever set logging up: it prints query strings, and the
     handshake's carries the verify token (ours does not)."""
     logging.getLogger("uvicorn.access").disabled = True
+
+
+class LogLimiter:
+    """At most one log line per key every `every_s` seconds, for lines a client can cause at
+    any rate (a misconfigured sender retries for days). The line let through says how many
+    were held back since the previous one. Keys must come from a fixed set."""
+
+    def __init__(self, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._every_s = every_s
+        self._clock = clock
+        self._next_at: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def admit(self, key: str) -> int | None:
+        """None when the line for `key` is to be held back; otherwise how many lines for it
+        were held back since the last one let through."""
+        now = self._clock()
+        if now < self._next_at.get(key, now):
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._next_at[key] = now + self._every_s
+        return self._held.pop(key, 0)

@@ -1,81 +1,108 @@
-"""Prometheus metrics, in a registry of the app's own (no global state)."""
+"""Prometheus metrics, in a registry of the app's own (no global state).
+
+Each labelled counter is declared with every value of its labels, and each of its series
+starts at 0: an alert on `increase(...)` then sees the first event after a restart, which
+a series born with that event would hide.
+"""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .storage import DeliveryResult
 
+# The label values of each counter, in one place: a series exists for each from the start.
+DELIVERY_OUTCOMES = ("processed", "quarantined", "replayed")
+REJECTION_REASONS = ("signature", "not_configured", "store_unavailable")
 EVENT_RESULTS = ("applied", "stale", "duplicate", "unknown_waba", "created")
+GRAPH_CALL_REASONS = ("api", "cli", "import", "poller")
+SYNC_TRIGGERS = ("api", "cli", "poller")
+SYNC_STATUSES = ("succeeded", "partial", "failed")
+POLL_OUTCOMES = ("succeeded", "partial", "failed", "no_pending", "error")
+PRUNED_KINDS = ("deliveries", "dedupe_keys", "sync_runs")
+
+
+def labelled_counter(
+    registry: CollectorRegistry, name: str, documentation: str, **labels: Sequence[str]
+) -> Counter:
+    """A counter with a series at 0 for every combination of the given label values."""
+    counter = Counter(name, documentation, list(labels), registry=registry)
+    for values in itertools.product(*labels.values()):
+        counter.labels(*values)
+    return counter
 
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.deliveries = Counter(
+        self.registry = registry = CollectorRegistry()
+        self.deliveries = labelled_counter(
+            registry,
             "template_sync_webhook_deliveries",
-            "Signed webhook deliveries stored, by outcome (processed, quarantined).",
-            ["outcome"],
-            registry=self.registry,
+            "Signed webhook deliveries acknowledged, by outcome (processed, quarantined; "
+            "replayed: the same body was stored already).",
+            outcome=DELIVERY_OUTCOMES,
         )
-        self.rejected = Counter(
+        self.rejected = labelled_counter(
+            registry,
             "template_sync_webhook_rejected",
             "Webhook requests refused before storing, by reason.",
-            ["reason"],
-            registry=self.registry,
+            reason=REJECTION_REASONS,
         )
-        self.events = Counter(
+        self.events = labelled_counter(
+            registry,
             "template_sync_template_events",
             "Template changes from webhooks, by result (created counts new templates).",
-            ["result"],
-            registry=self.registry,
+            result=EVENT_RESULTS,
         )
-        self.graph_calls = Counter(
+        self.graph_calls = labelled_counter(
+            registry,
             "template_sync_graph_calls",
             "Graph API requests sent, by what asked for them (api, poller, cli, import).",
-            ["reason"],
-            registry=self.registry,
+            reason=GRAPH_CALL_REASONS,
         )
-        self.syncs = Counter(
+        self.syncs = labelled_counter(
+            registry,
             "template_sync_syncs",
             "Syncs run, by trigger and outcome (succeeded, partial, failed).",
-            ["trigger", "status"],
-            registry=self.registry,
+            trigger=SYNC_TRIGGERS,
+            status=SYNC_STATUSES,
         )
         self.due_workspaces = Gauge(
             "template_sync_poll_due_workspaces",
             "Workspaces the last polling pass found due (pending templates without webhooks).",
-            registry=self.registry,
+            registry=registry,
         )
-        self.polls = Counter(
+        self.polls = labelled_counter(
+            registry,
             "template_sync_polls",
             "Workspaces polled, by outcome (succeeded, partial, failed, no_pending, error).",
-            ["outcome"],
-            registry=self.registry,
+            outcome=POLL_OUTCOMES,
         )
         self.poll_repairs = Counter(
             "template_sync_poll_repairs",
             "Pending templates a poll found decided at Meta: status webhooks Meta did not deliver.",
-            registry=self.registry,
+            registry=registry,
         )
-        self.pruned = Counter(
+        self.pruned = labelled_counter(
+            registry,
             "template_sync_pruned",
             "Rows pruned by retention: raw deliveries and sync runs deleted, dedupe keys cleared.",
-            ["kind"],
-            registry=self.registry,
+            kind=PRUNED_KINDS,
         )
         self.request_seconds = Histogram(
             "template_sync_http_request_duration_seconds",
             "HTTP request latency by route and status.",
             ["method", "route", "status"],
-            registry=self.registry,
+            registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
 
         # Children by label values, looked up once: `labels()` costs more than the increment.
-        self._delivered = {o: self.deliveries.labels(o) for o in ("processed", "quarantined")}
+        self._delivered = {o: self.deliveries.labels(o) for o in DELIVERY_OUTCOMES}
         self._events = {name: self.events.labels(name) for name in EVENT_RESULTS}
         self._latency: dict[tuple[str, str, int], Any] = {}
 

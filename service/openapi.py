@@ -5,11 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from . import __version__
-from .api import MAX_PAGE, MAX_TEXT_PARAM
+from .api import FILTER_STATUSES, LIST_PARAMS, MAX_PAGE, MAX_TEXT_PARAM
+
+
+def _status_list_pattern() -> str:
+    """Comma-separated FILTER_STATUSES in any case, spaces around each, empty items allowed:
+    exactly what the list endpoint accepts."""
+    any_case = ("".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in status)
+                for status in FILTER_STATUSES)  # fmt: skip
+    item = f" *(?:(?:{'|'.join(any_case)}) *)?"
+    return f"^{item}(?:,{item})*$"
+
 
 STRING = {"type": "string"}
 TEXT_PARAM = {"type": "string", "maxLength": MAX_TEXT_PARAM, "pattern": "^[^\\x00]*$"}
-STATUS_LIST = {"type": "string", "maxLength": MAX_TEXT_PARAM, "pattern": "^[A-Za-z_ ,]*$"}
+STATUS_LIST = {"type": "string", "maxLength": MAX_TEXT_PARAM, "pattern": _status_list_pattern()}
 NULLABLE_STRING = {"type": ["string", "null"]}
 TIME = {"type": "string", "format": "date-time"}
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -112,18 +122,27 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
             "description": description}  # fmt: skip
 
 
-LIST_PARAMS = [
+LIST_QUERY = [
     WORKSPACE,
     _query("page", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1}, "Page"),
     _query(
         "per_page", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "Page size"
     ),
-    _query("status", STATUS_LIST, "Comma-separated statuses, e.g. PENDING,IN_APPEAL"),
+    _query(
+        "status",
+        STATUS_LIST,
+        "Comma-separated statuses, any case, e.g. PENDING,IN_APPEAL; each one of "
+        f"{', '.join(FILTER_STATUSES)}",
+    ),
     _query("name", TEXT_PARAM, "Exact template name"),
     _query("language", TEXT_PARAM, "Exact language code"),
     _query("provider_id", TEXT_PARAM, "Meta's template id"),
 ]
 BASE = "/api/v3/workspaces/{workspace}/templates"
+UNPROCESSABLE = (
+    "A query parameter is out of range, a status is not one of the statuses above, or a "
+    f"parameter is unknown (only {', '.join(LIST_PARAMS)} are accepted); `errors` names it"
+)
 
 
 def _webhook_paths() -> dict[str, Any]:
@@ -238,9 +257,9 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             BASE: _api_get(
                 "List templates",
-                LIST_PARAMS,
+                LIST_QUERY,
                 _success({"type": "array", "items": _ref("Template")}, meta=_ref("PageMeta")),
-                **{"422": _error("A query parameter is out of range (see errors)")},
+                **{"422": _error(UNPROCESSABLE)},
             ),
             BASE + "/sync": _sync_paths(),
             BASE + "/{id}": _api_get(

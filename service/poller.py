@@ -54,6 +54,8 @@ class PollReport:
 
     due: int = 0
     claimed: int = 0  # polled by this replica (others may have claimed the rest)
+    waiting: int = 0  # pending templates without a webhook, still inside the grace period
+    next_due_at: int | None = None  # when the first of those leaves it (ms)
     outcomes: dict[str, int] = field(default_factory=dict)
     repaired: int = 0  # templates polls moved out of pending: verdicts Meta did not deliver
     graph_calls: int = 0
@@ -112,11 +114,13 @@ class Poller:
 
     async def run_once(self) -> PollReport:
         """One pass: poll every due workspace this replica can claim."""
+        now_ms = self._now_ms()
         due = await self._store.due_workspaces(
-            self._now_ms(), self._grace_ms, self._interval_ms, self._batch
+            now_ms, self._grace_ms, self._interval_ms, self._batch
         )
         self._metrics.due_workspaces.set(len(due))
-        report = PollReport(due=len(due))
+        waiting, next_due_at = await self._store.grace_waiting(now_ms, self._grace_ms)
+        report = PollReport(due=len(due), waiting=waiting, next_due_at=next_due_at)
         semaphore = asyncio.Semaphore(self._concurrency)
 
         async def guarded(workspace_id: str) -> None:

@@ -20,8 +20,8 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 from urllib.parse import urlencode
 
@@ -64,6 +64,14 @@ class Fault:
             raise ValueError(f"unknown fault kind {self.kind!r}")
         if self.remaining is not None and self.remaining < 1:
             raise ValueError("times must be >= 1")
+
+
+# The keys each control API body takes (`Simulator.fail` and `set_status`); others are a 400.
+FAULT_OPTIONS = tuple(
+    f.name for f in fields(Fault) if f.name not in ("kind", "target", "remaining")
+)
+FAULT_KEYS = ("kind", "target", "times", "sticky", *FAULT_OPTIONS)
+STATUS_KEYS = ("status", "rejected_reason", "quality_score", "category")
 
 
 @dataclass(frozen=True)
@@ -545,7 +553,7 @@ class Simulator:
         return web.json_response({"ok": True})
 
     async def _ctl_add_waba(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
+        body = await _json_object(request, ("token", "name"))
         self.add_waba(request.match_info["waba_id"], body.get("token"), name=body.get("name"))
         return web.json_response({"ok": True})
 
@@ -555,6 +563,8 @@ class Simulator:
     async def _ctl_add_templates(self, request: web.Request) -> web.Response:
         waba_id = request.match_info["waba_id"]
         body = await request.json()
+        if isinstance(body, dict):
+            _only(body, ("count", "pending") if "count" in body else ("templates",))
         if isinstance(body, dict) and "count" in body:
             body = make_templates(waba_id, int(body["count"]), pending=int(body.get("pending", 0)))
         elif isinstance(body, dict):
@@ -564,14 +574,14 @@ class Simulator:
         return web.json_response({"count": self.add_templates(waba_id, body)})
 
     async def _ctl_set_status(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
+        body = await _json_object(request, STATUS_KEYS)
         status = body.pop("status", None)
         if not isinstance(status, str):
             raise ValueError("status must be a string")
         return web.json_response(self.set_status(request.match_info["template_id"], status, **body))
 
     async def _ctl_add_fault(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
+        body = await _json_object(request, FAULT_KEYS)
         fault = self.fail(body.pop("target", None), body.pop("kind", None), **body)
         return web.json_response(asdict(fault))
 
@@ -599,11 +609,19 @@ def _server_error(fault: Fault) -> web.Response:
     )
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
+async def _json_object(request: web.Request, accepted: Collection[str]) -> dict[str, Any]:
     body = await request.json() if request.can_read_body else {}
     if not isinstance(body, dict):
         raise ValueError("expected a JSON object")
+    _only(body, accepted)
     return body
+
+
+def _only(body: Mapping[str, Any], accepted: Collection[str]) -> None:
+    """A ValueError (so a 400) naming the first key of a control body that is not accepted."""
+    unknown = [key for key in body if key not in accepted]
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r}; accepted: {', '.join(sorted(accepted))}")
 
 
 async def _control(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -8,6 +8,7 @@ from functools import cached_property
 from starlette.requests import Request
 
 from .config import Settings
+from .logs import LogLimiter
 from .metrics import Metrics
 from .storage import Store
 from .sync import Syncer
@@ -23,6 +24,10 @@ class Services:
     @cached_property  # read on every webhook: encoded once
     def app_secrets(self) -> tuple[bytes, ...]:
         return tuple(secret.value.encode() for secret in self.settings.meta_app_secrets)
+
+    @cached_property  # one per app, like its metrics
+    def log_limiter(self) -> LogLimiter:
+        return LogLimiter()
 
 
 def services(request: Request) -> Services:

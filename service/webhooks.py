@@ -23,7 +23,7 @@ from .events import (
     Change,
     normalise_reason,
 )
-from .logs import LOG_DETAIL
+from .logs import LOG_DETAIL, LogLimiter
 from .state import services
 from .storage import StoreUnavailable
 from .times import now_ms
@@ -38,6 +38,17 @@ MAX_TEXT = 1024
 ACKNOWLEDGED = b'{"success":true}'
 MAX_ERRORS_LISTED = 20
 MAX_INT_DIGITS = 4300  # Python's int-from-text limit (sys.get_int_max_str_digits)
+MISMATCH = "signature mismatch"
+# What an operator can do about a refused signature, by SignatureError message.
+SIGNATURE_FIXES = {
+    MISMATCH: f"signed with another secret: compare {PREFIX}META_APP_SECRET with the App "
+    "secret in Meta's App Dashboard (App settings > Basic); while rotating, list both, "
+    "comma-separated",
+}
+SIGNATURE_FIX = (
+    "not signed as Meta signs: a sender other than Meta, or a proxy that drops or rewrites "
+    "X-Hub-Signature-256"
+)
 
 
 class SignatureError(Exception):
@@ -64,7 +75,7 @@ def verify_signature(body: bytes, header: str | None, secrets: Sequence[bytes]) 
     for secret in secrets:  # no early exit: time does not tell which secret matched
         matched |= hmac.compare_digest(hmac.digest(secret, body, hashlib.sha256), given)
     if not matched:
-        raise SignatureError("signature mismatch")
+        raise SignatureError(MISMATCH)
 
 
 def parse_delivery(body: bytes) -> tuple[list[Change], list[str]]:
@@ -200,6 +211,7 @@ async def receive(request: Request) -> Response:
         verify_signature(body, _one_signature(request), svc.app_secrets)
     except SignatureError as error:
         svc.metrics.rejected.labels("signature").inc()
+        _warn_refused(svc.log_limiter, str(error))
         raise ApiError(401, f"Invalid webhook signature: {error}") from None
     try:
         changes, errors = parse_delivery(body)
@@ -220,6 +232,20 @@ async def receive(request: Request) -> Response:
         f"{result.unknown_waba} unknown WABA"
     )  # ends the request's access log line (one line per request), formatted only if logged
     return Response(ACKNOWLEDGED, media_type="application/json")
+
+
+def _warn_refused(limiter: LogLimiter, reason: str) -> None:
+    """Warn about a refused signature with its fix, at most once a minute per reason.
+
+    Only the reason, from a fixed set: never the body, the header or a secret.
+    """
+    held_back = limiter.admit(reason)
+    if held_back is None:
+        return
+    logger.warning(
+        "webhook refused with 401, %s: %s%s", reason, SIGNATURE_FIXES.get(reason, SIGNATURE_FIX),
+        f" ({held_back} more since the last such line)" if held_back else "",
+    )  # fmt: skip
 
 
 def _one_signature(request: Request) -> str | None:

@@ -85,7 +85,8 @@ async def test_filters(server: Server, store: Store, tenant: Tenant) -> None:
 @pytest.mark.parametrize(
     "params",
     [{"per_page": "101"}, {"per_page": "0"}, {"page": "0"}, {"page": "x"}, {"page": "-1"},
-     {"per_page": "1e3"}, {"status": "PENDING;DROP"}, {"page": "9" * 30}],
+     {"per_page": "1e3"}, {"status": "PENDING;DROP"}, {"page": "9" * 30},
+     {"status": "BOGUS"}, {"status": "\tPENDING"}, {"sort": "name"}],
 )  # fmt: skip
 async def test_bad_query_parameters_get_422(
     server: Server, tenant: Tenant, params: dict[str, str]
@@ -93,6 +94,37 @@ async def test_bad_query_parameters_get_422(
     status, body, _ = await server.api(tenant, "/templates", params=params)
     assert status == 422
     assert body["success"] is False and body["message"] and body["errors"]
+
+
+async def test_a_status_templates_cannot_have_is_422_naming_it_and_the_allowed_ones(
+    server: Server, store: Store, tenant: Tenant
+) -> None:
+    await add_template(store, tenant, "1", status="PENDING")
+    status, body, _ = await server.api(tenant, "/templates", params={"status": "PENDING,BOGUS"})
+    assert status == 422 and body["success"] is False
+    [message] = body["errors"]["status"]
+    assert body["message"] == message and "'BOGUS'" in message
+    assert "APPROVED" in message and "IN_APPEAL" in message and "UNKNOWN" in message
+
+
+async def test_an_unknown_query_parameter_is_422_naming_it_and_the_accepted_ones(
+    server: Server, tenant: Tenant
+) -> None:
+    status, body, _ = await server.api(tenant, "/templates", params={"statuses": "PENDING"})
+    assert status == 422 and body["success"] is False
+    assert list(body["errors"]) == ["statuses"] and "'statuses'" in body["message"]
+    assert "page, per_page, status, name, language, provider_id" in body["message"]
+
+
+async def test_every_accepted_parameter_together_is_200(
+    server: Server, store: Store, tenant: Tenant
+) -> None:
+    await add_template(store, tenant, "7", status="IN_APPEAL", name="a", language="en_US")
+    params = {"page": "1", "per_page": "5", "status": " pending , in_appeal,,unknown",
+              "name": "a", "language": "en_US", "provider_id": "7"}  # fmt: skip
+    status, body, _ = await server.api(tenant, "/templates", params=params)
+    assert status == 200, body
+    assert [t["provider_id"] for t in body["data"]] == ["7"]
 
 
 @pytest.mark.parametrize("template_id", ["999999", "abc", "0", "-1", "9" * 40])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from urllib.parse import urlsplit, urlunsplit
@@ -46,6 +47,21 @@ async def test_openapi_lists_every_route(server: Server) -> None:
     }
 
 
+async def test_openapi_status_pattern_is_what_the_list_accepts(
+    server: Server, tenant: Tenant
+) -> None:
+    _, document, _ = await server.request("GET", "/openapi.json")
+    listing = document["paths"]["/api/v3/workspaces/{workspace}/templates"]["get"]
+    [status] = [p for p in listing["parameters"] if p["name"] == "status"]
+    pattern = re.compile(status["schema"]["pattern"].replace("$", r"\Z"))  # ECMA's $ is \Z
+    assert "unknown" in listing["responses"]["422"]["description"]
+    values = ["", "PENDING", "pending, In_Appeal", " ,APPROVED,, ", "UNKNOWN", "BOGUS",
+              "PENDING;DROP", "APPROVED APPROVED", "\tPENDING", "PENDING\n", "PEND"]  # fmt: skip
+    for value in values:
+        got, body, _ = await server.api(tenant, "/templates", params={"status": value})
+        assert got == (200 if pattern.match(value) else 422), (value, body)
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [("GET", "/nope", 404), ("DELETE", "/webhooks/meta", 405), ("POST", "/healthz", 405),
@@ -80,6 +96,28 @@ async def test_logs_carry_no_secret_token_or_body(
         "order_confirmation",
     ):
         assert secret not in text
+
+
+async def test_a_wrong_secret_is_one_warning_with_the_fix_not_one_per_delivery(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    body = fixture_body("webhook-status-approved.json")
+    wrong = sign(body, secret="not-the-app-secret")
+    for _ in range(2):
+        assert (await server.deliver(body, signature=wrong))[0] == 401
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    line = warnings[0].getMessage()
+    assert "signature mismatch" in line and "TEMPLATE_SYNC_META_APP_SECRET" in line
+    assert "App Dashboard" in line
+    for leak in ("test-app-secret", "not-the-app-secret", wrong, wrong[7:], "order_confirmation"):
+        assert leak not in caplog.text
+    await server.deliver(body, signature=None)  # a signed one still goes through quietly
+    assert (await server.deliver(body, signature="sha256=zz"))[0] == 401
+    reasons = [r.getMessage().split(":")[0] for r in caplog.records if r.levelname == "WARNING"]
+    assert reasons == ["webhook refused with 401, signature mismatch",
+                       "webhook refused with 401, malformed signature"]  # fmt: skip
 
 
 # --- store outage: PostgreSQL reached through a proxy the test can cut ------------------

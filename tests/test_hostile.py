@@ -261,7 +261,7 @@ async def test_body_cap_is_exact_for_declared_and_chunked_bodies(capped: str, st
                 assert response.status == expected, answer
                 assert_clean(response.status, answer)
     stored = await all_deliveries(store)
-    assert [d.body for d in stored] == [at_cap, at_cap]
+    assert [d.body for d in stored] == [at_cap]  # sent twice, the same bytes: stored once
 
 
 async def test_lying_content_length_stores_nothing_unsigned(capped: str, store: Store) -> None:
@@ -673,7 +673,7 @@ async def test_huge_pages_and_repeated_parameters(
         "too long a status list": ("status=" + "," * 5000, 422),
         "a thousand statuses": ("status=" + ",".join(["PENDING"] * 1000), 422),
         "a thousand repeated names": ("&".join(["name=a"] * 1000), 200),
-        "unknown parameters": ("sort=id;DROP%20TABLE%20templates&limit=1e9", 200),
+        "unknown parameters": ("sort=id;DROP%20TABLE%20templates&limit=1e9", 422),
     }
     path = f"/api/v3/workspaces/{tenant.workspace_id}/templates"
     auth = {"Authorization": f"Bearer {tenant.token}"}

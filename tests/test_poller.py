@@ -7,10 +7,15 @@ sleeping for grace periods or intervals).
 from __future__ import annotations
 
 import asyncio
+import calendar
+import json
 import logging
+import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,7 +23,7 @@ import asyncpg
 import pytest
 
 from service.config import Settings
-from service.crypto import TokenCipher
+from service.crypto import TokenCipher, generate_key
 from service.events import QUALITY_FIELD, STATUS_FIELD, Change
 from service.metrics import Metrics
 from service.poller import MAX_BACKOFF_S, Poller, PollReport
@@ -29,6 +34,7 @@ from service.storage.postgres import _numbered
 from service.sync import Syncer
 
 from .conftest import APP_SECRET, META_TOKEN, NOW_MS, Tenant, add_template, make_tenant, simulated
+from .test_cli import Cli
 
 GRACE_S = 300.0
 INTERVAL_S = 1800.0
@@ -191,6 +197,50 @@ async def test_forgotten_template_is_synced_once_after_the_grace_period(
     assert len(simulator.calls) == 2
     state = await store.poll_state(tenant.workspace_id)
     assert state is not None and (state.failures, state.lease_owner) == (0, None)
+
+
+async def test_a_pass_says_how_many_templates_wait_for_their_grace_period_and_until_when(
+    store: Store, settings: Settings, sim: tuple[Simulator, str], clock: Clock, replica: Any
+) -> None:
+    simulator, _ = sim
+    tenant, templates = await workspace(simulator, store, settings, WABAS[0], pending=2)
+    other = await make_tenant(store, settings, WABAS[1])
+    await add_template(store, other, "77", status="REJECTED")
+    appeal = Change(other.waba_id, STATUS_FIELD, "IN_APPEAL", "77", None, None, None, None,
+                    NOW_MS // 1000 + 10)  # fmt: skip
+    await webhook(store, other.waba_id, appeal, at_s=10)  # pending (and awaiting) from 10 s on
+    poller = replica().poller
+    clock.at(60)
+    first_due_ms = NOW_MS + int(GRACE_S * 1000)
+    assert await poller.run_once() == PollReport(waiting=3, next_due_at=first_due_ms)
+    for template in templates[-2:]:  # their webhooks came: nothing to wait for
+        change = Change(tenant.waba_id, QUALITY_FIELD, "GREEN", template["id"], None, None,
+                        None, None, NOW_MS // 1000 + 70)  # fmt: skip
+        await webhook(store, tenant.waba_id, change, at_s=70)
+    clock.at(80)
+    assert await poller.run_once() == PollReport(waiting=1, next_due_at=first_due_ms + 10_000)
+    clock.at(GRACE_S + 10)  # out of its grace period: due, no longer waiting
+    report = await poller.run_once()
+    assert (report.due, report.waiting, report.next_due_at) == (1, 0, None)
+
+
+def test_poll_once_prints_the_waiting_templates_and_when_the_first_is_due(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith("TEMPLATE_SYNC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # the CLI sets logging up
+    cli = Cli(database_url, generate_key())
+    workspace_id = cli.workspace()
+    cli.channel(workspace_id)
+    before_s = time.time()
+    cli.template(workspace_id, "1689556908129832")
+    out = cli.ok("poll --once", TEMPLATE_SYNC_POLL_GRACE_S="600").stdout
+    report = json.loads(out)
+    assert (report["due"], report["waiting"]) == (0, 1), out
+    due_s = calendar.timegm(time.strptime(report["next_due_at"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert int(before_s) + 600 <= due_s <= time.time() + 600
 
 
 async def test_a_sync_by_anyone_counts_as_the_intervals_sync(

@@ -384,6 +384,39 @@ async def test_control_api_rejects_bad_input(
     assert got == status and "error" in body
 
 
+@pytest.mark.parametrize(
+    ("path", "payload", "accepted"),
+    [
+        ("/_sim/faults", {"kind": "5xx", "colour": "red"}, "kind, message, meta_body"),
+        ("/_sim/templates/9/status", {"status": "APPROVED", "colour": "red"},
+         "category, quality_score, rejected_reason, status"),
+        (f"/_sim/wabas/{WABA}", {"token": "t", "colour": "red"}, "name, token"),
+        (f"/_sim/wabas/{WABA}/templates", {"count": 2, "colour": "red"}, "count, pending"),
+        (f"/_sim/wabas/{WABA}/templates", {"templates": [], "colour": "red"}, "templates"),
+    ],
+)  # fmt: skip
+async def test_control_api_names_an_unknown_key_and_the_accepted_ones(
+    http: aiohttp.ClientSession, root: str, path: str, payload: Any, accepted: str
+) -> None:
+    got, body, _ = await call(http, "POST", root + path, json=payload)
+    assert got == 400, body
+    assert body["error"].startswith("unknown key 'colour'; accepted: ")
+    assert accepted in body["error"]
+    assert "argument" not in body["error"]  # not Python's TypeError
+
+
+async def test_control_api_takes_every_fault_option(http: aiohttp.ClientSession, root: str) -> None:
+    options = {"kind": "error", "target": WABA, "times": 2, "http_status": 400, "code": 100,
+               "subcode": 33, "message": "m", "is_transient": False, "delay_s": 0.1,
+               "regain_min": 1, "meta_body": True, "body": "{}"}  # fmt: skip
+    got, body, _ = await call(http, "POST", f"{root}/_sim/faults", json=options)
+    assert got == 200 and body["remaining"] == 2
+    got, body, _ = await call(
+        http, "POST", f"{root}/_sim/faults", json={"kind": "5xx", "sticky": True}
+    )
+    assert got == 200 and body["remaining"] is None
+
+
 async def test_control_api_rejects_non_json(http: aiohttp.ClientSession, root: str) -> None:
     got, _, _ = await call(http, "POST", f"{root}/_sim/faults", data=b"{oops")
     assert got == 400

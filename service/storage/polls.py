@@ -40,6 +40,11 @@ DUE_SQL = (
     f"AND NOT EXISTS ({RECENT_SYNC.format(ws='a.workspace_id')}) "
     "GROUP BY a.workspace_id ORDER BY oldest, a.workspace_id LIMIT ?"
 )
+# Templates awaiting a webhook that are still inside their grace period (the same index).
+WAITING_SQL = (
+    "SELECT COUNT(*) AS waiting, MIN(awaiting_since) AS oldest FROM templates "
+    "WHERE awaiting_since > ?"
+)
 POLL_COLUMNS = (
     "workspace_id, next_poll_at, lease_owner, lease_until, failures, last_polled_at, "
     "last_outcome, last_error"
@@ -69,6 +74,15 @@ class PollQueries:
         async with self._tx() as tx:
             rows = await tx.fetch(DUE_SQL, *due_args(now_ms, grace_ms, interval_ms, limit))
         return [row["workspace_id"] for row in rows]
+
+    async def grace_waiting(self, now_ms: int, grace_ms: int) -> tuple[int, int | None]:
+        """How many templates await a webhook inside their grace period (not due yet), and
+        when the first of them leaves it (None when none waits)."""
+        async with self._tx() as tx:
+            row = await tx.fetchrow(WAITING_SQL, now_ms - grace_ms)
+        if row is None or row["oldest"] is None:
+            return 0, None
+        return int(row["waiting"]), int(row["oldest"]) + grace_ms
 
     async def claim_poll(
         self, workspace_id: str, owner: str, now_ms: int, lease_ms: int, interval_ms: int
