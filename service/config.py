@@ -90,7 +90,15 @@ class Settings:
     poll_grace_s: float = 1800.0
     poll_interval_s: float = 1800.0
     sync_deadline_s: float = 90.0
+    sync_min_gap_s: float = 10.0  # an API sync sooner after the last answers its result
     max_body_bytes: int = 4 * 1024 * 1024
+    # Limits of the HTTP server itself (server.py), for clients that reach it directly.
+    max_header_bytes: int = 64 * 1024  # request line + headers
+    request_timeout_s: float = 10.0  # for a request's headers; for a stalled body
+    # Connections (and requests) at once, then 503: with the usual 1,024 descriptors this
+    # leaves ~500 for the store, outbound HTTP, logs and the connections being refused.
+    limit_concurrency: int = 512
+    backlog: int = 2048  # connections the kernel queues before they are accepted
     retention_days: float = 30.0  # raw deliveries and sync runs (retention.py)
     dedupe_days: float = 8.0  # dedupe keys; Meta retries for up to 7 days
     log_format: str = "text" if sys.stderr.isatty() else "json"
@@ -167,8 +175,13 @@ _NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
     "POLL_GRACE_S": ("poll_grace_s", float, 0, 30 * _DAY_S),
     "POLL_INTERVAL_S": ("poll_interval_s", float, 0, 30 * _DAY_S),
     "SYNC_DEADLINE_S": ("sync_deadline_s", float, 1, 3600),
+    "SYNC_MIN_GAP_S": ("sync_min_gap_s", float, 0, 3600),
     "SHUTDOWN_TIMEOUT_S": ("shutdown_timeout_s", float, 1, 3600),
     "MAX_BODY_BYTES": ("max_body_bytes", int, 1, 1 << 30),
+    "MAX_HEADER_BYTES": ("max_header_bytes", int, 1024, 1 << 24),
+    "REQUEST_TIMEOUT_S": ("request_timeout_s", float, 0.1, 3600),
+    "LIMIT_CONCURRENCY": ("limit_concurrency", int, 2, 1_000_000),
+    "BACKLOG": ("backlog", int, 1, 65535),
     "RETENTION_DAYS": ("retention_days", float, 1, 36500),
     "DEDUPE_DAYS": ("dedupe_days", float, 7, 36500),
 }

@@ -183,6 +183,10 @@ def test_process_environment_is_used_by_default(
         ("MAX_BODY_BYTES", "0"),
         ("MAX_BODY_BYTES", "4MB"),
         ("MAX_BODY_BYTES", "1e6"),
+        ("MAX_HEADER_BYTES", "100"),  # not even a request line and Host
+        ("REQUEST_TIMEOUT_S", "0"),
+        ("LIMIT_CONCURRENCY", "1"),  # the connection itself counts: every one refused
+        ("BACKLOG", "0"),
         ("POLL_TICK_S", "0"),
         ("POLL_TICK_S", "30s"),
         ("POLL_GRACE_S", "-1"),
