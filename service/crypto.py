@@ -13,6 +13,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from .config import PREFIX, ConfigError, Secret, Settings
+from .files import private_directory
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def load_cipher(settings: Settings) -> TokenCipher:
 
 
 def _write_key_file(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_directory(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(generate_key() + "\n")

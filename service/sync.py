@@ -113,7 +113,7 @@ class Syncer:
         self._graph_timeout_s = graph_timeout_s
         self.deadline_s = deadline_s
         self.lease_s = deadline_s * LEASE_PER_DEADLINE
-        self._inflight: dict[str, asyncio.Future[SyncReport]] = {}
+        self._inflight: dict[tuple[str, float], asyncio.Future[SyncReport]] = {}
 
     @property
     def store(self) -> Store:
@@ -141,24 +141,29 @@ class Syncer:
     def token(self, channel: Channel) -> str:
         return self._cipher.decrypt(channel.access_token_enc)
 
-    async def sync(self, workspace_id: str, trigger: str) -> SyncReport:
-        """Sync the workspace's pending templates; concurrent callers share one run."""
-        running = self._inflight.get(workspace_id)
+    async def sync(self, workspace_id: str, trigger: str, min_gap_s: float = 0.0) -> SyncReport:
+        """Sync the workspace's pending templates; concurrent callers share one run.
+
+        With `min_gap_s` (the API's, design 7.7), a sync sooner than that after the
+        workspace's last one finished answers that one's result, calling Meta not at all.
+        """
+        key = (workspace_id, min_gap_s)  # an unlimited caller never gets an old result
+        running = self._inflight.get(key)
         if running is None:
-            running = asyncio.ensure_future(self._sync_once(workspace_id, trigger))
-            self._inflight[workspace_id] = running
-            running.add_done_callback(lambda _: self._inflight.pop(workspace_id, None))
+            running = asyncio.ensure_future(self._sync_once(workspace_id, trigger, min_gap_s))
+            self._inflight[key] = running
+            running.add_done_callback(lambda _: self._inflight.pop(key, None))
         return await asyncio.shield(running)
 
-    async def _sync_once(self, workspace_id: str, trigger: str) -> SyncReport:
+    async def _sync_once(self, workspace_id: str, trigger: str, min_gap_s: float) -> SyncReport:
         pending = await self._store.pending_templates(workspace_id)
         if not pending:
             raise NoPendingTemplates(workspace_id)
         started = self._now_ms()
-        lease_ms = int(self.lease_s * 1000)
-        claim = await self._store.claim_sync(workspace_id, trigger, started, lease_ms)
+        lease_ms, min_gap_ms = int(self.lease_s * 1000), int(min_gap_s * 1000)
+        claim = await self._store.claim_sync(workspace_id, trigger, started, lease_ms, min_gap_ms)
         if not claim.owner:
-            return await self._wait_for(claim.run_id, workspace_id, trigger)
+            return await self._wait_for(claim.run_id, workspace_id, trigger, min_gap_s)
         report = SyncReport(claim.run_id, started)
         try:
             async with asyncio.timeout(self.deadline_s):
@@ -173,14 +178,16 @@ class Syncer:
             )
         return report
 
-    async def _wait_for(self, run_id: int, workspace_id: str, trigger: str) -> SyncReport:
-        """Another replica runs this workspace's sync: wait for it and share its result."""
+    async def _wait_for(
+        self, run_id: int, workspace_id: str, trigger: str, min_gap_s: float
+    ) -> SyncReport:
+        """Another caller runs (or ran) this workspace's sync: wait for it, share its result."""
         while True:
             run = await self._store.get_sync_run(run_id)
             if run is None or run.status != "running":
                 break
             if run.lease_until <= self._now_ms():
-                return await self._sync_once(workspace_id, trigger)  # its owner died
+                return await self._sync_once(workspace_id, trigger, min_gap_s)  # owner died
             await self._sleep(WAIT_POLL_S)
         if run is None:
             raise RuntimeError(f"sync run {run_id} vanished")

@@ -161,7 +161,9 @@ async def test_any_request_is_200_401_or_413_and_stored_only_when_signed(
     added = [d for d in await store.list_deliveries(None, 5) if d.id > before]
     if valid:
         assert (status, answer) == (200, {"success": True})
-        [delivery] = added
+        # The same bytes as an earlier example are a replay: stored once, then.
+        stored = await store.list_deliveries(None, 10**6)
+        [delivery] = added or [d for d in stored if d.body == body]
         assert delivery.body == body
         assert delivery.outcome in ("processed", "quarantined")
         assert (delivery.outcome == "quarantined") == bool(delivery.error), delivery.error

@@ -143,7 +143,7 @@ async def test_crash_after_commit_before_response_has_one_effect_when_meta_retri
     await healthy.start()
     await resend(healthy.url, [body], [0])  # Meta retries the unanswered delivery
     await healthy.stop()
-    assert len(await store.list_deliveries(None, 10)) == 2  # both arrivals kept, raw
+    assert len(await store.list_deliveries(None, 10)) == 1  # the same bytes, stored once
     await assert_applied_once(store, tenant, [0])  # one effect, one history row
 
 
@@ -297,14 +297,14 @@ async def test_postgres_stopped_refuses_with_503_then_stores_retries_once(
             await expect_503_within_1s(session, service.url, bodies[1])
             start_postgres()
             await resend(service.url, bodies, [1, 2])
-            await resend(service.url, bodies, [1])  # a duplicate retry: stored, no effect
+            await resend(service.url, bodies, [1])  # a duplicate retry: no second row or effect
             async with session.get(service.url + "/readyz") as resp:
                 assert resp.status == 200
     finally:
         await service.stop()
     opened = await open_store(url)
     try:
-        assert len(await opened.list_deliveries(None, 10)) == 4
+        assert len(await opened.list_deliveries(None, 10)) == 3
         assert [w.name for w in await opened.list_workspaces()] == []
     finally:
         await opened.close()

@@ -28,12 +28,27 @@ async def test_deliveries_older_than_the_retention_are_deleted_in_chunks(
     store: Store, settings: Settings, tenant: Tenant
 ) -> None:
     for age_days in (40, 35, 31, 29, 1):
-        await store.record_delivery(b"{}", NOW_MS - age_days * DAY_MS, [], None)
+        body = f"delivery of day -{age_days}".encode()
+        await store.record_delivery(body, NOW_MS - age_days * DAY_MS, [], None)
     seen: list[int] = []
     pruned = await prune(store, settings, NOW_MS, lambda p: seen.append(p.deliveries), chunk=2)
     assert pruned == Pruned(deliveries=3, dedupe_keys=0) and seen == [2, 3]
     kept = await store.list_deliveries(None, 10)
     assert sorted((NOW_MS - d.received_at) // DAY_MS for d in kept) == [1, 29]
+
+
+async def test_a_body_is_stored_once_within_the_retention_and_again_once_pruned(
+    store: Store, settings: Settings, tenant: Tenant
+) -> None:
+    body = b'{"object":"whatsapp_business_account","entry":[]}'
+    first = await store.record_delivery(body, NOW_MS - 31 * DAY_MS, [], None)
+    replay = await store.record_delivery(body, NOW_MS - 29 * DAY_MS, [], None)
+    assert (replay.delivery_id, replay.outcome) == (first.delivery_id, "replayed")
+    assert (await prune(store, settings, NOW_MS)).deliveries == 1  # by its first arrival
+    again = await store.record_delivery(body, NOW_MS, [], None)
+    assert again.outcome == "processed" and again.delivery_id != first.delivery_id
+    [kept] = await store.list_deliveries(None, 10)
+    assert (kept.id, kept.body, kept.received_at) == (again.delivery_id, body, NOW_MS)
 
 
 async def test_dedupe_keys_are_cleared_after_the_window_and_history_stays(
@@ -93,8 +108,8 @@ async def test_serve_prunes_at_start(store: Store, settings: Settings, tenant: T
 async def test_prune_command_reports_progress_and_totals(
     store: Store, settings: Settings, tenant: Tenant, tmp_path: Path
 ) -> None:
-    for _ in range(3):
-        await store.record_delivery(b"{}", NOW_MS - 400 * DAY_MS, [], None)
+    for n in range(3):
+        await store.record_delivery(f"delivery {n}".encode(), NOW_MS - 400 * DAY_MS, [], None)
     code, out, err = await run_cli(service_env(settings), tmp_path, "prune")
     assert code == 0, err
     assert json.loads(out) == dataclasses.asdict(Pruned(deliveries=3, dedupe_keys=0))

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from service.config import Settings
 from service.crypto import TokenCipher
 from service.graph import GraphTemplate
 from service.metrics import Metrics
+from service.poller import Poller
 from service.simulator import Simulator, make_templates
 from service.storage import Store, Throttle, open_store
 from service.sync import Syncer
@@ -73,6 +75,18 @@ async def sync(server: Server, tenant: Tenant) -> tuple[int, Any, Any]:
     path = f"/api/v3/workspaces/{tenant.workspace_id}/templates/sync"
     headers = {"Authorization": f"Bearer {tenant.token}"}
     return await server.request("POST", path, headers=headers)
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[Server]:
+    """Another server (a replica, or other settings) on the test's store."""
+    uv, task, base = await start_server(settings)
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Server(base, session)
+    finally:
+        uv.should_exit = True
+        await task
 
 
 async def test_seed_python_example_after_paging_through_250_templates(
@@ -198,18 +212,10 @@ async def test_throttling_is_respected_across_a_restart(
     simulator, _ = sim
     await seed(simulator, store, tenant, 1000, pending=1)
     simulator.fail(WABA_ID, "80008", regain_min=7)
+    settings = replace(settings, sync_min_gap_s=0)  # the stored throttle alone holds Meta off
     for _restart in range(2):  # the second server is a restarted process on the same store
-        uv, task, base = await start_server(settings)
-        try:
-            async with aiohttp.ClientSession() as session:
-                status, body, headers = await Server(base, session).request(
-                    "POST",
-                    f"/api/v3/workspaces/{tenant.workspace_id}/templates/sync",
-                    headers={"Authorization": f"Bearer {tenant.token}"},
-                )
-        finally:
-            uv.should_exit = True
-            await task
+        async with serving(settings) as server:
+            status, body, headers = await sync(server, tenant)
         assert status == 500 and body["error"]["kind"] == "throttled"
         assert 400 <= int(headers["Retry-After"]) <= 420
         assert graph_calls(simulator) == 1  # the restarted process did not call Meta again
@@ -303,7 +309,7 @@ async def test_wrong_app_secret_fails_the_appsecret_proof(
 
 
 async def test_no_token_in_any_log_line(
-    server: Server,
+    settings: Settings,
     store: Store,
     tenant: Tenant,
     sim: tuple[Simulator, str],
@@ -312,12 +318,128 @@ async def test_no_token_in_any_log_line(
     caplog.set_level("DEBUG")
     simulator, _ = sim
     await seed(simulator, store, tenant, 250, pending=3)
-    await sync(server, tenant)
-    simulator.fail(WABA_ID, "190")
-    await sync(server, tenant)
+    async with serving(replace(settings, sync_min_gap_s=0)) as server:  # both syncs call Meta
+        await sync(server, tenant)
+        simulator.fail(WABA_ID, "190")
+        await sync(server, tenant)
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert "sync of WABA" in text and "190" in text
     assert META_TOKEN not in text and "access_token=" not in text and APP_SECRET not in text
+
+
+async def test_a_loop_of_api_syncs_costs_one_syncs_graph_calls(
+    settings: Settings, server: Server, store: Store, tenant: Tenant, sim: tuple[Simulator, str]
+) -> None:
+    """Design 7.7: 50 API syncs in a row made 100 Graph calls in 0.8 s; now one sync's two."""
+    simulator, _ = sim
+    templates = await seed(simulator, store, tenant, 1000, pending=2)
+    simulator.set_status(templates[-1]["id"], "APPROVED")
+    answers = [await sync(server, tenant) for _ in range(25)]
+    async with serving(settings) as replica:  # the previous sync is in the store, shared
+        answers += [await sync(replica, tenant) for _ in range(25)]
+    assert graph_calls(simulator) == 2  # one GET per pending template, once
+    assert answers[0][0] == 200 and answers[0][1]["data"]["updated"] == 1
+    assert {json.dumps(body) for _, body, _ in answers} == {json.dumps(answers[0][1])}
+    assert {status for status, _, _ in answers} == {200}
+    _, last, _ = await server.api(tenant, "/templates/sync")
+    assert last["data"]["id"] == 1  # one run recorded: the others answered with it
+
+
+async def until_past(deadline_ms: int) -> None:
+    """Wait until the clock has passed `deadline_ms` (and fail loudly if it never does)."""
+    for _ in range(200):
+        if now_ms() > deadline_ms:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the clock did not pass {deadline_ms}")
+
+
+async def test_an_api_sync_after_the_gap_calls_meta_again(
+    settings: Settings, store: Store, tenant: Tenant, sim: tuple[Simulator, str]
+) -> None:
+    simulator, _ = sim
+    templates = await seed(simulator, store, tenant, 1000, pending=2)
+    async with serving(replace(settings, sync_min_gap_s=0.5)) as server:
+        status, first, _ = await sync(server, tenant)
+        assert (status, first["data"]["updated"], graph_calls(simulator)) == (200, 0, 2)
+        simulator.set_status(templates[-1]["id"], "APPROVED")
+        assert (await sync(server, tenant))[1] == first  # within the gap: the same answer
+        run = await store.last_sync_run(tenant.workspace_id)
+        assert run is not None and run.finished_at is not None
+        await until_past(run.finished_at + 500)
+        status, after, _ = await sync(server, tenant)
+    assert (status, after["data"]["updated"], graph_calls(simulator)) == (200, 1, 4)
+    latest = await store.last_sync_run(tenant.workspace_id)
+    assert latest is not None and latest.id == run.id + 1  # a run of its own
+
+
+@pytest.mark.parametrize(
+    ("kind", "retry_after"), [("190", None), ("80008", "420")], ids=["token", "throttled"]
+)
+async def test_a_failed_sync_is_answered_again_within_the_gap(
+    server: Server,
+    store: Store,
+    tenant: Tenant,
+    sim: tuple[Simulator, str],
+    kind: str,
+    retry_after: str | None,
+) -> None:
+    simulator, _ = sim
+    await seed(simulator, store, tenant, 1000, pending=1)
+    simulator.fail(WABA_ID, kind, regain_min=7)  # once: Meta would answer the next call
+    answers = [await sync(server, tenant) for _ in range(3)]
+    assert graph_calls(simulator) == 1
+    for status, body, headers in answers:
+        assert (status, body) == (500, answers[0][1])  # synced_at too: the first run's
+        assert headers.get("Retry-After") == retry_after
+    assert answers[0][1]["error"]["code"] == int(kind)
+
+
+async def test_the_cli_and_the_poller_are_not_limited_by_the_gap(
+    server: Server,
+    store: Store,
+    settings: Settings,
+    tenant: Tenant,
+    sim: tuple[Simulator, str],
+    tmp_path: Path,
+) -> None:
+    simulator, graph_url = sim
+    await seed(simulator, store, tenant, 1000, pending=1)
+    assert (await sync(server, tenant))[0] == 200 and graph_calls(simulator) == 1
+    env = {**os.environ, "TEMPLATE_SYNC_DATABASE_URL": settings.database_url,
+           "TEMPLATE_SYNC_GRAPH_URL": graph_url, "TEMPLATE_SYNC_META_APP_SECRET": APP_SECRET,
+           "TEMPLATE_SYNC_ENCRYPTION_KEYS": settings.encryption_keys[0].value}  # fmt: skip
+    code, _, err = await run_cli(env, tmp_path, "sync", "--workspace", tenant.workspace_id)
+    assert code == 0 and graph_calls(simulator) == 2, err
+    async with aiohttp.ClientSession() as session:
+        syncer = Syncer(store, session, graph_url, APP_SECRET,
+                        TokenCipher(settings.encryption_keys), Metrics())  # fmt: skip
+        poller = Poller(store, syncer, tick_s=1, grace_s=0, interval_s=0)
+        assert (await poller.run_once()).graph_calls == 1
+    assert graph_calls(simulator) == 3
+    assert (await sync(server, tenant))[0] == 200 and graph_calls(simulator) == 3  # the API is
+
+
+async def test_a_gap_of_zero_limits_nothing(
+    settings: Settings, store: Store, tenant: Tenant, sim: tuple[Simulator, str]
+) -> None:
+    simulator, _ = sim
+    await seed(simulator, store, tenant, 1000, pending=1)
+    async with serving(replace(settings, sync_min_gap_s=0)) as server:
+        assert [(await sync(server, tenant))[0] for _ in range(3)] == [200] * 3
+        _, last, _ = await server.api(tenant, "/templates/sync")
+    assert graph_calls(simulator) == 3 and last["data"]["id"] == 3  # three runs
+
+
+async def test_nothing_pending_is_still_the_404_within_the_gap(
+    server: Server, store: Store, tenant: Tenant, sim: tuple[Simulator, str]
+) -> None:
+    simulator, _ = sim
+    templates = await seed(simulator, store, tenant, 1000, pending=1)
+    simulator.set_status(templates[-1]["id"], "APPROVED")
+    assert (await sync(server, tenant))[0] == 200  # the last pending template is decided
+    status, body, _ = await sync(server, tenant)
+    assert (status, body) == (404, {"success": False, "message": "No pending templates found"})
 
 
 async def test_last_sync_is_null_before_the_first(server: Server, tenant: Tenant) -> None:

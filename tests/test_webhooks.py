@@ -325,9 +325,37 @@ async def test_same_delivery_twice_has_one_effect_and_one_history_row(
         ("api", "PENDING"),
         ("webhook", "APPROVED"),
     ]
-    assert len(await store.list_deliveries(None, 10)) == 2  # both stored, applied once
+    assert len(await store.list_deliveries(None, 10)) == 1  # the same bytes: stored once
     _, metrics, _ = await server.request("GET", "/metrics")
     assert 'template_sync_template_events_total{result="duplicate"} 1.0' in metrics
+
+
+async def test_replays_of_a_large_body_are_acknowledged_and_stored_once(
+    server: Server, store: Store, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    """20 replays of a 1 MB delivery used to grow the store by 24 MB."""
+    local_id = await add_template(store, tenant, "1689556908129832")
+    body = status_body("APPROVED", other_info={"description": "x" * 1_000_000})
+    answers = await asyncio.gather(*(server.deliver(body) for _ in range(10)))  # one batch
+    answers += [await server.deliver(body) for _ in range(10)]  # one after another
+    assert [(status, answer) for status, answer, _ in answers] == [(200, {"success": True})] * 20
+    [delivery] = await store.list_deliveries(None, 10)
+    assert delivery.body == body and delivery.outcome == "processed"
+    assert [(r["source"], r["event"]) for r in await history(server, tenant, local_id)] == [
+        ("api", "PENDING"),
+        ("webhook", "APPROVED"),
+    ]
+    _, metrics, _ = await server.request("GET", "/metrics")
+    assert 'template_sync_webhook_deliveries_total{outcome="processed"} 1.0' in metrics
+    assert 'template_sync_webhook_deliveries_total{outcome="replayed"} 19.0' in metrics
+    caplog.set_level("INFO")
+    caplog.clear()
+    assert (await server.deliver(body))[0] == 200
+    line = await access_line(caplog)
+    assert line.endswith(  # the replay is logged as the delivery it repeats
+        f"delivery {delivery.id} replayed: 1 changes, 0 applied, 0 stale, 1 duplicate, "
+        "0 unknown WABA"
+    )
 
 
 async def test_older_event_after_newer_is_recorded_but_not_applied(
@@ -409,15 +437,22 @@ async def test_a_delivery_is_logged_on_its_access_log_line_by_id(
     caplog.set_level("INFO")
     assert (await server.deliver(status_body("APPROVED")))[0] == 200
     [delivery] = await store.list_deliveries(None, 10)
-    for _ in range(100):  # the access log line is written once the response is sent
+    line = await access_line(caplog)
+    assert line == (
+        f'127.0.0.1 "POST /webhooks/meta" 200 {line.split()[4]} delivery {delivery.id} '
+        "processed: 1 changes, 1 applied, 0 stale, 0 duplicate, 0 unknown WABA"
+    )
+
+
+async def access_line(caplog: pytest.LogCaptureFixture) -> str:
+    """The one access log line captured, once the response has been sent and it is written."""
+    for _ in range(100):
         lines = [r.getMessage() for r in caplog.records if r.name == "service.access"]
         if lines:
             break
         await asyncio.sleep(0.02)
-    assert lines == [
-        f'127.0.0.1 "POST /webhooks/meta" 200 {lines[0].split()[4]} delivery {delivery.id} '
-        "processed: 1 changes, 1 applied, 0 stale, 0 duplicate, 0 unknown WABA"
-    ]
+    assert len(lines) == 1, lines
+    return lines[0]
 
 
 async def test_unknown_template_of_known_waba_is_created_from_the_event(

@@ -9,8 +9,9 @@ import pytest
 
 from service.events import STATUS_FIELD, Change
 from service.storage import DeliveryResult, Store, StoreUnavailable, TemplateFilter, open_store
-from service.storage.ingest import NewDelivery
+from service.storage.ingest import NewDelivery, record_batch
 from service.storage.sql import SqlStore
+from service.storage.steps import Steps, execute
 from service.storage.writer import MAX_BATCH, PARALLEL_AFTER, DeliveryWriter
 
 from .conftest import NOW_MS, WABA_ID, Tenant
@@ -20,8 +21,13 @@ def change(event: str, entry_time: int, template_id: str = "42", name: str = "pr
     return Change(WABA_ID, STATUS_FIELD, event, template_id, name, "en", None, None, entry_time)
 
 
+def body_of(*changes: Change) -> bytes:
+    """A body of its own for each delivery, as Meta's are (the store keeps one per body)."""
+    return repr(changes).encode()
+
+
 def delivery(*changes: Change) -> NewDelivery:
-    return NewDelivery(b"{}", NOW_MS, changes, None)
+    return NewDelivery(body_of(*changes), NOW_MS, changes, None)
 
 
 def sql_store(store: Store) -> SqlStore:
@@ -160,7 +166,7 @@ async def test_a_delivery_larger_than_one_statement_applies_whole(
     changes = [change("PENDING" if i < 600 else "APPROVED", 1 + i // 600, str(i % 600))
                for i in range(1200)]  # fmt: skip
     stranger = Change("999", STATUS_FIELD, "APPROVED", "1", "n", "en", None, None, 1)
-    result = await store.record_delivery(b"{}", NOW_MS, [*changes, stranger], None)
+    result = await store.record_delivery(body_of(stranger), NOW_MS, [*changes, stranger], None)
     assert (result.created, result.applied, result.unknown_waba) == (600, 1200, 1)
     templates, total = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 600)
     assert total == 600 and {t.status for t in templates} == {"APPROVED"}
@@ -169,7 +175,7 @@ async def test_a_delivery_larger_than_one_statement_applies_whole(
 
 
 def writer_submit(store: Store, event: Change) -> Awaitable[DeliveryResult]:
-    return store.record_delivery(b"{}", NOW_MS, [event], None)
+    return store.record_delivery(body_of(event), NOW_MS, [event], None)
 
 
 @pytest.mark.parametrize(
@@ -227,9 +233,40 @@ async def test_a_batch_larger_than_one_statement_takes_is_stored_whole(
     many = [delivery(change("APPROVED", 1000 + i, str(i))) for i in range(600)]
     wide = delivery(*(change("PAUSED", 5000, str(i)) for i in range(1100)))
     results = await sql_store(store)._commit_deliveries([*many, wide, many[0]])
-    assert len({r.delivery_id for r in results}) == 602
+    assert len({r.delivery_id for r in results}) == 601
     assert [r.created for r in results[:600]] == [1] * 600
     assert (results[600].applied, results[600].created) == (1100, 500)
-    assert (results[601].duplicate, results[601].applied) == (1, 0)  # in the same batch
+    replay = results[601]  # the first body again, in the same batch: stored once
+    assert (replay.delivery_id, replay.outcome) == (results[0].delivery_id, "replayed")
+    assert (replay.duplicate, replay.applied) == (1, 0)
+    assert len(await store.list_deliveries(None, 1000)) == 601
     templates, total = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 100)
     assert total == 1100 and {t.status for t in templates} == {"PAUSED"}
+
+
+def pruned_after_the_insert(batch: Steps[list[DeliveryResult]]) -> Steps[list[DeliveryResult]]:
+    """`batch`'s steps, with every stored delivery deleted right after the bodies' insert."""
+    reply = None
+    while True:
+        try:
+            step = batch.send(reply)
+        except StopIteration as done:
+            return list(done.value)
+        reply = yield step
+        if step.sql.startswith("INSERT INTO webhook_deliveries"):
+            yield execute("DELETE FROM webhook_deliveries")
+
+
+async def test_a_replay_whose_stored_copy_is_pruned_meanwhile_is_refused_for_a_retry(
+    store: Store, tenant: Tenant
+) -> None:
+    """On PostgreSQL retention may delete the stored copy between the insert that found it
+    and the read of its id: the batch is refused (503, Meta retries), nothing half-stored."""
+    body = body_of(change("APPROVED", 1))
+    first = await store.record_delivery(body, NOW_MS, [], None)
+    real = sql_store(store)
+    replay = [NewDelivery(body, NOW_MS, [], None)]
+    with pytest.raises(StoreUnavailable, match="pruned meanwhile"):
+        await real._db.run(pruned_after_the_insert(record_batch(replay, real._db)))
+    [kept] = await store.list_deliveries(None, 10)  # rolled back: the copy is still there
+    assert kept.id == first.delivery_id

@@ -73,19 +73,20 @@ class SyncQueries:
         return RemoteCounts(created, updated, unchanged)
 
     async def claim_sync(
-        self, workspace_id: str, trigger: str, now_ms: int, lease_ms: int
+        self, workspace_id: str, trigger: str, now_ms: int, lease_ms: int, min_gap_ms: int = 0
     ) -> SyncClaim:
-        """Start a run, or name the unexpired run another caller already started."""
+        """Start a run, or name the run to answer with instead: the unexpired one another
+        caller started, or (`min_gap_ms` > 0) the one that finished less than that ago."""
         async with self._tx() as tx:
             await tx.fetch("SELECT id FROM workspaces WHERE id = ?" + tx.for_update, workspace_id)
-            running = await tx.fetchrow(
-                "SELECT id FROM sync_runs WHERE workspace_id = ? AND status = 'running' "
-                "AND lease_until > ? ORDER BY id DESC LIMIT 1",
+            # Only the latest run can be unexpired: a run starts only when none is.
+            latest = await tx.fetchrow(
+                "SELECT id, status, lease_until, finished_at FROM sync_runs "
+                "WHERE workspace_id = ? ORDER BY id DESC LIMIT 1",
                 workspace_id,
-                now_ms,
             )
-            if running:
-                return SyncClaim(int(running["id"]), owner=False)
+            if latest and _answers_instead(latest, now_ms, min_gap_ms):
+                return SyncClaim(int(latest["id"]), owner=False)
             row = await tx.fetchrow(
                 "INSERT INTO sync_runs (workspace_id, trigger, status, started_at, lease_until) "
                 "VALUES (?, ?, 'running', ?, ?) RETURNING id",
@@ -142,6 +143,15 @@ class SyncQueries:
                 throttle.blocked_until,
                 throttle.code,
             )
+
+
+def _answers_instead(latest: dict[str, Any], now_ms: int, min_gap_ms: int) -> bool:
+    """Whether the workspace's latest run answers instead of a new one: it is running (its
+    lease unexpired), or it finished less than `min_gap_ms` ago."""
+    if latest["status"] == "running":
+        return bool(latest["lease_until"] > now_ms)
+    finished = latest["finished_at"]
+    return min_gap_ms > 0 and finished is not None and now_ms - finished < min_gap_ms
 
 
 def _remote_state(remote: RemoteTemplate, row: dict[str, Any] | None) -> dict[str, Any]:
