@@ -3,18 +3,24 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run test lint format soak bench bench-memory bench-sync bench-poller demo clean
+.PHONY: install install-dev run test test-fresh-clone lint format soak bench bench-memory bench-sync bench-poller demo clean
+
+# pip prints a line per package: a cold install takes a few minutes and shows its progress.
+PIP_INSTALL := $(BIN)/pip install --progress-bar off --disable-pip-version-check
 
 $(BIN)/python:
+	@echo "==> creating the virtual environment $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(PIP_INSTALL) --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	@echo "==> installing template-sync and its dependencies into $(VENV)"
+	$(PIP_INSTALL) -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+	@echo "==> installing template-sync with its test and lint tools into $(VENV)"
+	$(PIP_INSTALL) -e '.[test]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed          ## the service and its dependencies
@@ -26,6 +32,12 @@ run: install  ## migrate the store (SQLite under ./data by default) and serve on
 
 test: install-dev  ## the whole suite; PostgreSQL too when TEMPLATE_SYNC_TEST_POSTGRES_URL is set
 	$(BIN)/pytest
+
+test-fresh-clone: install-dev  ## the fixture-reading tests in a clone of HEAD alone in an empty directory
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  git clone --quiet "$$PWD" "$$tmp/template-sync" && cd "$$tmp/template-sync" && \
+	  $(abspath $(BIN))/python -m pytest -q -p no:cacheprovider \
+	    tests/test_graph.py tests/test_webhooks.py tests/test_app.py tests/test_demo.py
 
 lint: install-dev
 	$(BIN)/ruff check service tests bench
