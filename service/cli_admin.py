@@ -6,14 +6,12 @@ import dataclasses
 
 import click
 
-from .cli_common import emit, json_flag, load_settings, with_store
+from .cli_common import emit, json_flag, load_settings, token_cipher, with_store
 from .cli_output import confirm, json_list_flag, print_json, print_table, when, yes_flag
-from .config import ConfigError
 from .crypto import (
     TOKEN_PREFIX,
     DecryptionError,
     generate_key,
-    load_cipher,
     new_bearer_token,
     token_id_of,
 )
@@ -186,10 +184,7 @@ def keys_rotate() -> None:
     Tokens under a key no longer configured are listed and left as they are.
     """
     settings = load_settings()
-    try:
-        cipher = load_cipher(settings)
-    except ConfigError as error:
-        raise click.ClickException(str(error)) from None
+    cipher = token_cipher(settings)
 
     async def rotate(store: Store) -> list[Channel]:
         unreadable = []

@@ -9,10 +9,10 @@ from collections.abc import Callable
 import click
 
 from .cli_admin import existing_workspace
-from .cli_common import digits, emit, json_flag, load_settings, with_store
+from .cli_common import digits, emit, json_flag, load_settings, token_cipher, with_store
 from .cli_output import confirm, json_list_flag, print_json, print_table, when, yes_flag
-from .config import ConfigError, Settings
-from .crypto import DecryptionError, load_cipher
+from .config import Settings
+from .crypto import DecryptionError
 from .doctor import Check, check_channel, failed, render
 from .storage import Channel, NotFound, Store
 from .times import iso, now_ms
@@ -44,10 +44,7 @@ def check_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def encrypt(settings: Settings, token: str) -> str:
-    try:
-        return load_cipher(settings).encrypt(token)
-    except ConfigError as error:
-        raise click.ClickException(str(error)) from None
+    return token_cipher(settings).encrypt(token)
 
 
 def report_channel_checks(checks: list[Check]) -> None:
@@ -126,10 +123,7 @@ def channel_subscribe(waba_id: str) -> None:
     """Subscribe the Meta app to a WABA's webhooks with the channel's stored token
     (POST /{waba}/subscribed_apps), then check the token and the subscription."""
     settings = load_settings()
-    try:
-        cipher = load_cipher(settings)
-    except ConfigError as error:
-        raise click.ClickException(str(error)) from None
+    cipher = token_cipher(settings)
 
     async def subscribe(store: Store) -> list[Check]:
         found = await stored_channel(store, waba_id)

@@ -11,7 +11,7 @@ import aiohttp
 import click
 
 from .config import ConfigError, Settings
-from .crypto import load_cipher
+from .crypto import TokenCipher, load_cipher
 from .logs import configure
 from .metrics import Metrics
 from .storage import Conflict, NotFound, Store, StoreUnavailable, open_store
@@ -56,14 +56,19 @@ def with_syncer(settings: Settings, action: Callable[[Syncer], Awaitable[T]]) ->
     from .app import make_syncer
 
     async def run(store: Store) -> T:
-        try:
-            cipher = load_cipher(settings)
-        except ConfigError as error:
-            raise click.ClickException(str(error)) from None
+        cipher = token_cipher(settings)
         async with aiohttp.ClientSession() as session:
             return await action(make_syncer(settings, store, session, cipher, Metrics()))
 
     return with_store(settings, run)
+
+
+def token_cipher(settings: Settings) -> TokenCipher:
+    """The cipher of Meta tokens at rest; a key problem is a clear CLI error."""
+    try:
+        return load_cipher(settings)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
 
 
 def emit(value: str, as_json: bool, **fields: Any) -> None:

@@ -189,9 +189,9 @@ async def simulated(simulator: Simulator) -> AsyncIterator[tuple[Simulator, str]
         await runner.cleanup()
 
 
-@pytest.fixture
-async def server(settings: Settings, store: Store) -> AsyncIterator[Server]:
-    """Depends on `store` so tests can seed and inspect the same database."""
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[Server]:
+    """The app served on loopback with `settings`, and a client session for it."""
     uv_server, task, base_url = await start_server(settings)
     try:
         async with aiohttp.ClientSession() as session:
@@ -199,3 +199,10 @@ async def server(settings: Settings, store: Store) -> AsyncIterator[Server]:
     finally:
         uv_server.should_exit = True
         await task
+
+
+@pytest.fixture
+async def server(settings: Settings, store: Store) -> AsyncIterator[Server]:
+    """Depends on `store` so tests can seed and inspect the same database."""
+    async with serving(settings) as served:
+        yield served

@@ -18,9 +18,9 @@ from service.app import create_app
 from service.config import Settings
 from service.storage import Store
 
+from .certificates import issue
 from .conftest import WABA_ID, Tenant, add_template
 from .service_process import run_cli, service_env
-from .test_nginx import _issue
 
 # TLS is the same whatever the store: SQLite only.
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -38,9 +38,9 @@ async def tls_service(
     settings: Settings, store: Store, tmp_path: Path
 ) -> AsyncIterator[TlsService]:
     """The service over https on loopback, with a certificate of a CA made for the test."""
-    ca_cert, ca_key, ca_path, _ = _issue(tmp_path, "ca", "send-webhook test CA", None)
+    ca_cert, ca_key, ca_path, _ = issue(tmp_path, "ca", "send-webhook test CA", None)
     san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    _, _, cert, key = _issue(tmp_path, "server", "127.0.0.1", (ca_cert, ca_key), san=san)
+    _, _, cert, key = issue(tmp_path, "server", "127.0.0.1", (ca_cert, ca_key), san=san)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import ipaddress
 import json
 import logging
@@ -18,15 +17,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
 from service.graph import GraphClient, GraphTemplate, appsecret_proof
 from service.graph_errors import DEFAULT_REGAIN_ACCESS_S, GraphError, classify, parse_usage
 from service.simulator import Simulator, base_url, bound_port, make_templates, serve
+from tests.certificates import issue
 from tests.conftest import FIXTURES
 
 WABA = "102290129340398"
@@ -138,28 +135,8 @@ async def test_on_call_counts_requests(
 
 def tls_pair(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server, client) contexts for a throwaway self-signed 127.0.0.1/localhost cert."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
     san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName(san), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    cert_path, key_path = directory / "graph.crt", directory / "graph.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    _, _, cert_path, key_path = issue(directory, "graph", "localhost", None, san=san)
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(cert_path, key_path)
     return server, ssl.create_default_context(cafile=str(cert_path))

@@ -12,7 +12,6 @@ nginx's own (127.0.0.1, the only address the service trusts).
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hashlib
 import hmac
 import io
@@ -37,14 +36,12 @@ import pytest
 import yaml
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from service.config import Secret, Settings
 from service.crypto import generate_key
 from service.storage import open_store
 
+from .certificates import issue
 from .conftest import APP_SECRET, VERIFY_TOKEN, WABA_ID, add_template, make_tenant
 from .service_process import service_env
 
@@ -125,49 +122,18 @@ class Pki:
     other_client: tuple[Path, Path]  # same CA, another CN
 
 
-def _issue(
-    directory: Path, name: str, cn: str, issuer: tuple[x509.Certificate, Any] | None, **kw: Any
-) -> tuple[x509.Certificate, Any, Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer[0].subject if issuer else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-    )
-    if kw.get("san"):
-        builder = builder.add_extension(x509.SubjectAlternativeName(kw["san"]), critical=False)
-    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert, key, cert_path, key_path
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """Throwaway certificates made here: nothing is read from or written to the system."""
     directory = tmp_path_factory.mktemp("pki")
-    ca_cert, ca_key, ca_path, _ = _issue(directory, "ca", "template-sync test CA", None)
+    ca_cert, ca_key, ca_path, _ = issue(directory, "ca", "template-sync test CA", None)
     san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    _, _, server_cert, server_key = _issue(
+    _, _, server_cert, server_key = issue(
         directory, "server", "localhost", (ca_cert, ca_key), san=san
     )
-    meta_cert, meta_key, meta_ca, _ = _issue(directory, "meta-ca", "Fake Meta CA", None)
-    meta = _issue(directory, "meta-client", META_CN, (meta_cert, meta_key))
-    other = _issue(directory, "other-client", "client.example.com", (meta_cert, meta_key))
+    meta_cert, meta_key, meta_ca, _ = issue(directory, "meta-ca", "Fake Meta CA", None)
+    meta = issue(directory, "meta-client", META_CN, (meta_cert, meta_key))
+    other = issue(directory, "other-client", "client.example.com", (meta_cert, meta_key))
     return Pki(ca_path, server_cert, server_key, meta_ca, (meta[2], meta[3]), (other[2], other[3]))
 
 

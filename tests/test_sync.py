@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,8 @@ from .conftest import (
     Tenant,
     add_template,
     make_tenant,
+    serving,
     simulated,
-    start_server,
 )
 from .service_process import run_cli
 
@@ -75,18 +74,6 @@ async def sync(server: Server, tenant: Tenant) -> tuple[int, Any, Any]:
     path = f"/api/v3/workspaces/{tenant.workspace_id}/templates/sync"
     headers = {"Authorization": f"Bearer {tenant.token}"}
     return await server.request("POST", path, headers=headers)
-
-
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[Server]:
-    """Another server (a replica, or other settings) on the test's store."""
-    uv, task, base = await start_server(settings)
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Server(base, session)
-    finally:
-        uv.should_exit = True
-        await task
 
 
 async def test_seed_python_example_after_paging_through_250_templates(
