@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -287,3 +288,19 @@ async def test_one_kept_alive_connection_serves_webhooks_and_api_calls(
     assert not connection.collector.done()  # still open
     templates_seen, total = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 10)
     assert total == 3 and {t.status for t in templates_seen} == {"APPROVED"}
+
+
+async def test_a_refused_client_still_sending_can_finish_and_read_its_answer(
+    harness: Harness,
+) -> None:
+    """A refused connection is drained before it is closed (a lingering close): a client that
+    is still sending its request when the 431 comes, as HTTP clients do, is not reset, which
+    would fail its send and lose the answer it has not read yet."""
+    service = await harness.start()
+    flood = get("/healthz", b"X-Flood: " + b"a" * 1_000_000)[:-4]
+    with socket.create_connection(("127.0.0.1", service.port), timeout=WAIT_S) as sock:
+        sock.sendall(flood[: 2 * HEADER_CAP])  # over the cap: refused
+        await asyncio.sleep(0.3)  # answered (and, without draining, closed) meanwhile
+        sock.sendall(flood[2 * HEADER_CAP :])  # a reset would fail this send
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 431 ")
