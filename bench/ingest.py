@@ -78,13 +78,20 @@ def signature(data: bytes) -> str:
 
 
 def lua_script(directory: Path, count: int) -> Path:
-    lines = ["local bodies, sigs = {}, {}"]
-    for index in range(count):
-        data = body(index)
-        lines.append(f"bodies[{index + 1}] = [=[{data.decode()}]=]")
-        lines.append(f'sigs[{index + 1}] = "{signature(data)}"')
-    lines.append(f"""
-local n, i = {count}, 0
+    """wrk's script: the signed bodies are read from a file of "signature TAB body" lines
+    (a script holding them as literals stops at LuaJIT's 65,536 constants: ~30,000 bodies)."""
+    data_path = directory / "bodies.tsv"
+    with data_path.open("w") as data:
+        for index in range(count):
+            raw = body(index)
+            data.write(f"{signature(raw)}\t{raw.decode()}\n")
+    script = f"""
+local bodies, sigs = {{}}, {{}}
+for line in io.lines("{data_path}") do
+  local sig, body = line:match("^(%S+)\t(.*)$")
+  sigs[#sigs + 1], bodies[#bodies + 1] = sig, body
+end
+local n, i = #bodies, 0
 request = function()
   i = i % n + 1
   return wrk.format("POST", "/webhooks/meta",
@@ -95,9 +102,9 @@ done = function(summary, latency, requests)
     summary.requests, summary.errors.status,
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end
-""")
+"""
     path = directory / "bodies.lua"
-    path.write_text("\n".join(lines))
+    path.write_text(script)
     return path
 
 
