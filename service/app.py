@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
-import aiohttp
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -17,17 +16,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import api, webhooks
+from .assembly import StoreOpener, assembled
 from .config import PREFIX, Settings
-from .crypto import TokenCipher, load_cipher
 from .errors import ApiError
 from .logs import LOG_DETAIL, silence_leaky_loggers
 from .metrics import Metrics
 from .openapi import openapi_document
-from .poller import Poller
 from .retention import pruning
 from .state import Services, services
-from .storage import Store, StoreUnavailable, open_store
-from .sync import Syncer
+from .storage import StoreUnavailable, open_store
 from .times import now_ms
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -149,10 +146,8 @@ class AccessLog:
                 )  # fmt: skip
 
 
-def create_app(
-    settings: Settings, store_opener: Callable[[str], Awaitable[Store]] = open_store
-) -> Starlette:
-    """The ASGI app; the store is opened and migrated when the lifespan starts.
+def create_app(settings: Settings, store_opener: StoreOpener = open_store) -> Starlette:
+    """The ASGI app; its lifespan assembles the store, syncer and poller (service.assembly).
 
     `store_opener` lets a test wrap the store (for example to crash after a commit).
     """
@@ -161,21 +156,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        store = await store_opener(settings.database_url)
-        try:
-            await store.migrate()
-            cipher = load_cipher(settings)
-            async with aiohttp.ClientSession() as session:
-                syncer = make_syncer(settings, store, session, cipher, app_metrics)
-                poller = make_poller(settings, store, syncer, app_metrics)
-                async with (
-                    poller.running() if settings.poll_enabled else nullcontext(),
-                    pruning(store, settings, app_metrics),
-                ):
-                    announce(settings)
-                    yield {"services": Services(settings, store, app_metrics, syncer)}
-        finally:
-            await store.close()
+        async with (
+            assembled(settings, app_metrics, store_opener) as parts,
+            parts.poller.running() if settings.poll_enabled else nullcontext(),
+            pruning(parts.store, settings, app_metrics),
+        ):
+            announce(settings)
+            yield {"services": Services(settings, parts.store, parts.metrics, parts.syncer)}
 
     app = Starlette(
         routes=ROUTES,
@@ -189,31 +176,6 @@ def create_app(
     )
     app.add_middleware(AccessLog, metrics=app_metrics)
     return app
-
-
-def make_syncer(
-    settings: Settings,
-    store: Store,
-    session: aiohttp.ClientSession,
-    cipher: TokenCipher,
-    metrics: Metrics,
-) -> Syncer:
-    secret = settings.current_app_secret
-    return Syncer(
-        store, session, settings.graph_url, secret, cipher, metrics,
-        deadline_s=settings.sync_deadline_s,
-    )  # fmt: skip
-
-
-def make_poller(settings: Settings, store: Store, syncer: Syncer, metrics: Metrics) -> Poller:
-    return Poller(
-        store,
-        syncer,
-        tick_s=settings.poll_tick_s,
-        grace_s=settings.poll_grace_s,
-        interval_s=settings.poll_interval_s,
-        metrics=metrics,
-    )
 
 
 def announce(settings: Settings) -> None:

@@ -1,19 +1,19 @@
-"""What every `template-sync` command shares: settings, the store, output conventions."""
+"""What every `template-sync` command shares: settings, the store (or every part `serve`
+runs on), one-line errors, output conventions."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-import aiohttp
 import click
 
+from .assembly import Assembly, assembled
 from .config import ConfigError, Settings
 from .crypto import TokenCipher, load_cipher
 from .logs import configure
-from .metrics import Metrics
 from .storage import Conflict, NotFound, Store, StoreUnavailable, open_store
 from .sync import Syncer
 
@@ -43,24 +43,32 @@ def with_store(
         finally:
             await store.close()
 
-    try:
-        return asyncio.run(run())
-    except StoreUnavailable as error:
-        raise click.ClickException(f"{error}: {error.fix}" if error.fix else str(error)) from None
-    except (Conflict, NotFound) as error:
-        raise click.ClickException(str(error)) from None
+    return run_command(run())
+
+
+def with_assembly(settings: Settings, action: Callable[[Assembly], Awaitable[T]]) -> T:
+    """Run `action` with what `serve` runs on (service.assembly): store, cipher, syncer..."""
+
+    async def run() -> T:
+        async with assembled(settings) as parts:
+            return await action(parts)
+
+    return run_command(run())
 
 
 def with_syncer(settings: Settings, action: Callable[[Syncer], Awaitable[T]]) -> T:
     """Run `action` with a Syncer over a migrated store and a fresh HTTP session."""
-    from .app import make_syncer
+    return with_assembly(settings, lambda parts: action(parts.syncer))
 
-    async def run(store: Store) -> T:
-        cipher = token_cipher(settings)
-        async with aiohttp.ClientSession() as session:
-            return await action(make_syncer(settings, store, session, cipher, Metrics()))
 
-    return with_store(settings, run)
+def run_command(main: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; store, key and lookup problems become one-line errors."""
+    try:
+        return asyncio.run(main)
+    except StoreUnavailable as error:
+        raise click.ClickException(f"{error}: {error.fix}" if error.fix else str(error)) from None
+    except (ConfigError, Conflict, NotFound) as error:
+        raise click.ClickException(str(error)) from None
 
 
 def token_cipher(settings: Settings) -> TokenCipher:

@@ -6,16 +6,17 @@ import asyncio
 import dataclasses
 import gc
 import json
+import math
 import signal
 import sys
 
 import click
 
 from . import retention
+from .assembly import Assembly
 from .checkup import run_doctor
-from .cli_common import load_settings, with_store, with_syncer
+from .cli_common import load_settings, with_assembly, with_store, with_syncer
 from .doctor import failed, render, warned
-from .metrics import Metrics
 from .retention import Pruned
 from .storage import RemoteCounts
 from .sync import NoPendingTemplates, Syncer, WabaFailure, report_json
@@ -27,20 +28,24 @@ from .times import iso, now_ms
 @click.option("--port", type=int, help="Listen port (default TEMPLATE_SYNC_PORT or 8000).")
 def serve(host: str | None, port: int | None) -> None:
     """Serve the webhook receiver and the API; migrations are applied on start."""
-    from .app import create_app
+    from .app import create_app  # the web app: only the command that serves it imports it
     from .server import build_server  # imports uvicorn: only when serving
 
     settings = load_settings()
     settings = dataclasses.replace(
         settings, host=host or settings.host, port=settings.port if port is None else port
     )
-    # Migrated here first: a store problem is then one line, not a traceback from the app.
-    with_store(settings, lambda store: store.schema_version())
+    # Assembled here first: a store or key problem is then one line, not a traceback from the app.
+    with_assembly(settings, ready)
     server = build_server(create_app(settings), settings)
     tune_garbage_collector()
     server.run()
     if not server.started:
         sys.exit(3)  # start-up failed; uvicorn logged why
+
+
+async def ready(parts: Assembly) -> None:
+    """Nothing to do: that the parts were assembled is the check."""
 
 
 def tune_garbage_collector() -> None:
@@ -85,10 +90,11 @@ def doctor(strict: bool) -> None:
 
 def echo_failures(failures: list[WabaFailure]) -> None:
     for failure in failures:
-        click.echo(
-            f"WABA {failure.waba_id}: {failure.kind} (Graph code {failure.code}): {failure.detail}",
-            err=True,
-        )
+        line = f"WABA {failure.waba_id}: {failure.kind} (Graph code {failure.code})"
+        line += f": {failure.detail}"
+        if failure.retry_after_s is not None:  # Meta's throttle window: nothing calls it before
+            line += f"; try again in {math.ceil(failure.retry_after_s)} s"
+        click.echo(line, err=True)
 
 
 @click.command()
@@ -124,12 +130,10 @@ def import_(workspace_id: str) -> None:
 @click.option("--once", is_flag=True, help="One pass, then exit (for cron or a check).")
 def poll(once: bool) -> None:
     """The polling fallback on its own: sync workspaces whose webhooks did not come."""
-    from .app import make_poller  # the app module imports Starlette: only when needed
-
     settings = load_settings()
 
-    async def run(syncer: Syncer) -> None:
-        poller = make_poller(settings, syncer.store, syncer, Metrics())
+    async def run(parts: Assembly) -> None:
+        poller = parts.poller
         if once:
             report = await poller.run_once()
             shown = {**dataclasses.asdict(report), "next_due_at": iso(report.next_due_at)}
@@ -142,4 +146,4 @@ def poll(once: bool) -> None:
         click.echo(f"polling every {settings.poll_tick_s:g} s; Ctrl-C stops", err=True)
         await poller.run(stop)
 
-    with_syncer(settings, run)
+    with_assembly(settings, run)

@@ -1,4 +1,4 @@
-"""What the lifespan builds and every endpoint uses, as one typed object."""
+"""What every endpoint uses, from the parts the lifespan assembled, as one typed object."""
 
 from __future__ import annotations
 

@@ -416,6 +416,13 @@ def test_bad_encryption_key_is_a_clear_error(cli: Cli, workspace_id: str) -> Non
     assert "not-a-fernet-key" not in result.stderr
 
 
+def test_serve_with_a_bad_encryption_key_stops_with_one_line(cli: Cli) -> None:
+    """`serve` assembles what the app runs on before serving: no traceback from the app."""
+    result = cli("serve --port 0", TEMPLATE_SYNC_ENCRYPTION_KEYS="not-a-fernet-key")
+    failed(result, 1, "TEMPLATE_SYNC_ENCRYPTION_KEYS must be Fernet keys")
+    assert result.stderr.count("\n") == 1 and "not-a-fernet-key" not in result.stderr
+
+
 def test_unreachable_database_is_a_clear_error() -> None:
     cli = Cli("postgresql://nobody@127.0.0.1:1/none", generate_key())
     failed(cli("workspace list"), 1, "cannot connect to PostgreSQL")
