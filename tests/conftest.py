@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 import socket
@@ -13,13 +11,14 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
 import pytest
 import uvicorn
 
+from service import meta_webhooks
 from service.app import create_app
 from service.config import Secret, Settings
 from service.crypto import TokenCipher, generate_key, new_bearer_token
@@ -28,6 +27,8 @@ from service.simulator import base_url as simulator_url
 from service.simulator import serve as serve_simulator
 from service.storage import NewTemplate, Store, open_store
 
+from .waiting import eventually
+
 POSTGRES_URL = os.environ.get("TEMPLATE_SYNC_TEST_POSTGRES_URL")
 APP_SECRET = "test-app-secret"
 VERIFY_TOKEN = "test-verify-token"
@@ -35,6 +36,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WABA_ID = "102290129340398"
 NOW_MS = 1_780_000_000_000
 META_TOKEN = "EAAG-meta-token"
+SERVER_START_TIMEOUT_S = 10.0
+SimulatorT = TypeVar("SimulatorT", bound=Simulator)
 
 
 def fixture_body(name: str) -> bytes:
@@ -43,11 +46,11 @@ def fixture_body(name: str) -> bytes:
 
 
 def compact(document: Any) -> bytes:
-    return json.dumps(document, separators=(",", ":")).encode()
+    return meta_webhooks.encode(document)
 
 
 def sign(body: bytes, secret: str = APP_SECRET) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return meta_webhooks.signature(secret, body)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -171,16 +174,24 @@ async def start_server(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task
     config = uvicorn.Config(create_app(settings), log_config=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("server stopped during start-up")
-        await asyncio.sleep(0.01)
+    await until_started(server, task)
     return server, task, f"http://127.0.0.1:{port}"
 
 
+async def until_started(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    """Wait for `server`, served by `task`, to listen; fail if it stops or takes too long."""
+
+    def listening() -> bool:
+        if task.done():
+            task.result()
+            raise RuntimeError("server stopped during start-up")
+        return server.started
+
+    await eventually(listening, SERVER_START_TIMEOUT_S)
+
+
 @asynccontextmanager
-async def simulated(simulator: Simulator) -> AsyncIterator[tuple[Simulator, str]]:
+async def simulated(simulator: SimulatorT) -> AsyncIterator[tuple[SimulatorT, str]]:
     """The Meta simulator on a loopback port: (simulator, Graph base URL with version)."""
     runner = await serve_simulator(simulator)
     try:

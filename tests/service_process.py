@@ -19,6 +19,7 @@ import aiohttp
 from service.config import Settings
 
 from .conftest import APP_SECRET, VERIFY_TOKEN, sign
+from .waiting import eventually
 
 START_TIMEOUT_S = 20.0
 REPO = Path(__file__).resolve().parents[1]
@@ -82,30 +83,38 @@ class ServiceProcess:
                 [sys.executable, *self.command, "--port", str(self.port)],
                 env=self.env, cwd=self.cwd, stdout=log, stderr=log,
             )  # fmt: skip
-        deadline = time.monotonic() + START_TIMEOUT_S
+        process = self.process
         async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"service exited with {self.process.returncode}")
+
+            async def healthy() -> bool:
+                if process.poll() is not None:
+                    raise RuntimeError(f"service exited with {process.returncode}")
                 try:
                     async with session.get(self.url + "/healthz") as response:
-                        if response.status == 200:
-                            return
+                        return response.status == 200
                 except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise RuntimeError("service did not become healthy")
+                    return False
+
+            await eventually(healthy, START_TIMEOUT_S, message=self._not_healthy)
+
+    def _not_healthy(self) -> str:
+        log = (self.cwd / "service.log").read_text(errors="replace")
+        return f"service did not become healthy; its log ends:\n{log[-3000:]}"
 
     async def stop(self, signum: int = signal.SIGTERM, timeout_s: float = 30) -> int:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signum)
-        deadline = time.monotonic() + timeout_s
-        while self.process.poll() is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"service {self.process.pid} did not stop")
-            await asyncio.sleep(0.02)
-        return self.process.returncode
+        return await exit_code(self.process, timeout_s)
+
+
+async def exit_code(process: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
+    """The exit status of a process that is stopping; fails if it is still running after
+    `timeout_s`."""
+    await eventually(
+        lambda: process.poll() is not None, timeout_s, message=f"process {process.pid} did not stop"
+    )
+    return process.returncode
 
 
 @dataclass

@@ -19,7 +19,7 @@ from service.config import Settings
 from service.storage import Store
 
 from .certificates import issue
-from .conftest import WABA_ID, Tenant, add_template
+from .conftest import WABA_ID, Tenant, add_template, until_started
 from .service_process import run_cli, service_env
 
 # TLS is the same whatever the store: SQLite only.
@@ -49,10 +49,7 @@ async def tls_service(
     )  # fmt: skip
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    async with asyncio.timeout(10):
-        while not server.started:
-            assert not task.done(), task
-            await asyncio.sleep(0.01)
+    await until_started(server, task)
     try:
         yield TlsService(f"https://127.0.0.1:{sock.getsockname()[1]}", ca_path)
     finally:

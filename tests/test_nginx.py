@@ -12,8 +12,6 @@ nginx's own (127.0.0.1, the only address the service trusts).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import io
 import ipaddress
 import json
@@ -37,13 +35,15 @@ import yaml
 from aiohttp import web
 from cryptography import x509
 
+from service import meta_webhooks
 from service.config import Secret, Settings
 from service.crypto import generate_key
 from service.storage import open_store
 
 from .certificates import issue
-from .conftest import APP_SECRET, VERIFY_TOKEN, WABA_ID, add_template, make_tenant
+from .conftest import VERIFY_TOKEN, WABA_ID, add_template, make_tenant, sign
 from .service_process import service_env
+from .waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "deploy" / "nginx.conf"
@@ -154,16 +154,21 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    """Wait (up to 20 s) until `process` listens on `port`; called outside any event loop."""
+
+    def listening() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
+            return True
         except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}:\n{log.read_text()[-3000:]}")
+            return False
+
+    def not_yet() -> str:
+        return f"nothing listens on {port}:\n{log.read_text()[-3000:]}"
+
+    asyncio.run(eventually(listening, 20, message=not_yet, interval_s=0.05))
 
 
 def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
@@ -219,14 +224,16 @@ class Nginx:
     async def access_log(self, *patterns: str) -> str:
         """nginx's access log once every pattern matches a line of it (nginx writes a line
         just after the response, so wait up to 5 s)."""
-        deadline = time.monotonic() + 5
-        while True:
-            text = (self.prefix / "access.log").read_text()
-            if all(re.search(p, text, re.MULTILINE) for p in patterns):
-                return text
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not in nginx's access log: {patterns}\n{text[-3000:]}")
-            await asyncio.sleep(0.05)
+        log = self.prefix / "access.log"
+
+        def matched() -> str | None:
+            text = log.read_text()
+            return text if all(re.search(p, text, re.MULTILINE) for p in patterns) else None
+
+        def missing() -> str:
+            return f"not in nginx's access log: {patterns}\n{log.read_text()[-3000:]}"
+
+        return await eventually(matched, 5, message=missing, interval_s=0.05)
 
 
 def start_nginx(binary: str, prefix: Path, site: str, https_port: int, http_port: int) -> Nginx:
@@ -280,12 +287,12 @@ class Service:
     async def clients(self, request_line: str, at_least: int) -> list[str]:
         """Client addresses logged for a request line; the line is written just after the
         response, so wait (up to 5 s) until `at_least` of them are there."""
-        deadline = time.monotonic() + 5
-        while True:
-            found = [c for c, line in self.access_lines() if line.startswith(request_line)]
-            if len(found) >= at_least or time.monotonic() > deadline:
-                return found
-            await asyncio.sleep(0.05)
+
+        def found() -> list[str]:
+            return [c for c, line in self.access_lines() if line.startswith(request_line)]
+
+        await eventually(lambda: len(found()) >= at_least, 5, message=found, interval_s=0.05)
+        return found()
 
 
 async def seed(database_url: str) -> tuple[str, str, Settings]:
@@ -353,26 +360,16 @@ async def client(pki: Pki) -> AsyncIterator[aiohttp.ClientSession]:
 # --- helpers --------------------------------------------------------------------------
 
 
-def sign(body: bytes) -> str:
-    return "sha256=" + hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
-
-
 def status_webhook(event: str, entry_time: int, ensure_ascii: bool = True) -> bytes:
     """A template status webhook; Meta escapes non-ASCII, but raw UTF-8 must verify too."""
-    value = {
-        "event": event,
-        "message_template_id": int(PROVIDER_ID),
-        "message_template_name": "order_confirmation",
-        "message_template_language": "pt_BR",
-        "reason": None,
-        "other_info": {"title": "UNPAUSE", "description": "Confirmação do pedido ✓"},
-    }
-    change = {"field": "message_template_status_update", "value": value}
-    envelope = {
-        "object": "whatsapp_business_account",
-        "entry": [{"id": WABA_ID, "time": entry_time, "changes": [change]}],
-    }
-    return json.dumps(envelope, ensure_ascii=ensure_ascii).encode()
+    info = {"title": "UNPAUSE", "description": "Confirmação do pedido ✓"}
+    change = meta_webhooks.status_change(
+        event, int(PROVIDER_ID), "order_confirmation", "pt_BR", reason=None, other_info=info
+    )
+    document = meta_webhooks.delivery(meta_webhooks.entry(WABA_ID, entry_time, change))
+    if ensure_ascii:
+        return meta_webhooks.encode(document)
+    return json.dumps(document, ensure_ascii=False).encode()  # not as Meta sends it
 
 
 async def post_webhook(

@@ -35,6 +35,7 @@ from service.sync import Syncer
 
 from .conftest import APP_SECRET, META_TOKEN, NOW_MS, Tenant, add_template, make_tenant, simulated
 from .test_cli import Cli
+from .waiting import GatedSimulator, eventually
 
 GRACE_S = 300.0
 INTERVAL_S = 1800.0
@@ -67,8 +68,8 @@ class Replica:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[tuple[Simulator, str]]:
-    async with simulated(Simulator(app_secret=APP_SECRET)) as running:
+async def sim() -> AsyncIterator[tuple[GatedSimulator, str]]:
+    async with simulated(GatedSimulator(app_secret=APP_SECRET)) as running:
         yield running
 
 
@@ -125,14 +126,6 @@ async def webhook(store: Store, waba_id: str, change: Change, at_s: float) -> No
 def status_of(templates: list[Any], provider_id: str) -> tuple[str, str]:
     [found] = [t for t in templates if t.provider_id == provider_id]
     return found.status, found.status_source
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    for _ in range(int(timeout_s / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 async def listing(store: Store, tenant: Tenant) -> list[Any]:
@@ -264,7 +257,7 @@ async def test_two_replicas_sync_each_due_workspace_exactly_once(
     store: Store,
     database_url: str,
     settings: Settings,
-    sim: tuple[Simulator, str],
+    sim: tuple[GatedSimulator, str],
     clock: Clock,
     replica: Any,
 ) -> None:
@@ -273,12 +266,17 @@ async def test_two_replicas_sync_each_due_workspace_exactly_once(
     for waba_id in WABAS:
         _, templates = await workspace(simulator, store, settings, waba_id)
         pending_ids.append(templates[-1]["id"])
-    simulator.fail(None, "slow", delay_s=0.05, times=len(WABAS))  # syncs overlap
     other = await open_store(database_url)  # the second replica's own connection(s)
     try:
         replicas = [replica(concurrency=2), replica(other, concurrency=2)]
         clock.at(GRACE_S)
-        reports = await asyncio.gather(*(r.poller.run_once() for r in replicas))
+        simulator.shut()  # no sync ends before both replicas have claimed theirs
+        passes = asyncio.gather(*(r.poller.run_once() for r in replicas))
+        try:
+            await eventually(lambda: simulator.waiting == 4)  # both replicas' 2 syncs in flight
+        finally:
+            simulator.open()
+        reports = await passes
         again = await asyncio.gather(*(r.poller.run_once() for r in replicas))
     finally:
         await other.close()
@@ -367,6 +365,19 @@ async def test_backoff_is_capped_jittered_and_honours_meta_retry_after(
     assert short.backoff_s(1) == 120  # a minimum base when the interval is (near) zero
 
 
+class Counted(Poller):
+    """A poller that counts the passes it has finished."""
+
+    def __init__(self, poller: Poller) -> None:
+        self.__dict__.update(poller.__dict__)
+        self.passes = 0
+
+    async def run_once(self) -> PollReport:
+        report = await super().run_once()
+        self.passes += 1
+        return report
+
+
 async def test_running_polls_until_the_block_ends(
     store: Store, settings: Settings, sim: tuple[Simulator, str], clock: Clock, replica: Any
 ) -> None:
@@ -374,10 +385,11 @@ async def test_running_polls_until_the_block_ends(
     tenant, templates = await workspace(simulator, store, settings, WABAS[0])
     simulator.set_status(templates[-1]["id"], "APPROVED")
     clock.at(GRACE_S)
-    poller = replica().poller
+    poller = Counted(replica().poller)
     async with poller.running():
-        await until(lambda: bool(simulator.calls))
-        await asyncio.sleep(0.05)  # several more ticks: nothing is due any more
+        await eventually(lambda: simulator.calls)
+        more = poller.passes + 3  # the pass that synced, then two more: nothing is due any more
+        await eventually(lambda: poller.passes >= more)
     assert len(simulator.calls) == 1
     assert status_of(await listing(store, tenant), templates[-1]["id"]) == ("APPROVED", "sync")
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("poller ")]
@@ -409,7 +421,7 @@ async def test_a_failed_pass_is_logged_and_the_loop_goes_on(
 
     poller = Scripted(replica().poller, iter([boom]))
     async with poller.running():
-        await until(lambda: poller.count >= 3)
+        await eventually(lambda: poller.count >= 3)
     assert "polling pass failed" in caplog.text and "store down" in caplog.text
 
 
@@ -420,17 +432,18 @@ async def test_a_crash_of_the_loop_is_reraised_on_exit(store: Store, replica: An
     poller = Scripted(replica().poller, iter([crash]))
     with pytest.raises(Crash):
         async with poller.running():
-            await asyncio.sleep(0.05)
+            await eventually(lambda: poller.count >= 1)  # the pass has run, and crashed
 
 
 async def test_a_stuck_pass_is_cancelled_after_the_stop_timeout(
     store: Store, replica: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cancelled = asyncio.Event()
+    started, cancelled = asyncio.Event(), asyncio.Event()
 
     async def stuck() -> None:
+        started.set()
         try:
-            await asyncio.sleep(30)
+            await asyncio.Event().wait()  # never set: only cancelling ends this pass
         except asyncio.CancelledError:
             cancelled.set()
             raise
@@ -438,7 +451,7 @@ async def test_a_stuck_pass_is_cancelled_after_the_stop_timeout(
     poller = Scripted(replica().poller, iter([stuck]))
     async with asyncio.timeout(2):
         async with poller.running(stop_timeout_s=0.05):
-            await asyncio.sleep(0.02)
+            await eventually(started.is_set)
     assert cancelled.is_set() and "cancelling it" in caplog.text
 
 
@@ -446,10 +459,9 @@ async def test_run_returns_when_stop_is_set(store: Store, replica: Any) -> None:
     poller = Scripted(replica().poller, iter([]))
     stop = asyncio.Event()
     task = asyncio.create_task(poller.run(stop))
-    await asyncio.sleep(0.03)
+    await eventually(lambda: poller.count >= 2)  # pass after pass until...
     stop.set()
-    await asyncio.wait_for(task, timeout=1)
-    assert poller.count >= 2
+    await asyncio.wait_for(task, timeout=1)  # ...stop is set
 
 
 async def test_due_query_reads_only_the_awaiting_templates_index(

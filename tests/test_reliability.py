@@ -25,12 +25,13 @@ import aiohttp
 import pytest
 
 from service.config import Settings
-from service.demo import build_status_delivery
+from service.meta_webhooks import status_delivery
 from service.storage import Store, TemplateFilter, open_store
 
 from .conftest import WABA_ID, Tenant, sign
 from .fault_server import CRASH_EXIT_CODE
 from .service_process import Ledger, ServiceProcess, free_port, send_open_loop, service_env
+from .waiting import eventually
 
 FIRST_ID = 5_000_000_000_000_000
 # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so the exit status
@@ -43,8 +44,8 @@ RATE_PER_S = 100
 def deliveries(count: int) -> list[bytes]:
     """Distinct signed-to-be deliveries, each approving a template of its own."""
     return [
-        build_status_delivery(waba_id=WABA_ID, template_id=str(FIRST_ID + i), event="APPROVED",
-                              name=f"ledger_{i}", language="en_US", entry_time=1_751_000_000 + i)
+        status_delivery(waba_id=WABA_ID, template_id=str(FIRST_ID + i), event="APPROVED",
+                        name=f"ledger_{i}", language="en_US", entry_time=1_751_000_000 + i)
         for i in range(count)
     ]  # fmt: skip
 
@@ -117,8 +118,8 @@ async def test_sigterm_under_load_loses_nothing_acknowledged(
     await service.start()
     bodies, ledger = deliveries(300), Ledger()
     sender = asyncio.create_task(send_open_loop(service.url, bodies, 150, ledger))
-    await asyncio.sleep(1.0)
-    assert await service.stop(signal.SIGTERM) in GRACEFUL  # in-flight requests finish
+    await eventually(lambda: ledger.counts()["acked"] >= 50)  # under load...
+    assert await service.stop(signal.SIGTERM) in GRACEFUL  # ...in-flight requests finish
     await sender
     await assert_applied_once(store, tenant, ledger.ids("acked"))
     await service.start()

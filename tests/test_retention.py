@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
+from service import meta_webhooks
 from service.config import ConfigError, Settings
 from service.events import STATUS_FIELD, Change
 from service.retention import DAY_MS, Pruned, prune
@@ -16,6 +16,7 @@ from service.storage import Store, TemplateFilter
 
 from .conftest import NOW_MS, WABA_ID, Tenant, start_server
 from .service_process import run_cli, service_env
+from .waiting import eventually
 
 DAY_S = DAY_MS // 1000
 
@@ -40,7 +41,7 @@ async def test_deliveries_older_than_the_retention_are_deleted_in_chunks(
 async def test_a_body_is_stored_once_within_the_retention_and_again_once_pruned(
     store: Store, settings: Settings, tenant: Tenant
 ) -> None:
-    body = b'{"object":"whatsapp_business_account","entry":[]}'
+    body = meta_webhooks.encode(meta_webhooks.delivery())
     first = await store.record_delivery(body, NOW_MS - 31 * DAY_MS, [], None)
     replay = await store.record_delivery(body, NOW_MS - 29 * DAY_MS, [], None)
     assert (replay.delivery_id, replay.outcome) == (first.delivery_id, "replayed")
@@ -95,11 +96,11 @@ async def test_serve_prunes_at_start(store: Store, settings: Settings, tenant: T
     await store.record_delivery(b"{}", NOW_MS - 400 * DAY_MS, [], None)  # long gone
     uv_server, task, _ = await start_server(settings)
     try:
-        for _ in range(100):
-            if not await store.list_deliveries(None, 10):
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError("the serving app did not prune a 400-day-old delivery")
+
+        async def pruned() -> bool:
+            return not await store.list_deliveries(None, 10)
+
+        await eventually(pruned, message="the serving app did not prune a 400-day-old delivery")
     finally:
         uv_server.should_exit = True
         await task

@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
+from service import meta_webhooks
 from service.cli import main
 from service.config import Secret, Settings
 from service.crypto import TokenCipher, generate_key, new_bearer_token
@@ -64,19 +65,12 @@ class Leaks:
 
 def webhook_bodies(provider_id: str) -> dict[str, bytes]:
     """Deliveries of every kind; each carries the marker where the service does not read."""
-    marker_entry = {
-        "id": WABA_ID,
-        "time": NOW_MS // 1000,
-        "changes": [{"field": "messages", "value": {"text": BODY_MARKER}}],
-    }
-    change = {
-        "field": "message_template_status_update",
-        "value": {"event": "APPROVED", "message_template_id": provider_id,
-                  "message_template_name": "order_confirmation",
-                  "message_template_language": "en_US", "reason": "NONE"},
-    }  # fmt: skip
-    good = {"object": "whatsapp_business_account", "entry": [
-        {"id": WABA_ID, "time": NOW_MS // 1000, "changes": [change]}, marker_entry]}  # fmt: skip
+    marker = {"field": "messages", "value": {"text": BODY_MARKER}}
+    change = meta_webhooks.status_change("APPROVED", provider_id, "order_confirmation", "en_US")
+    good = meta_webhooks.delivery(
+        meta_webhooks.entry(WABA_ID, NOW_MS // 1000, change),
+        meta_webhooks.entry(WABA_ID, NOW_MS // 1000, marker),
+    )
     bad_change = json.loads(json.dumps(change))
     bad_change["value"].update(message_template_id="777", message_template_name="a\u0000b")
     with_bad = json.loads(json.dumps(good))

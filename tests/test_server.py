@@ -19,11 +19,12 @@ import aiohttp
 import pytest
 
 from service.config import Settings
-from service.demo import build_status_delivery
+from service.meta_webhooks import status_delivery
 from service.storage import Store, TemplateFilter
 
 from .conftest import WABA_ID, Tenant, make_tenant, sign
 from .service_process import ServiceProcess, service_env
+from .waiting import eventually
 
 TIMEOUT_S = 0.5  # TEMPLATE_SYNC_REQUEST_TIMEOUT_S of these tests
 WAIT_S = 5.0  # longest any expected answer or close may take
@@ -75,17 +76,14 @@ class Connection:
         self.writer = writer
         self.received = bytearray()
         self.opened_at = time.monotonic()
-        self.arrived = asyncio.Event()
         self.collector = asyncio.create_task(self._collect(reader))
 
     async def _collect(self, reader: asyncio.StreamReader) -> None:
         try:
             while chunk := await reader.read(65536):
                 self.received += chunk
-                self.arrived.set()
         except ConnectionError:
             pass  # a reset after the answer: what came before it is kept
-        self.arrived.set()
 
     async def send(self, data: bytes) -> None:
         """Send what the server still reads; a server that closed stops the sending."""
@@ -97,12 +95,13 @@ class Connection:
 
     async def response(self) -> tuple[int, bytes]:
         """The next complete response: (status, body)."""
-        deadline = time.monotonic() + WAIT_S
-        while (parsed := self._take_response()) is None:
-            assert not self.collector.done(), f"closed without an answer: {bytes(self.received)!r}"
-            self.arrived.clear()
-            await asyncio.wait_for(self.arrived.wait(), deadline - time.monotonic())
-        return parsed
+
+        def parsed() -> tuple[int, bytes] | None:
+            if (answer := self._take_response()) is None:
+                assert not self.collector.done(), f"closed without an answer: {self.received!r}"
+            return answer
+
+        return await eventually(parsed, WAIT_S, message=lambda: f"no answer: {self.received!r}")
 
     def _take_response(self) -> tuple[int, bytes] | None:
         head, found, rest = bytes(self.received).partition(b"\r\n\r\n")
@@ -141,9 +140,9 @@ def webhook_request(body: bytes, signature: str | None = None) -> bytes:
 
 
 def approval(index: int, padding: int = 0) -> bytes:
-    body = build_status_delivery(waba_id=WABA_ID, template_id=str(7_000 + index), event="APPROVED",
-                                 name=f"hardening_{index}", language="en_US",
-                                 entry_time=1_751_000_000 + index)  # fmt: skip
+    body = status_delivery(waba_id=WABA_ID, template_id=str(7_000 + index), event="APPROVED",
+                           name=f"hardening_{index}", language="en_US",
+                           entry_time=1_751_000_000 + index)  # fmt: skip
     return body[:-1] + b',"padding":"' + b"x" * padding + b'"}' if padding else body
 
 
@@ -256,15 +255,13 @@ async def test_over_the_connection_limit_a_request_gets_503(harness: Harness) ->
 
     for connection in held:
         await connection.close()
-    deadline = time.monotonic() + WAIT_S
-    while True:  # served again once the held connections are gone
+
+    async def served_again() -> bool:  # once the held connections are gone
         again = await harness.connect(service)
         await again.send(get("/healthz"))
-        status, _ = await again.response()
-        if status == 200:
-            break
-        assert time.monotonic() < deadline, f"still {status} after the connections closed"
-        await asyncio.sleep(0.05)
+        return (await again.response())[0] == 200
+
+    await eventually(served_again, WAIT_S, interval_s=0.05)
 
 
 async def test_one_kept_alive_connection_serves_webhooks_and_api_calls(

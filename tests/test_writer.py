@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -15,6 +16,7 @@ from service.storage.steps import Steps, execute
 from service.storage.writer import MAX_BATCH, PARALLEL_AFTER, DeliveryWriter
 
 from .conftest import NOW_MS, WABA_ID, Tenant
+from .waiting import eventually
 
 
 def change(event: str, entry_time: int, template_id: str = "42", name: str = "promo") -> Change:
@@ -93,26 +95,35 @@ async def test_one_unstorable_delivery_is_quarantined_and_the_batch_lands(
     )
 
 
-def gated_writer(store: Store) -> tuple[DeliveryWriter, asyncio.Event]:
-    """A writer over the store's own commit that waits for the event before each commit."""
-    release = asyncio.Event()
+@dataclass
+class Gate:
+    """`entered` is set when a commit starts; the commit goes on once `release` is set."""
+
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def gated_writer(store: Store) -> tuple[DeliveryWriter, Gate]:
+    """A writer over the store's own commit that waits at the gate before each commit."""
+    gate = Gate()
     real = sql_store(store)
 
     async def slow_commit(items: list[NewDelivery]) -> list[DeliveryResult]:
-        await release.wait()
+        gate.entered.set()
+        await gate.release.wait()
         return await real._commit_deliveries(items)
 
-    return DeliveryWriter(slow_commit), release
+    return DeliveryWriter(slow_commit), gate
 
 
 async def test_no_caller_is_answered_before_its_commit(
     database_url: str, store: Store, tenant: Tenant
 ) -> None:
-    writer, release = gated_writer(store)
+    writer, gate = gated_writer(store)
     pending = asyncio.create_task(writer.submit(delivery(change("APPROVED", 1))))
-    await asyncio.sleep(0.05)
+    await eventually(gate.entered.is_set)
     assert not pending.done()  # the commit has not happened: no answer yet
-    release.set()
+    gate.release.set()
     result = await pending
     reader = await open_store(database_url)  # another connection sees it: it is committed
     try:
@@ -124,11 +135,11 @@ async def test_no_caller_is_answered_before_its_commit(
 
 
 async def test_a_caller_gone_away_does_not_cancel_the_commit(store: Store, tenant: Tenant) -> None:
-    writer, release = gated_writer(store)
+    writer, gate = gated_writer(store)
     caller = asyncio.create_task(writer.submit(delivery(change("APPROVED", 1))))
-    await asyncio.sleep(0.05)
+    await eventually(gate.entered.is_set)
     caller.cancel()  # the client hung up while its delivery was being committed
-    release.set()
+    gate.release.set()
     await writer.close()
     assert caller.cancelled()
     assert len(await store.list_deliveries(None, 10)) == 1
@@ -198,12 +209,17 @@ async def test_batches_commit_side_by_side_up_to_the_backends_limit_when_enough_
         running -= 1
         return [DeliveryResult(delivery_id=i, outcome="processed") for i in range(len(items))]
 
-    writer = DeliveryWriter(slow, parallel)
-    first = asyncio.create_task(writer.submit(delivery(change("APPROVED", 1))))
-    await asyncio.sleep(0.01)  # the first batch is committing
-    later = [asyncio.create_task(writer.submit(delivery(change("APPROVED", 2 + i))))
-             for i in range(waiting)]  # fmt: skip
-    await asyncio.sleep(0.01)
+    writer, submitted = DeliveryWriter(slow, parallel), 0
+
+    async def submit(entry_time: int) -> DeliveryResult:
+        nonlocal submitted
+        submitted += 1  # in the same step as writer.submit() queues it: counted means queued
+        return await writer.submit(delivery(change("APPROVED", entry_time)))
+
+    first = asyncio.create_task(submit(1))
+    await eventually(lambda: running == 1)  # the first batch is committing
+    later = [asyncio.create_task(submit(2 + i)) for i in range(waiting)]
+    await eventually(lambda: submitted == 1 + waiting and running >= side_by_side)
     assert not any(task.done() for task in [first, *later])  # nobody answered before commit
     gate.set()
     await asyncio.gather(first, *later)
