@@ -1,11 +1,18 @@
-"""Template events and the rules that turn them into template state. Pure: no I/O."""
+"""Template events and the rules that turn them into template state. Pure: no I/O.
+
+Every observation of a template goes through one function here, which returns its new state
+and its history rows: a webhook change (`observe_change`), Meta's state read by a sync or an
+import (`observe_meta`, `meta_template`), a registration through the API (`registered`).
+The store only writes what they return (storage/template_rows.py).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple, Protocol
 
 STATUS_FIELD = "message_template_status_update"
 QUALITY_FIELD = "message_template_quality_update"
@@ -13,20 +20,10 @@ CATEGORY_FIELD = "template_category_update"
 TEMPLATE_FIELDS = frozenset({STATUS_FIELD, QUALITY_FIELD, CATEGORY_FIELD})
 
 #: Events that become the template's status as they are.
-STATUS_EVENTS = frozenset(
-    {
-        "APPROVED",
-        "REJECTED",
-        "PENDING",
-        "PAUSED",
-        "DISABLED",
-        "IN_APPEAL",
-        "PENDING_DELETION",
-        "DELETED",
-        "ARCHIVED",
-        "LIMIT_EXCEEDED",
-    }
-)
+STATUS_EVENTS = frozenset({
+    "APPROVED", "REJECTED", "PENDING", "PAUSED", "DISABLED", "IN_APPEAL", "PENDING_DELETION",
+    "DELETED", "ARCHIVED", "LIMIT_EXCEEDED",
+})  # fmt: skip
 PENDING_STATUSES = frozenset({"PENDING", "IN_APPEAL"})
 #: Status of a template created from an event that does not say its status.
 UNKNOWN_STATUS = "UNKNOWN"
@@ -86,51 +83,227 @@ def dedupe_keys_below(entry_time: int) -> str:
     return f"{entry_time:013d}"
 
 
-@dataclass(frozen=True)
-class TemplateState:
+#: Who observed a state: the `source` of its history rows and the template's `status_source`.
+WEBHOOK, SYNC, API = "webhook", "sync", "api"  # import observes as sync does
+#: History rows say what they concern in one vocabulary, whatever their source (design 5).
+STATUS, QUALITY, CATEGORY = "status", "quality_score", "category"
+HISTORY_FIELDS = {STATUS_FIELD: STATUS, QUALITY_FIELD: QUALITY, CATEGORY_FIELD: CATEGORY}
+
+
+class TemplateState(NamedTuple):
+    """Every column of a template that an observation moves (times in ms since the epoch),
+    in the order the store writes them. A named tuple: the webhook path builds one per
+    change, and a tuple is built in a fifth of a frozen dataclass's time."""
+
     status: str
     rejected_reason: str | None = None
     flagged: bool = False
     status_before_archive: str | None = None
     quality_score: str | None = None
     category: str | None = None
+    status_event_at: int = 0  # when the status applied was true: entry.time, or a sync's time
+    pending_since: int | None = None
+    status_source: str = API
+    status_updated_at: int = 0
+    last_webhook_at: int | None = None
+    last_synced_at: int | None = None
+    updated_at: int = 0
 
 
-@dataclass(frozen=True)
-class Outcome:
+class HistoryRow(NamedTuple):
+    """One row of a template's history, as the API shows it."""
+
+    field: str  # STATUS, QUALITY or CATEGORY
+    event: str
+    old_status: str | None
+    new_status: str | None
+    source: str
+    event_time: int | None
+    received_at: int
+    reason: str | None
+    applied: bool
+
+
+class Outcome(NamedTuple):
     state: TemplateState
     applied: bool  # False: stale, or an event that by rule changes nothing
+
+
+class Transition(NamedTuple):
+    """What one observation does: the template's new state and its history rows."""
+
+    state: TemplateState
+    rows: tuple[HistoryRow, ...]
+    stale: bool = False  # a status event older than the template's status
+
+
+class MetaView(Protocol):
+    """Meta's state of a template as the Graph API reports it (to sync and import)."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def rejected_reason(self) -> str | None: ...
+    @property
+    def quality_score(self) -> str | None: ...
+    @property
+    def category(self) -> str | None: ...
 
 
 def apply_status_event(state: TemplateState, event: str, reason: str | None) -> Outcome:
     """Design section 6's event -> status table."""
     if event in STATUS_EVENTS:
-        new = replace(
-            state,
-            status=event,
-            rejected_reason=reason if event == "REJECTED" else None,
-            status_before_archive=state.status if event == "ARCHIVED" else None,
-        )
-        return Outcome(new, True)
+        return Outcome(_take_status(state, event, reason), True)
     if event == "FLAGGED":
-        return Outcome(replace(state, flagged=True), True)
+        return Outcome(state._replace(flagged=True), True)
     if event == "REINSTATED":
-        return Outcome(replace(state, status="APPROVED", flagged=False, rejected_reason=None), True)
+        return Outcome(state._replace(status="APPROVED", flagged=False, rejected_reason=None), True)
     if event == "UNARCHIVED" and state.status_before_archive:
         restored = state.status_before_archive
-        return Outcome(replace(state, status=restored, status_before_archive=None), True)
+        return Outcome(state._replace(status=restored, status_before_archive=None), True)
     return Outcome(state, False)  # LOCKED, UNARCHIVED without history, events Meta adds later
 
 
+def _take_status(state: TemplateState, status: str, reason: str | None) -> TemplateState:
+    """`status` as it is, from a status event or Meta's state: the rejection reason only
+    while REJECTED, and the status before ARCHIVED kept until the template leaves it."""
+    if status != "ARCHIVED":
+        before_archive = None
+    elif state.status != "ARCHIVED":
+        before_archive = state.status
+    else:
+        before_archive = state.status_before_archive  # archived again: still the same one
+    rejected_reason = reason if status == "REJECTED" else None
+    # Positional (as in _settle), the columns after status_before_archive as they are.
+    return TemplateState(status, rejected_reason, state.flagged, before_archive, *state[4:])
+
+
 def apply_change(state: TemplateState, change: Change) -> Outcome:
-    """The effect of one webhook change on a template's state."""
+    """The effect of one webhook change on a template's state (what it moves, not when)."""
     if change.field == STATUS_FIELD:
         return apply_status_event(state, change.event, change.reason)
     if change.field == QUALITY_FIELD:
-        return Outcome(replace(state, quality_score=change.event), True)
+        return Outcome(state._replace(quality_score=change.event), True)
     if change.field == CATEGORY_FIELD and change.previous is not None:
-        return Outcome(replace(state, category=change.event), True)
+        return Outcome(state._replace(category=change.event), True)
     return Outcome(state, False)  # a category notice: the change has not happened yet
+
+
+def observe_change(state: TemplateState, change: Change, now_ms: int) -> Transition:
+    """A webhook change received at `now_ms`: one history row, applied or not. A status
+    event older than the template's status (whole seconds: Meta's times are) is stale."""
+    is_status = change.field == STATUS_FIELD
+    event_ms = change.entry_time * 1000
+    stale = is_status and change.entry_time < state.status_event_at // 1000
+    after, applied = (state, False) if stale else apply_change(state, change)
+    status_at = state.status_event_at
+    if is_status and applied and event_ms > status_at:
+        status_at = event_ms
+    row = HistoryRow(
+        HISTORY_FIELDS.get(change.field, change.field), change.event,
+        state.status if is_status else None, after.status if is_status else None,
+        WEBHOOK, event_ms, now_ms, change.reason, applied,
+    )  # fmt: skip
+    return Transition(_settle(state, after, WEBHOOK, now_ms, status_at), (row,), stale)
+
+
+def observe_meta(state: TemplateState, meta: MetaView, now_ms: int) -> Transition:
+    """Meta's state as a sync or an import read it at `now_ms`. It is Meta's present, so
+    it always applies; a status it moves dates from `now_ms`, one it confirms keeps its
+    time (Meta does not say since when it holds, and dating it `now_ms` would make a
+    webhook sent just before the read look stale). Meta's silence about the quality or the
+    category keeps ours. Its status ARCHIVED records the status before it, as the event
+    does; any other status clears that: a template Meta no longer has archived simply takes
+    Meta's status. One history row per field that changed: status (or its rejection
+    reason), quality_score, category."""
+    reason = meta.rejected_reason if meta.status == "REJECTED" else None
+    after = state
+    if (meta.status, reason) != (state.status, state.rejected_reason):
+        after = _take_status(state, meta.status, reason)
+    after = after._replace(
+        quality_score=meta.quality_score or state.quality_score,
+        category=meta.category or state.category,
+    )
+    rows = []
+    if (after.status, after.rejected_reason) != (state.status, state.rejected_reason):
+        rows.append(_status_row(SYNC, state.status, after, now_ms))
+    for field, old, new in ((QUALITY, state.quality_score, after.quality_score),
+                            (CATEGORY, state.category, after.category)):  # fmt: skip
+        if new is not None and new != old:
+            rows.append(HistoryRow(field, new, None, None, SYNC, now_ms, now_ms, None, True))
+    status_at = now_ms if after.status != state.status else state.status_event_at
+    return Transition(_settle(state, after, SYNC, now_ms, status_at), tuple(rows))
+
+
+def meta_template(meta: MetaView, now_ms: int) -> Transition:
+    """A template an import finds at Meta and not here: Meta's state, one history row."""
+    reason = meta.rejected_reason if meta.status == "REJECTED" else None
+    state = TemplateState(
+        meta.status, reason, quality_score=meta.quality_score, category=meta.category,
+        status_event_at=now_ms, last_synced_at=now_ms,
+    )  # fmt: skip
+    return _created(state, SYNC, now_ms)
+
+
+def registered(status: str, category: str | None, now_ms: int) -> Transition:
+    """A template registered through the API or the CLI with the status it has at Meta.
+    That is the operator's word, not an observation of Meta's: it has no time (0), so any
+    webhook about the template is newer."""
+    return _created(TemplateState(status, category=category), API, now_ms)
+
+
+def webhook_template(change: Change, now_ms: int) -> TemplateState:
+    """A template that a webhook names before it is known here, before `change` applies:
+    its status is unknown until a status event says it."""
+    return TemplateState(
+        UNKNOWN_STATUS, category=change.category, status_source=WEBHOOK,
+        status_updated_at=now_ms, updated_at=now_ms,
+    )  # fmt: skip
+
+
+def _created(state: TemplateState, source: str, now_ms: int) -> Transition:
+    """A template created with `state` by `source`, and its one history row."""
+    pending_since = now_ms if state.status in PENDING_STATUSES else None
+    state = state._replace(
+        pending_since=pending_since, status_source=source, status_updated_at=now_ms,
+        updated_at=now_ms,
+    )  # fmt: skip
+    return Transition(state, (_status_row(source, None, state, now_ms),))
+
+
+def _status_row(source: str, old: str | None, state: TemplateState, now_ms: int) -> HistoryRow:
+    """The history row of a status seen at `now_ms` by a sync, an import or the API."""
+    return HistoryRow(
+        STATUS, state.status, old, state.status, source, now_ms, now_ms, state.rejected_reason,
+        True,
+    )  # fmt: skip
+
+
+def _settle(
+    before: TemplateState, after: TemplateState, source: str, now_ms: int, status_at: int
+) -> TemplateState:
+    """What every observation records besides its effect: the status's time, when the
+    template became pending, who moved its status and when, when each source last spoke,
+    and when the template last changed (its status or anything else the API shows)."""
+    moved = after.status != before.status
+    changed = moved or _shown(after) != _shown(before)
+    # Positional, in TemplateState's order (the effect's six columns first): the webhook
+    # path builds one per change, and this is a third of _replace()'s time.
+    return TemplateState(
+        *after[:6],
+        status_at,
+        next_pending_since(before.status, after.status, before.pending_since, now_ms),
+        source if moved else before.status_source,
+        now_ms if moved else before.status_updated_at,
+        now_ms if source == WEBHOOK else before.last_webhook_at,
+        now_ms if source == SYNC else before.last_synced_at,
+        now_ms if changed else before.updated_at,
+    )
+
+
+def _shown(state: TemplateState) -> tuple[object, ...]:
+    """What the API shows of a template's state (besides the times)."""
+    return state.rejected_reason, state.flagged, state.quality_score, state.category
 
 
 def next_pending_since(before: str, after: str, current: int | None, now_ms: int) -> int | None:

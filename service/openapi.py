@@ -65,7 +65,11 @@ TEMPLATE = _object(
 HISTORY_EVENT = _object(
     {
         "id": {"type": "integer"},
-        "field": STRING,
+        "field": {
+            "type": "string",
+            "enum": ["status", "quality_score", "category"],
+            "description": "What the event concerns, whatever its source",
+        },
         "event": STRING,
         "old_status": NULLABLE_STRING,
         "new_status": NULLABLE_STRING,

@@ -8,6 +8,7 @@ import dataclasses
 import asyncpg
 import pytest
 
+from service import meta_webhooks
 from service.config import Settings
 from service.events import STATUS_FIELD, Change
 from service.storage import (
@@ -27,6 +28,7 @@ from service.storage.sqlite import SqliteBackend
 from service.storage.steps import Steps, execute
 
 from .conftest import NOW_MS, WABA_ID, Tenant, add_template, make_tenant
+from .waiting import eventually
 
 
 def status_change(event: str, entry_time: int = 1751247548, template_id: str = "42") -> Change:
@@ -90,7 +92,7 @@ async def test_migration_8_keeps_templates_stored_before_it_awaiting_their_webho
 async def test_migration_9_leaves_deliveries_stored_before_it_without_a_key(
     store: Store, tenant: Tenant
 ) -> None:
-    body = b'{"object":"whatsapp_business_account","entry":[]}'
+    body = meta_webhooks.encode(meta_webhooks.delivery())
     await store.record_delivery(body, NOW_MS, [], None)
     assert isinstance(store, SqlStore)
     async with store._tx() as tx:  # back to the schema before migration 9
@@ -103,6 +105,41 @@ async def test_migration_9_leaves_deliveries_stored_before_it_without_a_key(
     assert again.outcome == "processed" and replay.outcome == "replayed"
     assert replay.delivery_id == again.delivery_id
     assert len(await store.list_deliveries(None, 10)) == 2
+
+
+OLD_HISTORY = [  # as stored before migration 10: (provider id, field, event, old, new, source)
+    ("42", "message_template_quality_update", "RED", None, None, "webhook"),
+    ("42", "template_category_update", "MARKETING", None, None, "webhook"),
+    ("42", "status", "ARCHIVED", "APPROVED", "ARCHIVED", "sync"),  # archived by a sync
+    ("42", "message_template_status_update", "UNARCHIVED", "ARCHIVED", "ARCHIVED", "webhook"),
+    ("43", "status", "ARCHIVED", None, "ARCHIVED", "sync"),  # imported archived
+]
+
+
+async def test_migration_10_speaks_one_history_vocabulary_and_finds_the_status_before_archive(
+    store: Store, tenant: Tenant
+) -> None:
+    ids = {p: await add_template(store, tenant, p, status="APPROVED") for p in ("42", "43")}
+    assert isinstance(store, SqlStore)
+    async with store._tx() as tx:  # back to what was stored before migration 10
+        for provider_id, *row in OLD_HISTORY:
+            await tx.execute(
+                "INSERT INTO template_events (template_id, waba_id, provider_id, field, event, "
+                "old_status, new_status, source, received_at, applied) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                ids[provider_id], WABA_ID, provider_id, *row, row[1] != "UNARCHIVED",
+            )  # fmt: skip
+        await tx.execute("UPDATE templates SET status = 'ARCHIVED'")
+        await tx.execute("DELETE FROM schema_migrations WHERE version = 10")
+    assert await store.migrate() == [10]
+    history = await store.template_history(tenant.workspace_id, ids["42"])
+    assert history is not None and [h.field for h in history] == [
+        "status", "quality_score", "category", "status", "status",
+    ]  # fmt: skip
+    late = [status_change("UNARCHIVED", template_id=p) for p in ("42", "43")]
+    assert (await store.record_delivery(b"{}", NOW_MS, late, None)).applied == 1
+    found = [await store.get_template(tenant.workspace_id, ids[p]) for p in ("42", "43")]
+    assert [t.status for t in found if t] == ["APPROVED", "ARCHIVED"]  # 43's is unknown
 
 
 async def test_one_body_sent_to_two_replicas_at_once_is_stored_once(
@@ -433,12 +470,10 @@ async def test_delete_workspace_waits_for_history_written_under_it(
             WABA_ID,
         )
         deleting = asyncio.ensure_future(store.delete_workspace(tenant.workspace_id))
-        for _ in range(1000):  # at most 10 s
-            if await writer.fetchval(WAITING_FOR_ME):
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("the delete never waited for the webhook's transaction")
+        await eventually(
+            lambda: writer.fetchval(WAITING_FOR_ME), 10,
+            message="the delete never waited for the webhook's transaction",
+        )  # fmt: skip
         await webhook.commit()
         await deleting
     finally:

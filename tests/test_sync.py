@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import aiohttp
 import pytest
 import requests
 
+from service import meta_webhooks
 from service.config import Settings
 from service.crypto import TokenCipher
 from service.graph import GraphTemplate
@@ -22,8 +24,10 @@ from service.metrics import Metrics
 from service.poller import Poller
 from service.simulator import Simulator, make_templates
 from service.storage import Store, Throttle, open_store
+from service.storage.sql import SqlStore
 from service.sync import Syncer
 from service.times import now_ms
+from service.webhooks import parse_delivery
 
 from .conftest import (
     APP_SECRET,
@@ -37,6 +41,7 @@ from .conftest import (
     simulated,
 )
 from .service_process import run_cli
+from .waiting import eventually
 
 OTHER_WABA = "102290129340400"
 
@@ -332,15 +337,6 @@ async def test_a_loop_of_api_syncs_costs_one_syncs_graph_calls(
     assert last["data"]["id"] == 1  # one run recorded: the others answered with it
 
 
-async def until_past(deadline_ms: int) -> None:
-    """Wait until the clock has passed `deadline_ms` (and fail loudly if it never does)."""
-    for _ in range(200):
-        if now_ms() > deadline_ms:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"the clock did not pass {deadline_ms}")
-
-
 async def test_an_api_sync_after_the_gap_calls_meta_again(
     settings: Settings, store: Store, tenant: Tenant, sim: tuple[Simulator, str]
 ) -> None:
@@ -353,7 +349,8 @@ async def test_an_api_sync_after_the_gap_calls_meta_again(
         assert (await sync(server, tenant))[1] == first  # within the gap: the same answer
         run = await store.last_sync_run(tenant.workspace_id)
         assert run is not None and run.finished_at is not None
-        await until_past(run.finished_at + 500)
+        gap_ends_ms = run.finished_at + 500
+        await eventually(lambda: now_ms() > gap_ends_ms)
         status, after, _ = await sync(server, tenant)
     assert (status, after["data"]["updated"], graph_calls(simulator)) == (200, 1, 4)
     latest = await store.last_sync_run(tenant.workspace_id)
@@ -519,3 +516,91 @@ async def test_seed_curl_and_javascript_examples_work_unchanged(
     assert json.loads(curl)["message"] == "Templates synced successfully"
     env = {"API_TOKEN": tenant.token, "BASE": server.base_url, "WORKSPACE": tenant.workspace_id}
     assert await run_tool("node", "-e", SEED_JAVASCRIPT, env=env) == "Templates synced successfully"
+
+
+# --- one home for template state: sync and import keep it as webhooks do ---------------
+
+
+def syncer_of(
+    store: Store, session: aiohttp.ClientSession, settings: Settings, **options: Any
+) -> Syncer:
+    cipher = TokenCipher(settings.encryption_keys)
+    return Syncer(store, session, settings.graph_url, APP_SECRET, cipher, Metrics(), **options)
+
+
+async def test_unarchived_restores_the_status_an_import_saw_before_meta_archived_it(
+    server: Server, settings: Settings, store: Store, tenant: Tenant, sim: tuple[Simulator, str]
+) -> None:
+    """The architecture issue's divergence: an APPROVED template, archived at Meta and seen
+    so by `import`, is APPROVED again by Meta's UNARCHIVED webhook."""
+    simulator, _ = sim
+    [template] = make_templates(WABA_ID, 1)
+    simulator.add_templates(WABA_ID, [template])
+    local_id = await add_template(store, tenant, template["id"], status="APPROVED")
+    simulator.set_status(template["id"], "ARCHIVED")
+    async with aiohttp.ClientSession() as session:
+        counts, failures = await syncer_of(store, session, settings).import_workspace(
+            tenant.workspace_id
+        )
+    assert (counts.updated, failures) == (1, [])
+    unarchived = meta_webhooks.status_delivery(
+        waba_id=WABA_ID, template_id=template["id"], event="UNARCHIVED",
+        name=template["name"], language=template["language"],
+    )  # fmt: skip
+    assert (await server.deliver(unarchived))[0] == 200
+    found = await store.get_template(tenant.workspace_id, local_id)
+    assert found is not None and (found.status, found.status_source) == ("APPROVED", "webhook")
+    history = await store.template_history(tenant.workspace_id, local_id)
+    assert history is not None
+    assert [(h.field, h.source, h.event, h.old_status, h.new_status, h.applied)
+            for h in history] == [
+        ("status", "api", "APPROVED", None, "APPROVED", True),
+        ("status", "sync", "ARCHIVED", "APPROVED", "ARCHIVED", True),
+        ("quality_score", "sync", "GREEN", None, None, True),
+        ("status", "webhook", "UNARCHIVED", "ARCHIVED", "APPROVED", True),
+    ]  # fmt: skip
+
+
+async def test_a_sync_and_a_webhook_that_see_the_same_change_store_the_same(
+    settings: Settings, store: Store, tenant: Tenant, sim: tuple[Simulator, str]
+) -> None:
+    """Meta rejects two templates alike: one is synced, the other's webhooks come, at the same
+    time. Their rows differ only in who saw it; their history only in `source`."""
+    simulator, _ = sim
+    seen_s = 1_790_000_000
+    ids = [await add_template(store, tenant, provider_id, name="promo") for provider_id in "12"]
+    changes = [
+        meta_webhooks.status_change("REJECTED", 2, "promo", "en_US", reason="SCAM"),
+        meta_webhooks.quality_change(2, "promo", "en_US", "RED"),
+        meta_webhooks.category_change(2, "promo", "en_US", "MARKETING",
+                                      previous_category="UTILITY"),
+    ]  # fmt: skip
+    entry = meta_webhooks.entry(WABA_ID, seen_s, *changes)
+    body = meta_webhooks.encode(meta_webhooks.delivery(entry))
+    parsed, errors = parse_delivery(body)
+    assert len(parsed) == 3 and errors == []
+    assert (await store.record_delivery(body, seen_s * 1000, parsed, None)).applied == 3
+    simulator.add_templates(WABA_ID, [{"id": "1", "name": "promo", "language": "en_US",
+                                       "status": "PENDING", "category": "UTILITY"}])  # fmt: skip
+    simulator.set_status("1", "REJECTED", rejected_reason="SCAM", quality_score="RED",
+                         category="MARKETING")  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        syncer = syncer_of(store, session, settings, clock=lambda: seen_s)
+        assert (await syncer.sync(tenant.workspace_id, "api")).updated == 1
+    assert isinstance(store, SqlStore)
+    async with store._tx() as tx:
+        rows = await tx.fetch("SELECT * FROM templates ORDER BY id")
+    by_source = ("id", "provider_id", "status_source", "last_webhook_at", "last_synced_at")
+    synced, hooked = ({k: v for k, v in row.items() if k not in by_source} for row in rows)
+    assert synced == hooked and synced["status"] == "REJECTED"
+    assert (rows[0]["status_source"], rows[0]["last_synced_at"], rows[0]["last_webhook_at"]) == (
+        "sync", seen_s * 1000, None,
+    )  # fmt: skip
+    assert (rows[1]["status_source"], rows[1]["last_webhook_at"]) == ("webhook", seen_s * 1000)
+    histories = [await store.template_history(tenant.workspace_id, i) for i in ids]
+    synced_rows, hooked_rows = ([dataclasses.replace(h, id=0, source="") for h in history or []]
+                                for history in histories)  # fmt: skip
+    assert synced_rows == hooked_rows and len(synced_rows) == 4
+    assert [h.source for h in histories[0] or []] == ["api", "sync", "sync", "sync"]
+    fields = ["status", "status", "quality_score", "category"]
+    assert [h.field for h in histories[1] or []] == fields

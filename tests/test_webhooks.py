@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from service import meta_webhooks
 from service.config import Secret, Settings
 from service.storage import Store
 from service.webhooks import PayloadError, SignatureError, parse_delivery, verify_signature
@@ -31,6 +32,7 @@ from .conftest import (
     sign,
     start_server,
 )
+from .waiting import eventually
 
 SECRETS = (APP_SECRET.encode(),)
 
@@ -42,19 +44,10 @@ def status_body(
     waba_id: str = WABA_ID,
     **value: Any,
 ) -> bytes:
-    change = {
-        "field": "message_template_status_update",
-        "value": {
-            "event": event,
-            "message_template_id": template_id,
-            "message_template_name": "order_confirmation",
-            "message_template_language": "en_US",
-            "reason": "NONE",
-            **value,
-        },
-    }
-    entry = {"id": waba_id, "time": entry_time, "changes": [change]}
-    return compact({"object": "whatsapp_business_account", "entry": [entry]})
+    change = meta_webhooks.status_change(event, template_id, "order_confirmation", "en_US")
+    change["value"].update(value)  # the test's own values, Meta's or not
+    entry = meta_webhooks.entry(waba_id, entry_time, change)
+    return meta_webhooks.encode(meta_webhooks.delivery(entry))
 
 
 async def template_by_provider(server: Server, tenant: Tenant, provider_id: str) -> dict[str, Any]:
@@ -446,13 +439,13 @@ async def test_a_delivery_is_logged_on_its_access_log_line_by_id(
 
 async def access_line(caplog: pytest.LogCaptureFixture) -> str:
     """The one access log line captured, once the response has been sent and it is written."""
-    for _ in range(100):
-        lines = [r.getMessage() for r in caplog.records if r.name == "service.access"]
-        if lines:
-            break
-        await asyncio.sleep(0.02)
-    assert len(lines) == 1, lines
-    return lines[0]
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "service.access"]
+
+    written = await eventually(lines, message="no access log line was written")
+    assert len(written) == 1, written
+    return written[0]
 
 
 async def test_unknown_template_of_known_waba_is_created_from_the_event(

@@ -27,10 +27,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..events import STATUS_FIELD, UNKNOWN_STATUS, Change, TemplateState, apply_change
-from ..events import next_pending_since as pending_since_after
+from ..events import Change, TemplateState, observe_change, webhook_template
 from . import DeliveryResult, StoreUnavailable
 from .steps import Steps, execute, executemany, fetch
+from .template_rows import (
+    INSERT_EVENT,
+    INSERT_TEMPLATES,
+    NEW_TYPES,
+    STATE_SELECT,
+    UPDATE_TEMPLATE,
+    event_values,
+    state_of,
+    template_values,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +148,7 @@ def _record(items: Sequence[NewDelivery], db: Dialect) -> Steps[list[DeliveryRes
         events.append(template.apply(change, result, item.received_at_ms))
     if events:
         yield executemany(INSERT_EVENT, events)
-        touched = [t.row() for t in templates.values() if t.touched_at is not None]
+        touched = [(*t.state, t.id) for t in templates.values() if t.touched]
         yield executemany(UPDATE_TEMPLATE, touched)
     return results
 
@@ -150,76 +159,19 @@ class _Template:
 
     id: int
     state: TemplateState
-    status_event_at: int
-    pending_since: int | None
-    touched_at: int | None = None  # received_at of the newest change applied
-    status_moved: bool = False
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> _Template:
-        state = TemplateState(
-            status=row["status"],
-            rejected_reason=row["rejected_reason"],
-            flagged=bool(row["flagged"]),
-            status_before_archive=row["status_before_archive"],
-            quality_score=row["quality_score"],
-            category=row["category"],
-        )
-        return cls(row["id"], state, row["status_event_at"], row["pending_since"])
+    touched: bool = False
 
     def apply(self, change: Change, result: DeliveryResult, now_ms: int) -> tuple[Any, ...]:
-        """Apply `change` (unless older than the status) and return its history row."""
-        before = self.state
-        is_status = change.field == STATUS_FIELD
-        stale = is_status and change.entry_time * 1000 < self.status_event_at
-        outcome = None if stale else apply_change(before, change)
-        after = outcome.state if outcome else before
-        applied = outcome is not None and outcome.applied
-        if stale:
+        """Apply `change` (events.observe_change) and return its history row's arguments."""
+        transition = observe_change(self.state, change, now_ms)
+        [row] = transition.rows
+        if transition.stale:
             result.stale += 1
-        elif applied:
+        elif row.applied:
             result.applied += 1
-        if applied and is_status:
-            self.status_event_at = max(self.status_event_at, change.entry_time * 1000)
-        self.pending_since = pending_since_after(
-            before.status, after.status, self.pending_since, now_ms
-        )
-        self.status_moved |= after.status != before.status
-        self.state, self.touched_at = after, now_ms
-        return (
-            self.id, change.waba_id, change.template_id, change.field, change.event,
-            before.status if is_status else None, after.status if is_status else None,
-            change.entry_time * 1000, now_ms, change.reason, applied, change.dedupe_key,
-            result.delivery_id,
-        )  # fmt: skip
-
-    def row(self) -> tuple[Any, ...]:
-        s = self.state
-        return (
-            s.status, s.rejected_reason, s.flagged, s.status_before_archive, s.quality_score,
-            s.category, self.status_event_at, self.pending_since, self.touched_at,
-            self.touched_at, self.status_moved, self.status_moved, self.touched_at, self.id,
-        )  # fmt: skip
-
-
-INSERT_EVENT = (
-    "INSERT INTO template_events (template_id, waba_id, provider_id, field, event, old_status, "
-    "new_status, source, event_time, received_at, reason, applied, dedupe_key, delivery_id) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, 'webhook', ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (dedupe_key) DO NOTHING"
-)
-UPDATE_TEMPLATE = (
-    "UPDATE templates SET status = ?, rejected_reason = ?, flagged = ?, "
-    "status_before_archive = ?, quality_score = ?, category = ?, status_event_at = ?, "
-    "pending_since = ?, last_webhook_at = ?, updated_at = ?, "
-    "status_source = CASE WHEN ? THEN 'webhook' ELSE status_source END, "
-    "status_updated_at = CASE WHEN ? THEN ? ELSE status_updated_at END "
-    "WHERE id = ?"
-)
-STATE_COLUMNS = (
-    "id, waba_id, provider_id, status, rejected_reason, flagged, status_before_archive, "
-    "quality_score, category, status_event_at, pending_since"
-)
+        self.state, self.touched = transition.state, True
+        return event_values(row, self.id, change.waba_id, change.template_id,
+                            change.dedupe_key, result.delivery_id)  # fmt: skip
 
 
 def _insert_deliveries(items: Sequence[NewDelivery], db: Dialect) -> Steps[list[DeliveryResult]]:
@@ -297,19 +249,10 @@ def _templates(
     rows = []
     for key in missing:
         _, item, change = first[key]
-        now = item.received_at_ms
-        rows.append((owners[change.waba_id], *key, change.name or "", change.language or "",
-                     change.category, UNKNOWN_STATUS, now, now, now))  # fmt: skip
-    created = yield from _each(
-        "INSERT INTO templates (workspace_id, waba_id, provider_id, name, language, category, "
-        "status, status_source, status_updated_at, created_at, updated_at) "
-        "SELECT column1, column2, column3, column4, column5, column6, column7, 'webhook', "
-        "column8, column9, column10 FROM {rows} AS k WHERE true "
-        "ON CONFLICT (waba_id, provider_id) DO NOTHING RETURNING waba_id, provider_id",
-        ("text",) * 7 + ("bigint",) * 3,
-        rows,
-        db,
-    )
+        state = webhook_template(change, item.received_at_ms)
+        rows.append(template_values(owners[change.waba_id], *key, change.name or "",
+                                    change.language or "", state, item.received_at_ms))  # fmt: skip
+    created = yield from _each(INSERT_TEMPLATES, NEW_TYPES, rows, db)
     for row in created:
         first[row["waba_id"], row["provider_id"]][0].created += 1
     templates.update((yield from _select_templates(missing, db)))
@@ -319,14 +262,16 @@ def _templates(
 def _select_templates(keys: list[Key], db: Dialect) -> Steps[dict[Key, _Template]]:
     rows = yield from _lookup(
         # The join (not a row-value IN) lets both planners look each key up in the index.
-        f"SELECT {STATE_COLUMNS} FROM templates WHERE id IN (SELECT t.id FROM {{rows}} AS k "
+        f"SELECT {STATE_SELECT} FROM templates WHERE id IN (SELECT t.id FROM {{rows}} AS k "
         "CROSS JOIN templates AS t WHERE t.waba_id = k.column1 AND t.provider_id = k.column2) "
         f"ORDER BY id{db.for_update}",
         ("text", "text"),
         keys,
         db,
     )
-    return {(row["waba_id"], row["provider_id"]): _Template.from_row(row) for row in rows}
+    return {
+        (row["waba_id"], row["provider_id"]): _Template(row["id"], state_of(row)) for row in rows
+    }
 
 
 def _recorded(keys: set[str], db: Dialect) -> Steps[set[str]]:

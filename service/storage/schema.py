@@ -208,6 +208,28 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE UNIQUE INDEX webhook_deliveries_body_key ON webhook_deliveries (body_key)
         """,
     ),
+    (
+        10,
+        # History says what a row concerns in one vocabulary, whatever its source (events.py
+        # HISTORY_FIELDS): webhook rows had Meta's field names. And a template that a sync or
+        # an import archived had no status before ARCHIVED (UNARCHIVED then changed nothing):
+        # it is the old status of the history row that archived it, where one says so.
+        """
+        UPDATE template_events SET field = 'status'
+        WHERE field = 'message_template_status_update';
+        UPDATE template_events SET field = 'quality_score'
+        WHERE field = 'message_template_quality_update';
+        UPDATE template_events SET field = 'category'
+        WHERE field = 'template_category_update';
+        UPDATE templates SET status_before_archive = (
+            SELECT e.old_status FROM template_events AS e
+            WHERE e.template_id = templates.id AND e.field = 'status' AND e.applied
+            AND e.new_status = 'ARCHIVED' AND e.old_status <> 'ARCHIVED'
+            ORDER BY e.id DESC LIMIT 1
+        )
+        WHERE status = 'ARCHIVED' AND status_before_archive IS NULL
+        """,
+    ),
 ]
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
-from ..events import Change, dedupe_keys_below
+from ..events import Change, dedupe_keys_below, registered
 from . import (
     ApiToken,
     Channel,
@@ -32,15 +32,20 @@ from .polls import PollQueries
 from .schema import MIGRATIONS, statements
 from .steps import Steps, fetch, fetchrow
 from .syncs import SyncQueries
+from .template_rows import (
+    TEMPLATE_COLUMNS,
+    TEMPLATE_FIELDS,
+    insert_events,
+    insert_template,
+    template_values,
+)
 from .writer import DeliveryWriter
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# The columns of a read are its dataclass's fields, so to_template() and ApiToken(**row)
-# take a row as it comes.
-TEMPLATE_FIELDS = tuple(field.name for field in dataclasses.fields(Template))
-TEMPLATE_COLUMNS = ", ".join(TEMPLATE_FIELDS)
+# The columns of a read are its dataclass's fields (TEMPLATE_FIELDS: Template's), so
+# to_template() and ApiToken(**row) take a row as it comes.
 TOKEN_FIELDS = tuple(field.name for field in dataclasses.fields(ApiToken))
 CHANNEL_COLUMNS = "id, workspace_id, waba_id, access_token_enc, created_at"
 # A token and its workspace's template (NULLs when there is none): a template GET's reads
@@ -91,6 +96,9 @@ class SqlStore(SyncQueries, PollQueries, AdminQueries):
 
     def _tx(self) -> AbstractAsyncContextManager[Tx]:
         return self._db.transaction()
+
+    def _dialect(self) -> Dialect:
+        return self._db
 
     async def migrate(self) -> list[int]:
         """Apply the migrations this database lacks; returns their versions."""
@@ -250,6 +258,11 @@ class SqlStore(SyncQueries, PollQueries, AdminQueries):
         return token, to_template(row) if row["id"] is not None else None
 
     async def add_template(self, new: NewTemplate, now_ms: int) -> Template:
+        created = registered(new.status, new.category, now_ms)
+        values = template_values(
+            new.workspace_id, new.waba_id, new.provider_id, new.name, new.language,
+            created.state, now_ms,
+        )  # fmt: skip
         async with self._tx() as tx:
             owner = await tx.fetchrow(
                 "SELECT workspace_id FROM channels WHERE waba_id = ?", new.waba_id
@@ -258,24 +271,10 @@ class SqlStore(SyncQueries, PollQueries, AdminQueries):
                 raise NotFound(
                     f"workspace {new.workspace_id} has no channel for WABA {new.waba_id}"
                 )
-            row = await tx.fetchrow(
-                "INSERT INTO templates (workspace_id, waba_id, provider_id, name, language, "
-                "category, status, status_source, status_updated_at, pending_since, created_at, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'api', ?, ?, ?, ?) "
-                "ON CONFLICT (waba_id, provider_id) DO NOTHING "
-                f"RETURNING {TEMPLATE_COLUMNS}",
-                new.workspace_id, new.waba_id, new.provider_id, new.name, new.language,
-                new.category, new.status, now_ms, now_ms, now_ms, now_ms,
-            )  # fmt: skip
+            row = await insert_template(tx, self._db, values)
             if row is None:
                 raise Conflict(f"template {new.provider_id} of WABA {new.waba_id} exists already")
-            await tx.execute(
-                "INSERT INTO template_events (template_id, waba_id, provider_id, field, event, "
-                "new_status, source, event_time, received_at, applied) "
-                "VALUES (?, ?, ?, 'status', ?, ?, 'api', ?, ?, ?)",
-                row["id"], new.waba_id, new.provider_id, new.status, new.status,
-                now_ms, now_ms, True,
-            )  # fmt: skip
+            await insert_events(tx, row["id"], new.waba_id, new.provider_id, created.rows)
         return to_template(row)
 
     async def list_templates(

@@ -6,10 +6,19 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-from ..events import PENDING_STATUSES, next_pending_since
+from ..events import PENDING_STATUSES, meta_template, observe_meta
 from . import PendingTemplate, RemoteCounts, RemoteTemplate, SyncClaim, SyncRun, Throttle
+from .template_rows import (
+    STATE_SELECT,
+    insert_events,
+    insert_template,
+    state_of,
+    template_values,
+    update_template,
+)
 
 if TYPE_CHECKING:
+    from .ingest import Dialect
     from .sql import Tx
 
 RUN_COLUMNS = (
@@ -23,6 +32,9 @@ class SyncQueries:
     """Mixed into SqlStore; every method is one transaction."""
 
     def _tx(self) -> AbstractAsyncContextManager[Tx]:
+        raise NotImplementedError
+
+    def _dialect(self) -> Dialect:
         raise NotImplementedError
 
     async def pending_templates(self, workspace_id: str) -> list[PendingTemplate]:
@@ -52,25 +64,17 @@ class SyncQueries:
         now_ms: int,
         create: bool,
     ) -> RemoteCounts:
-        """Bring matched templates to Meta's state (history source "sync"); maybe add new ones."""
-        created = updated = unchanged = 0
+        """Bring matched templates to Meta's state (events.observe_meta: history source
+        "sync"); with `create`, add those not here (an import)."""
+        counts = {"created": 0, "updated": 0, "unchanged": 0}
         async with self._tx() as tx:
             for remote in templates:
-                row = await tx.fetchrow(
-                    "SELECT id, status, rejected_reason, quality_score, category, pending_since "
-                    "FROM templates WHERE waba_id = ? AND provider_id = ?" + tx.for_update,
-                    waba_id,
-                    remote.id,
+                done = await _apply(
+                    tx, self._dialect(), workspace_id, waba_id, remote, now_ms, create
                 )
-                if row is None:
-                    if create:
-                        await _insert_remote(tx, workspace_id, waba_id, remote, now_ms)
-                        created += 1
-                elif await _update_remote(tx, row, remote, now_ms):
-                    updated += 1
-                else:
-                    unchanged += 1
-        return RemoteCounts(created, updated, unchanged)
+                if done:
+                    counts[done] += 1
+        return RemoteCounts(**counts)
 
     async def claim_sync(
         self, workspace_id: str, trigger: str, now_ms: int, lease_ms: int, min_gap_ms: int = 0
@@ -154,67 +158,49 @@ def _answers_instead(latest: dict[str, Any], now_ms: int, min_gap_ms: int) -> bo
     return min_gap_ms > 0 and finished is not None and now_ms - finished < min_gap_ms
 
 
-def _remote_state(remote: RemoteTemplate, row: dict[str, Any] | None) -> dict[str, Any]:
-    """Meta's state in our columns; Meta's silence about a field keeps ours."""
-    return {
-        "status": remote.status,
-        "rejected_reason": remote.rejected_reason if remote.status == "REJECTED" else None,
-        "quality_score": remote.quality_score or (row or {}).get("quality_score"),
-        "category": remote.category or (row or {}).get("category"),
-    }
-
-
-async def _insert_remote(
-    tx: Tx, workspace_id: str, waba_id: str, remote: RemoteTemplate, now_ms: int
-) -> None:
-    state = _remote_state(remote, None)
-    pending_since = now_ms if remote.status in PENDING_STATUSES else None
-    row = await tx.fetchrow(
-        "INSERT INTO templates (workspace_id, waba_id, provider_id, name, language, category, "
-        "status, rejected_reason, quality_score, status_source, status_updated_at, "
-        "status_event_at, pending_since, last_synced_at, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'sync', ?, ?, ?, ?, ?, ?) RETURNING id",
-        workspace_id, waba_id, remote.id, remote.name, remote.language, state["category"],
-        remote.status, state["rejected_reason"], state["quality_score"], now_ms, now_ms,
-        pending_since, now_ms, now_ms, now_ms,
-    )  # fmt: skip
-    assert row is not None
-    await _sync_history(tx, int(row["id"]), None, state, now_ms)
-
-
-async def _update_remote(tx: Tx, row: dict[str, Any], remote: RemoteTemplate, now_ms: int) -> bool:
-    """Apply Meta's state to one row; True when anything changed."""
-    state = _remote_state(remote, row)
-    if all(row[key] == value for key, value in state.items()):
-        await tx.execute("UPDATE templates SET last_synced_at = ? WHERE id = ?", now_ms, row["id"])
-        return False
-    moved = state["status"] != row["status"]
-    pending_since = next_pending_since(row["status"], state["status"], row["pending_since"], now_ms)
-    await tx.execute(
-        "UPDATE templates SET status = ?, rejected_reason = ?, quality_score = ?, category = ?, "
-        "pending_since = ?, last_synced_at = ?, updated_at = ?, "
-        "status_source = CASE WHEN ? THEN 'sync' ELSE status_source END, "
-        "status_updated_at = CASE WHEN ? THEN ? ELSE status_updated_at END, "
-        "status_event_at = CASE WHEN ? THEN ? ELSE status_event_at END WHERE id = ?",
-        state["status"], state["rejected_reason"], state["quality_score"], state["category"],
-        pending_since, now_ms, now_ms, moved, moved, now_ms, moved, now_ms, row["id"],
-    )  # fmt: skip
-    await _sync_history(tx, row["id"], row["status"], state, now_ms)
-    return True
-
-
-async def _sync_history(
+async def _apply(
     tx: Tx,
-    template_id: int,
-    old_status: str | None,
-    state: dict[str, Any],
+    db: Dialect,
+    workspace_id: str,
+    waba_id: str,
+    remote: RemoteTemplate,
     now_ms: int,
-) -> None:
-    await tx.execute(
-        "INSERT INTO template_events (template_id, waba_id, provider_id, field, event, "
-        "old_status, new_status, source, event_time, received_at, reason, applied) "
-        "SELECT id, waba_id, provider_id, 'status', ?, ?, ?, 'sync', ?, ?, ?, ? "
-        "FROM templates WHERE id = ?",
-        state["status"], old_status, state["status"], now_ms, now_ms, state["rejected_reason"],
-        True, template_id,
-    )  # fmt: skip
+    create: bool,
+) -> str | None:
+    """Apply Meta's state of one template: "created", "updated", "unchanged", or None when
+    it is not here (and not to be created)."""
+    row = await _locked_state(tx, waba_id, remote.id)
+    if row is None and create:
+        if await _create(tx, db, workspace_id, waba_id, remote, now_ms):
+            return "created"
+        row = await _locked_state(tx, waba_id, remote.id)  # a webhook created it just now
+    if row is None:
+        return None
+    transition = observe_meta(state_of(row), remote, now_ms)
+    await update_template(tx, row["id"], transition.state)
+    await insert_events(tx, row["id"], waba_id, remote.id, transition.rows)
+    return "updated" if transition.rows else "unchanged"
+
+
+async def _locked_state(tx: Tx, waba_id: str, provider_id: str) -> dict[str, Any] | None:
+    return await tx.fetchrow(
+        f"SELECT {STATE_SELECT} FROM templates WHERE waba_id = ? AND provider_id = ?"
+        + tx.for_update,
+        waba_id,
+        provider_id,
+    )
+
+
+async def _create(
+    tx: Tx, db: Dialect, workspace_id: str, waba_id: str, remote: RemoteTemplate, now_ms: int
+) -> bool:
+    """Insert an imported template and its history; False when it exists already."""
+    created = meta_template(remote, now_ms)
+    new = template_values(
+        workspace_id, waba_id, remote.id, remote.name, remote.language, created.state, now_ms
+    )
+    row = await insert_template(tx, db, new)
+    if row is None:
+        return False
+    await insert_events(tx, row["id"], waba_id, remote.id, created.rows)
+    return True

@@ -1,0 +1,109 @@
+"""A template's state and history as rows: one column list and one statement for each.
+
+Every path that writes a template stores what events.py decided (a TemplateState, its
+HistoryRows) through these statements: webhooks (ingest.py, many rows per statement),
+sync and import (syncs.py) and the API (sql.py). So no path can forget a column another
+one keeps: the state is written whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..events import HistoryRow, TemplateState
+from . import Template
+
+if TYPE_CHECKING:
+    from .ingest import Dialect
+    from .sql import Tx
+
+#: A template as the API shows it: what a read (and a creation) returns.
+TEMPLATE_FIELDS = tuple(field.name for field in dataclasses.fields(Template))
+TEMPLATE_COLUMNS = ", ".join(TEMPLATE_FIELDS)
+#: The columns an observation moves, in TemplateState's order.
+STATE_COLUMNS = TemplateState._fields
+#: What a batch looks its templates up with: their key and state.
+STATE_SELECT = ", ".join(("id", "waba_id", "provider_id", *STATE_COLUMNS))
+_FLAGGED = STATE_COLUMNS.index("flagged")
+
+NEW_COLUMNS = ("workspace_id", "waba_id", "provider_id", "name", "language", *STATE_COLUMNS,
+               "created_at")  # fmt: skip
+_BIGINT = {"status_event_at", "pending_since", "status_updated_at", "last_webhook_at",
+           "last_synced_at", "updated_at", "created_at"}  # fmt: skip
+#: SQL types of NEW_COLUMNS, for the row sources of the backends (ingest.Dialect).
+NEW_TYPES = tuple(
+    "bigint" if name in _BIGINT else "boolean" if name == "flagged" else "text"
+    for name in NEW_COLUMNS
+)
+# Rows of NEW_COLUMNS read as the table `{rows}` (ingest.Dialect.row_source); a template
+# that exists already (its WABA and provider id) is left alone and not returned.
+INSERT_TEMPLATES = (
+    f"INSERT INTO templates ({', '.join(NEW_COLUMNS)}) "
+    f"SELECT {', '.join(f'column{n}' for n in range(1, len(NEW_COLUMNS) + 1))} "
+    "FROM {rows} AS k WHERE true "
+    f"ON CONFLICT (waba_id, provider_id) DO NOTHING RETURNING {TEMPLATE_COLUMNS}"
+)
+#: A template's whole state, then its id.
+UPDATE_TEMPLATE = (
+    f"UPDATE templates SET {', '.join(f'{name} = ?' for name in STATE_COLUMNS)} WHERE id = ?"
+)
+
+EVENT_COLUMNS = (*HistoryRow._fields, "template_id", "waba_id", "provider_id", "dedupe_key",
+                 "delivery_id")  # fmt: skip
+#: A history row; a webhook's dedupe key recorded already makes it nothing.
+INSERT_EVENT = (
+    f"INSERT INTO template_events ({', '.join(EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in EVENT_COLUMNS)}) ON CONFLICT (dedupe_key) DO NOTHING"
+)
+
+
+def state_of(row: Mapping[str, Any]) -> TemplateState:
+    """A template's state from a row holding STATE_COLUMNS."""
+    values = [row[name] for name in STATE_COLUMNS]
+    values[_FLAGGED] = bool(values[_FLAGGED])  # SQLite answers 0 or 1
+    return TemplateState._make(values)
+
+
+def template_values(
+    workspace_id: str,
+    waba_id: str,
+    provider_id: str,
+    name: str,
+    language: str,
+    state: TemplateState,
+    now_ms: int,
+) -> tuple[Any, ...]:
+    """A row of NEW_COLUMNS."""
+    return (workspace_id, waba_id, provider_id, name, language, *state, now_ms)
+
+
+def event_values(
+    row: HistoryRow,
+    template_id: int,
+    waba_id: str,
+    provider_id: str,
+    dedupe_key: str | None = None,
+    delivery_id: int | None = None,
+) -> tuple[Any, ...]:
+    """The arguments of INSERT_EVENT."""
+    return (*row, template_id, waba_id, provider_id, dedupe_key, delivery_id)
+
+
+async def insert_template(tx: Tx, db: Dialect, row: Sequence[Any]) -> dict[str, Any] | None:
+    """Create one template (a row of NEW_COLUMNS); its TEMPLATE_FIELDS, or None when its WABA
+    has a template of its provider id already."""
+    [(source, args)] = db.row_source(NEW_TYPES, [row])
+    return await tx.fetchrow(INSERT_TEMPLATES.format(rows=source), *args)
+
+
+async def insert_events(
+    tx: Tx, template_id: int, waba_id: str, provider_id: str, rows: Sequence[HistoryRow]
+) -> None:
+    for row in rows:
+        await tx.execute(INSERT_EVENT, *event_values(row, template_id, waba_id, provider_id))
+
+
+async def update_template(tx: Tx, template_id: int, state: TemplateState) -> None:
+    await tx.execute(UPDATE_TEMPLATE, *state, template_id)
