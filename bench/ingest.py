@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 import re
@@ -38,6 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 
+from service import meta_webhooks
 from service.config import Secret
 from service.crypto import TokenCipher, generate_key, new_bearer_token
 from service.storage import open_store
@@ -47,34 +46,33 @@ FLOOR = "floor"
 WABA_ID = "102290129340398"
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = [sys.executable, "-m", "uvicorn", "--no-access-log", "--log-level", "warning"]
+PAUSE_INFO = {
+    "title": "FIRST_PAUSE",
+    "description": "Your message template has been paused for 3 hours because of "
+    "low quality ratings from customers. It will be available again afterwards.",
+}
 
 
 def body(index: int, changes: int = 1) -> bytes:
     """A signed-size delivery like Meta's: `changes` status changes of distinct templates."""
-    items = []
-    for n in range(index, index + changes):
-        value = {
-            "event": "PAUSED" if n % 3 else "APPROVED",
-            "message_template_id": 5_000_000_000_000_000 + n % 5000,
-            "message_template_name": f"order_confirmation_{n % 5000:05d}",
-            "message_template_language": "en_US",
-            "reason": "NONE",
-            "message_template_category": "UTILITY",
-            "other_info": {
-                "title": "FIRST_PAUSE",
-                "description": "Your message template has been paused for 3 hours because of "
-                "low quality ratings from customers. It will be available again afterwards.",
-            },
-            "disable_info": {"disable_date": 1751864800},
-        }
-        items.append({"field": "message_template_status_update", "value": value})
-    entry = {"id": WABA_ID, "time": 1_751_000_000 + index, "changes": items}
-    document = {"object": "whatsapp_business_account", "entry": [entry]}
-    return json.dumps(document, separators=(",", ":")).encode()
+    items = [
+        meta_webhooks.status_change(
+            "PAUSED" if n % 3 else "APPROVED",
+            5_000_000_000_000_000 + n % 5000,
+            f"order_confirmation_{n % 5000:05d}",
+            "en_US",
+            category="UTILITY",
+            other_info=PAUSE_INFO,
+            disable_info={"disable_date": 1751864800},
+        )
+        for n in range(index, index + changes)
+    ]
+    entry = meta_webhooks.entry(WABA_ID, 1_751_000_000 + index, *items)
+    return meta_webhooks.encode(meta_webhooks.delivery(entry))
 
 
 def signature(data: bytes) -> str:
-    return "sha256=" + hmac.new(SECRET.encode(), data, hashlib.sha256).hexdigest()
+    return meta_webhooks.signature(SECRET, data)
 
 
 def lua_script(directory: Path, count: int) -> Path:
@@ -325,7 +323,7 @@ async def batches(base: str, count: int) -> dict[str, float]:
     async with aiohttp.ClientSession() as session:
         for n in range(count):
             data = body(10_000_000 + n * 1000, changes=1000)
-            headers = {"X-Hub-Signature-256": signature(data), "Content-Type": "application/json"}
+            headers = meta_webhooks.signed_headers(SECRET, data)
             started = time.perf_counter()
             async with session.post(base + "/webhooks/meta", data=data, headers=headers) as resp:
                 await resp.read()

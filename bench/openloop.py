@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import json
 import time
 
-from ingest import SECRET, body
+from ingest import body, signature
 
 
 def request_bytes(index: int) -> bytes:
     data = body(index)
-    signature = hmac.new(SECRET.encode(), data, hashlib.sha256).hexdigest()
     head = (
         "POST /webhooks/meta HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"X-Hub-Signature-256: sha256={signature}\r\nContent-Length: {len(data)}\r\n\r\n"
+        f"X-Hub-Signature-256: {signature(data)}\r\nContent-Length: {len(data)}\r\n\r\n"
     )
     return head.encode() + data
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import multiprocessing
 import random
@@ -48,6 +47,7 @@ from typing import Protocol
 
 import aiohttp
 
+from service import meta_webhooks
 from service.config import Secret, Settings
 from service.crypto import TokenCipher, generate_key
 from service.events import STATUS_FIELD, Change
@@ -458,29 +458,16 @@ def _meta_template(submission: Submission) -> dict[str, str]:
 
 def _webhook(waba_id: str, submission: Submission) -> tuple[bytes, Change]:
     """Meta's status webhook for the verdict: the signed body's bytes and its one change."""
-    entry_time = EPOCH_S + int(submission.decided_s)
-    value = {
-        "event": submission.verdict,
-        "message_template_id": int(submission.provider_id),
-        "message_template_name": f"day_{submission.index:05d}",
-        "message_template_language": "en_US",
-        "reason": submission.reason or "NONE",
-    }
-    envelope = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": waba_id,
-                "time": entry_time,
-                "changes": [{"field": STATUS_FIELD, "value": value}],
-            }
-        ],
-    }
-    change = Change(
-        waba_id, STATUS_FIELD, submission.verdict, submission.provider_id,
-        f"day_{submission.index:05d}", "en_US", None, submission.reason, entry_time,
+    entry_time, name = EPOCH_S + int(submission.decided_s), f"day_{submission.index:05d}"
+    body = meta_webhooks.status_delivery(
+        waba_id=waba_id, template_id=submission.provider_id, event=submission.verdict,
+        name=name, language="en_US", entry_time=entry_time, reason=submission.reason or "NONE",
     )  # fmt: skip
-    return json.dumps(envelope, separators=(",", ":")).encode(), change
+    change = Change(
+        waba_id, STATUS_FIELD, submission.verdict, submission.provider_id, name, "en_US", None,
+        submission.reason, entry_time,
+    )  # fmt: skip
+    return body, change
 
 
 async def verify(

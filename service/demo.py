@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import os
 import secrets
@@ -24,10 +22,10 @@ from typing import Any
 import aiohttp
 
 from .crypto import generate_key
+from .meta_webhooks import signed_headers, status_delivery
 from .simulator import Simulator, base_url, make_templates, serve
 
 Say = Callable[[str], None]
-STATUS_FIELD = "message_template_status_update"
 DEMO_WABA_ID = "102290129340398"
 DEMO_TEMPLATES = 300
 VERIFY_TOKEN = "demo-verify"  # noqa: S105 (the demo's published handshake token)
@@ -44,30 +42,6 @@ class DemoError(Exception):
     """A demo step got an answer other than the one it expects (the message says both)."""
 
 
-def signature(secret: str, body: bytes) -> str:
-    """The `X-Hub-Signature-256` value Meta sends: `sha256=` + hex HMAC-SHA256 of the bytes."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def build_status_delivery(
-    *, waba_id: str, template_id: str, event: str, name: str, language: str,
-    entry_time: int | None = None, reason: str | None = None,
-) -> bytes:  # fmt: skip
-    """One `message_template_status_update` as Meta sends it: compact, non-ASCII escaped."""
-    value = {
-        "event": event,
-        # Meta documents the id as an integer; ints are exact in JSON, never a float here
-        "message_template_id": int(template_id) if template_id.isdecimal() else template_id,
-        "message_template_name": name,
-        "message_template_language": language,
-        "reason": reason,
-    }
-    stamp = int(time.time()) if entry_time is None else entry_time
-    entry = {"id": waba_id, "time": stamp, "changes": [{"field": STATUS_FIELD, "value": value}]}
-    document = {"object": "whatsapp_business_account", "entry": [entry]}
-    return json.dumps(document, separators=(",", ":")).encode()
-
-
 async def send_webhook(
     url: str, app_secret: str, *, waba_id: str, template_id: str, event: str, name: str,
     language: str, entry_time: int | None = None, reason: str | None = None,
@@ -77,12 +51,11 @@ async def send_webhook(
 
     An https URL's certificate is checked against `tls`'s CAs, or the system's.
     """
-    body = build_status_delivery(
+    body = status_delivery(
         waba_id=waba_id, template_id=template_id, event=event, name=name,
         language=language, entry_time=entry_time, reason=reason,
     )  # fmt: skip
-    headers = {"Content-Type": "application/json"}
-    headers["X-Hub-Signature-256"] = signature(app_secret, body)
+    headers = signed_headers(app_secret, body)
     async with contextlib.AsyncExitStack() as stack:
         if session is None:
             session = await stack.enter_async_context(aiohttp.ClientSession(timeout=HTTP_TIMEOUT))

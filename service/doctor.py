@@ -17,9 +17,10 @@ from typing import Any, Literal
 
 import aiohttp
 
+from . import throttle
 from .config import PREFIX, Settings
 from .graph import GraphClient
-from .graph_errors import GraphError
+from .graph_errors import GraphError, ThrottledError
 from .storage import Store, Throttle
 from .times import iso, now_ms
 
@@ -90,9 +91,8 @@ async def channel_checks(
     """Token valid (`GET /{waba_id}`), app subscribed (`GET /{waba_id}/subscribed_apps`),
     and throttling (stored block, or Meta's usage headers)."""
     label, now = f"WABA {waba_id}", now_ms() if at_ms is None else at_ms
-    throttle = (await store.throttles([waba_id])).get(waba_id)
-    if throttle is not None and throttle.blocked_until > now:
-        return [_blocked(label, throttle)]
+    if block := await throttle.blocked(store, waba_id, now):
+        return [_blocked(label, block)]
     try:
         waba = await graph.get(waba_id, token, {"fields": "id,name"})
     except GraphError as error:
@@ -162,10 +162,10 @@ def _usage(label: str, graph: GraphClient) -> Check:
     return Check(f"{label}: throttling", "PASS", detail)
 
 
-def _blocked(label: str, throttle: Throttle) -> Check:
+def _blocked(label: str, block: Throttle) -> Check:
     """A warning: syncs of this WABA wait until Meta's block ends; webhooks still arrive."""
-    until = iso(throttle.blocked_until)
-    detail = f"Meta throttled this WABA (code {throttle.code}) until {until}; not called now"
+    until = iso(block.blocked_until)
+    detail = f"Meta throttled this WABA (code {block.code}) until {until}; not called now"
     fix = (
         f"wait until {until}: calling on extends Meta's block; if it recurs, raise "
         f"{PREFIX}POLL_INTERVAL_S or look for another app calling this WABA"
@@ -176,11 +176,8 @@ def _blocked(label: str, throttle: Throttle) -> Check:
 async def _graph_failure(
     name: str, waba_id: str, error: GraphError, store: Store, now: int
 ) -> Check:
-    if error.kind == "throttled":
-        until = now + int((error.regain_access_s or 60.0) * 1000)
-        throttle = Throttle(waba_id, until, error.code)
-        await store.set_throttle(throttle)  # as a sync would: nothing calls it until then
-        return _blocked(f"WABA {waba_id}", throttle)
+    if isinstance(error, ThrottledError):  # stored as a sync stores it: nothing calls it now
+        return _blocked(f"WABA {waba_id}", await throttle.record(store, waba_id, error, now))
     return _from_graph_error(name, waba_id, error)
 
 

@@ -41,7 +41,6 @@ class GraphError(Exception):
         subcode: int | None = None,
         fbtrace_id: str | None = None,
         http_status: int | None = None,
-        regain_access_s: float | None = None,
     ) -> None:
         super().__init__(f"{kind}: {message}" + (f" (code {code})" if code is not None else ""))
         self.kind: ErrorKind = kind
@@ -50,7 +49,6 @@ class GraphError(Exception):
         self.subcode = subcode
         self.fbtrace_id = fbtrace_id
         self.http_status = http_status
-        self.regain_access_s = regain_access_s
 
     @property
     def retryable(self) -> bool:
@@ -64,6 +62,27 @@ class GraphError(Exception):
             "detail": self.message,
             "fbtrace_id": self.fbtrace_id,
         }
+
+
+class ThrottledError(GraphError):
+    """Meta throttles the caller (kind "throttled"). Calling again within `regain_access_s`
+    extends the block; service.throttle stores the window and keeps every caller out of it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        regain_access_s: float,
+        code: int | None = None,
+        subcode: int | None = None,
+        fbtrace_id: str | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(
+            "throttled", message, code=code, subcode=subcode, fbtrace_id=fbtrace_id,
+            http_status=http_status,
+        )  # fmt: skip
+        self.regain_access_s = regain_access_s
 
 
 @dataclass(frozen=True)
@@ -168,21 +187,21 @@ def error_from_response(
         if status >= 500:
             return GraphError("transient", f"HTTP {status}", http_status=status)
         if status == 429:  # a proxy's bare 429: treat as throttling
-            return GraphError(
-                "throttled", "HTTP 429", http_status=status, regain_access_s=_regain(usage)
-            )
+            return ThrottledError("HTTP 429", http_status=status, regain_access_s=_regain(usage))
         return GraphError("other", f"HTTP {status} without a Graph error body", http_status=status)
     code = _int_or_none(error.get("code"))
     kind = classify(code, error.get("is_transient") is True)
+    message = redact(str(error.get("message") or "Graph error"), access_token)
+    subcode = _int_or_none(error.get("error_subcode"))
     fbtrace = error.get("fbtrace_id")
+    fbtrace_id = fbtrace if isinstance(fbtrace, str) else None
+    if kind == "throttled":
+        return ThrottledError(
+            message, regain_access_s=_regain(usage), code=code, subcode=subcode,
+            fbtrace_id=fbtrace_id, http_status=status,
+        )  # fmt: skip
     return GraphError(
-        kind,
-        redact(str(error.get("message") or "Graph error"), access_token),
-        code=code,
-        subcode=_int_or_none(error.get("error_subcode")),
-        fbtrace_id=fbtrace if isinstance(fbtrace, str) else None,
-        http_status=status,
-        regain_access_s=_regain(usage) if kind == "throttled" else None,
+        kind, message, code=code, subcode=subcode, fbtrace_id=fbtrace_id, http_status=status
     )
 
 

@@ -20,11 +20,12 @@ from typing import Any
 
 import aiohttp
 
+from . import throttle
 from .crypto import DecryptionError, TokenCipher
 from .graph import GraphClient, GraphTemplate
-from .graph_errors import GraphError
+from .graph_errors import GraphError, ThrottledError
 from .metrics import Metrics
-from .storage import Channel, PendingTemplate, RemoteCounts, Store, SyncRun, Throttle
+from .storage import Channel, PendingTemplate, RemoteCounts, Store, SyncRun
 from .times import iso
 
 logger = logging.getLogger(__name__)
@@ -201,14 +202,12 @@ class Syncer:
             by_waba[template.waba_id].append(template)
         channels = {c.waba_id: c for c in await self._store.list_channels(workspace_id)}
         counts = await self._store.template_counts(workspace_id)
-        throttles = await self._store.throttles(list(by_waba))
         calls = [0]
         graph = self.graph(trigger, calls)
         for waba_id, items in by_waba.items():
             failure = await self._sync_waba(
-                graph, workspace_id, channels.get(waba_id), items, counts.get(waba_id, 0),
-                throttles.get(waba_id), report,
-            )  # fmt: skip
+                graph, workspace_id, channels.get(waba_id), items, counts.get(waba_id, 0), report
+            )
             if failure:
                 report.failures.append(failure)
             report.graph_calls = calls[0]
@@ -220,11 +219,10 @@ class Syncer:
         channel: Channel | None,
         items: list[PendingTemplate],
         stored: int,
-        throttle: Throttle | None,
         report: SyncReport,
     ) -> WabaFailure | None:
         waba_id = items[0].waba_id
-        if blocked := self._still_throttled(waba_id, throttle):
+        if blocked := await self._blocked(waba_id):
             return blocked
         if channel is None:
             return WabaFailure(waba_id, None, "config", "no channel for this WABA")
@@ -261,10 +259,8 @@ class Syncer:
         """Upsert every template Meta lists for the workspace's WABAs (onboarding)."""
         total, failures = RemoteCounts(), []
         graph = self.graph("import")
-        channels = await self._store.list_channels(workspace_id)
-        throttles = await self._store.throttles([channel.waba_id for channel in channels])
-        for channel in channels:
-            if blocked := self._still_throttled(channel.waba_id, throttles.get(channel.waba_id)):
+        for channel in await self._store.list_channels(workspace_id):
+            if blocked := await self._blocked(channel.waba_id):
                 failures.append(blocked)  # Meta's window holds for every caller
                 continue
             try:
@@ -281,12 +277,14 @@ class Syncer:
             total += counts
         return total, failures
 
-    def _still_throttled(self, waba_id: str, throttle: Throttle | None) -> WabaFailure | None:
+    async def _blocked(self, waba_id: str) -> WabaFailure | None:
+        """The failure of a WABA that Meta's stored block keeps Graph calls away from."""
         now = self._now_ms()
-        if throttle is None or throttle.blocked_until <= now:
+        block = await throttle.blocked(self._store, waba_id, now)
+        if block is None:
             return None
-        wait_s = (throttle.blocked_until - now) / 1000
-        return WabaFailure(waba_id, throttle.code, "throttled", "Meta rate limit", None, wait_s)
+        wait_s = throttle.remaining_s(block, now)
+        return WabaFailure(waba_id, block.code, "throttled", "Meta rate limit", None, wait_s)
 
     async def _graph_failure(self, waba_id: str, error: GraphError) -> WabaFailure:
         logger.warning(
@@ -294,10 +292,9 @@ class Syncer:
             waba_id, error.kind, error.code, error.fbtrace_id,
         )  # fmt: skip
         retry_after_s = None
-        if error.kind == "throttled":
-            retry_after_s = error.regain_access_s or 60.0
-            until = self._now_ms() + int(retry_after_s * 1000)
-            await self._store.set_throttle(Throttle(waba_id, until, error.code))
+        if isinstance(error, ThrottledError):
+            await throttle.record(self._store, waba_id, error, self._now_ms())
+            retry_after_s = error.regain_access_s
         return WabaFailure(
             waba_id, error.code, error.kind, error.message, error.fbtrace_id, retry_after_s
         )
