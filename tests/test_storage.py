@@ -240,6 +240,10 @@ async def test_list_templates_counts_and_pages(store: Store, tenant: Tenant) -> 
         tenant.workspace_id, TemplateFilter(("PENDING",)), 1, 2
     )
     assert total == 3 and [t.provider_id for t in page] == ["2", "4"]
+    beyond = await store.list_templates(tenant.workspace_id, TemplateFilter(("PENDING",)), 9, 2)
+    assert beyond == ([], 3)  # a page past the end still counts every match
+    nothing = await store.list_templates(tenant.workspace_id, TemplateFilter(("PAUSED",)), 0, 2)
+    assert nothing == ([], 0)
 
 
 async def test_delivery_creates_applies_and_dedupes(store: Store, tenant: Tenant) -> None:

@@ -49,8 +49,8 @@ T = TypeVar("T")
 TOKEN_FIELDS = tuple(field.name for field in dataclasses.fields(ApiToken))
 CHANNEL_COLUMNS = "id, workspace_id, waba_id, access_token_enc, created_at"
 # A token and its workspace's template (NULLs when there is none): a template GET's reads
-# in one statement. On PostgreSQL that is one round trip and one pool acquisition less:
-# 4.7k -> 7.1k req/s under wrk (two ABBA pairs); on SQLite 48 -> 43 us a GET in-process.
+# in one statement, one round trip and one pool acquisition less on PostgreSQL
+# (bench/RESULTS.md, "Why the code is as it is").
 TOKEN_AND_TEMPLATE = (
     f"SELECT {', '.join(f'k.{name} AS token_{name}' for name in TOKEN_FIELDS)}, "
     f"{', '.join(f't.{name}' for name in TEMPLATE_FIELDS)} "
@@ -388,14 +388,23 @@ def _row(sql: str, *args: Any) -> Steps[dict[str, Any] | None]:
 def _page(
     clause: str, args: list[Any], offset: int, limit: int
 ) -> Steps[tuple[list[dict[str, Any]], int]]:
-    total = yield fetchrow(f"SELECT COUNT(*) AS n FROM templates WHERE {clause}", *args)
+    """The page and the count of all matches in one statement, so both come from one
+    snapshot (two reads could count a template a webhook added between them, or miss it);
+    a page past the end is one row of the count alone."""
     rows = yield fetch(
-        f"SELECT {TEMPLATE_COLUMNS} FROM templates WHERE {clause} ORDER BY id LIMIT ? OFFSET ?",
+        f"SELECT c.total_matching, p.* FROM (SELECT COUNT(*) AS total_matching FROM templates "
+        f"WHERE {clause}) AS c LEFT JOIN (SELECT {TEMPLATE_COLUMNS} FROM templates "
+        f"WHERE {clause} ORDER BY id LIMIT ? OFFSET ?) AS p ON true ORDER BY p.id",
+        *args,
         *args,
         limit,
         offset,
     )
-    return rows, int(total["n"]) if total else 0
+    total = int(rows[0].pop("total_matching")) if rows else 0
+    page = [row for row in rows if row["id"] is not None]
+    for row in page:
+        row.pop("total_matching", None)
+    return page, total
 
 
 def _template_filter(workspace_id: str, where: TemplateFilter) -> tuple[str, list[Any]]:
