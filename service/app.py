@@ -66,7 +66,7 @@ def by_method(name: str, **handlers: Endpoint) -> Endpoint:
 
 TEMPLATES = "/api/v3/workspaces/{workspace}/templates"
 # Routes are tried in order, each a regular expression: the busiest go first (the webhook,
-# then a template's GET: about 7 us less a request than after the probes), and /sync before
+# then a template's GET; bench/RESULTS.md, "Why the code is as it is"), and /sync before
 # /{id}, which would match it too.
 ROUTES = [
     Route(

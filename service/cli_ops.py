@@ -51,8 +51,8 @@ async def ready(parts: Assembly) -> None:
 def tune_garbage_collector() -> None:
     """Fewer, cheaper collections for a server: what start-up built lives as long as the
     process, so it is frozen out of the full passes that otherwise stall every request in
-    flight for ~20 ms, and young objects are collected every 10,000 allocations, not 700.
-    (bench/ingest.py: p99 at 64 connections ~38 ms -> ~21 ms.)"""
+    flight, and young objects are collected every 10,000 allocations, not 700.
+    (Measured: bench/RESULTS.md, "Why the code is as it is".)"""
     gc.set_threshold(10_000, 10, 10)
     gc.freeze()
 

@@ -70,7 +70,7 @@ class Change:
 
         The hash gives any event a fixed size for the unique index; the leading time makes
         new keys land together at the index's end, so a commit writes a few of its pages
-        rather than one per event (bench/RESULTS.md).
+        rather than one per event (bench/RESULTS.md, "Why the code is as it is").
         """
         parts = (self.waba_id, self.template_id, self.field, self.event, str(self.entry_time))
         digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()

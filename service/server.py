@@ -18,9 +18,9 @@ the service when clients reach it directly, with no proxy in front.
   `LINGER_S`. Closing with unread bytes would send a reset, which makes the client's kernel
   drop the answer before the client reads it.
 
-Cost per request on a kept-alive connection: a few integer operations (callgrind: ~3,000
-instructions, 2.6% of uvicorn's own ~120,000 for a bare request); a timer is armed once per
-new connection and when a read leaves a request incomplete, never per request otherwise.
+Cost per request on a kept-alive connection: a few integer operations (bench/RESULTS.md,
+"Why the code is as it is"); a timer is armed once per new connection and when a read
+leaves a request incomplete, never per request otherwise.
 """
 
 from __future__ import annotations
@@ -89,8 +89,7 @@ class GuardedProtocol(HttpToolsProtocol):
     parent's methods are called directly (cheaper than `super()` on this hot path)."""
 
     # Slots keep the instance dict at the parent's ~28 keys: past 30, CPython stops sharing
-    # its keys and every attribute access of the parent's code gets slower (~3,000
-    # instructions per request, measured with callgrind).
+    # its keys and the parent's attribute accesses slow down (bench/RESULTS.md, "Why ...").
     __slots__ = (
         "_draining", "_header_bytes", "_in_body", "_last_read", "_max_header_bytes",
         "_refusal_log", "_timeout_s", "_timer",

@@ -58,8 +58,8 @@ class NewDelivery:
 def body_key(item: NewDelivery) -> bytes:
     """What a replay of a body is recognised by: the SHA-256 of its bytes, led by the newest
     entry.time of its changes (which the bytes decide too), so that new keys go to the end
-    of the unique index. Keys of random bytes each dirtied an index page of their own: on
-    SQLite 11-13 us more per delivery with 128,000 stored, and growing; these cost 1.2 us."""
+    of the unique index. Keys of random bytes each dirtied an index page of their own
+    (bench/RESULTS.md, "Why the code is as it is")."""
     entry_time = max([change.entry_time for change in item.changes], default=0)
     return (entry_time & KEY_TIME_MASK).to_bytes(8, "big") + hashlib.sha256(item.body).digest()
 
@@ -301,6 +301,6 @@ def _lookup(
 ) -> Steps[list[dict[str, Any]]]:
     """`_each` for a lookup, its keys padded to a power of two (the last one repeated, which
     finds nothing new): SQLite then reads them in one statement, not one per power of two
-    (2.5 us less per delivery in batches of 31); PostgreSQL reads any number in one."""
+    (bench/RESULTS.md, "Why ..."); PostgreSQL reads any number in one."""
     padding = [keys[-1]] * ((1 << (len(keys) - 1).bit_length()) - len(keys)) if keys else []
     return (yield from _each(sql, types, [*keys, *padding], db))

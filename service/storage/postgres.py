@@ -181,13 +181,9 @@ class _Tx:
 
 class PostgresBackend:
     parallel_batches = 4  # of the pool's 10 connections; the API and poller keep the rest
-    # Every statement of a webhook batch is an index lookup by design. The planner thinks
-    # otherwise while a table is young and unanalysed, and the prepared statements keep
-    # that plan: at 6,000 events each batch scanned template_events whole (PostgreSQL's
-    # share of the CPU 86% -> 58% of a core, ingest 1.8k -> 2.4k req/s with this). And a
-    # batch's rows come as arrays whose length the generic plan guesses (10): a batch of
-    # one or two then looks cheaper planned afresh, and was, every time (about 300 us of
-    # the server's CPU per delivery in batches of two), for the same plan.
+    # Every statement of a webhook batch is an index lookup by design, with one generic
+    # plan: a young table's scan plans, which prepared statements keep, and custom plans
+    # made afresh for small batches both cost far more (bench/RESULTS.md, "Why ...").
     batch_setup: str | None = (
         "SET LOCAL enable_seqscan = off; SET LOCAL plan_cache_mode = force_generic_plan"
     )

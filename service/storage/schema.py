@@ -160,8 +160,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         # Retention finds old keys through the unique index now (they lead with entry.time),
         # so the partial index goes: one index less to write per event, and PostgreSQL's
         # planner can no longer answer a dedupe lookup on a young table by scanning it whole
-        # (it did, and kept that plan as the table grew: 5.5 million index rows read in an
-        # 8 s benchmark run).
+        # (it did, and kept that plan as the table grew; bench/RESULTS.md, "Why ...").
         """
         DROP INDEX template_events_dedupe_received
         """,
@@ -169,10 +168,8 @@ MIGRATIONS: list[tuple[int, str]] = [
     (
         7,
         # Every webhook changes a template's status, and each change moved its entry in this
-        # index: without it SQLite ingests 7-20% more (three interleaved pairs of 10 s runs).
-        # A status filter now reads the workspace's templates through templates_workspace:
-        # a page of a rare status in a workspace of 5,000 templates takes about 1 ms on
-        # SQLite and 3 ms on PostgreSQL, instead of well under 1 ms.
+        # index, which cost ingest more than it saved a status filter; that filter now reads
+        # the workspace's templates through templates_workspace (bench/RESULTS.md, "Why ...").
         """
         DROP INDEX templates_workspace_status
         """,
@@ -184,7 +181,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         # update of a template then changes no indexed value, so on PostgreSQL, with room
         # left on each page, it is a HOT update: no new entry in any of the table's indexes.
         # The old index's predicate read status and last_webhook_at, which every webhook
-        # changes. In a 5 s run, 90% of the updates were HOT, against none before.
+        # changes (bench/RESULTS.md, "Why the code is as it is").
         """
         {templates_fillfactor};
         ALTER TABLE templates ADD COLUMN awaiting_since BIGINT GENERATED ALWAYS AS (

@@ -4,6 +4,7 @@ Each caller waits for the commit of the batch its delivery is in, so no webhook 
 acknowledged before its bytes are durable, while one commit (and, on SQLite, one fsync
 and one thread hop) serves many requests. There is no timer: a batch is whatever queued
 up while the previous one was committing, so a lone delivery is written at once.
+(Measured: bench/RESULTS.md, "Why the code is as it is".)
 """
 
 from __future__ import annotations
@@ -19,12 +20,9 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH = 256
 MAX_BATCH_BYTES = 16 * 1024 * 1024
-# Deliveries waiting before a batch starts beside one being committed. A PostgreSQL batch
-# costs about eight round trips whatever its size: a batch of two cost 1.1 ms of CPU per
-# delivery, one of eleven 0.3 ms. At 1,000 req/s, with a second batch started for any
-# delivery waiting, batches held one or two deliveries and used 1.45 ms of CPU each
-# (p50 7-9 ms); waiting for 8 or 32 used 1.0 ms (p50 5.5-7 ms). Under wrk 16 and 32 did
-# best (16: 3.7k-4.5k req/s in three runs; 64, too little overlap: 2.7k-3.8k).
+# Deliveries waiting before a batch starts beside one being committed: a PostgreSQL batch
+# costs about eight round trips whatever its size, so fuller batches cost less CPU per
+# delivery (bench/RESULTS.md, "Why the code is as it is").
 PARALLEL_AFTER = 16
 
 Commit = Callable[[list[NewDelivery]], Awaitable[list[DeliveryResult]]]
