@@ -37,9 +37,11 @@ def template_json(template: Template) -> dict[str, Any]:
 
 
 def history_json(event: HistoryEvent) -> dict[str, Any]:
-    data = dict(vars(event))
-    data.update(event_time=iso(event.event_time), received_at=iso(event.received_at))
-    return data
+    row = event.row
+    return {
+        "id": event.id, **row._asdict(),
+        "event_time": iso(row.event_time), "received_at": iso(row.received_at),
+    }  # fmt: skip
 
 
 async def authorise(request: Request) -> str:

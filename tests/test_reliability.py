@@ -59,7 +59,7 @@ async def assert_applied_once(store: Store, tenant: Tenant, indexes: list[int]) 
         assert template is not None, f"acknowledged delivery {index} is not in the store"
         assert template.status == "APPROVED"
         history = await store.template_history(tenant.workspace_id, template.id)
-        assert history is not None and [h.source for h in history] == ["webhook"]
+        assert history is not None and [h.row.source for h in history] == ["webhook"]
 
 
 async def resend(url: str, bodies: list[bytes], indexes: list[int]) -> None:

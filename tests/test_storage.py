@@ -133,7 +133,7 @@ async def test_migration_10_speaks_one_history_vocabulary_and_finds_the_status_b
         await tx.execute("DELETE FROM schema_migrations WHERE version = 10")
     assert await store.migrate() == [10]
     history = await store.template_history(tenant.workspace_id, ids["42"])
-    assert history is not None and [h.field for h in history] == [
+    assert history is not None and [h.row.field for h in history] == [
         "status", "quality_score", "category", "status", "status",
     ]  # fmt: skip
     late = [status_change("UNARCHIVED", template_id=p) for p in ("42", "43")]
@@ -253,7 +253,7 @@ async def test_delivery_creates_applies_and_dedupes(store: Store, tenant: Tenant
     assert (again.created, again.applied, again.duplicate) == (0, 0, 1)
     [template], _ = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 10)
     history = await store.template_history(tenant.workspace_id, template.id)
-    assert history is not None and [(h.old_status, h.new_status) for h in history] == [
+    assert history is not None and [(h.row.old_status, h.row.new_status) for h in history] == [
         ("UNKNOWN", "PENDING")
     ]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import shutil
@@ -552,8 +551,8 @@ async def test_unarchived_restores_the_status_an_import_saw_before_meta_archived
     assert found is not None and (found.status, found.status_source) == ("APPROVED", "webhook")
     history = await store.template_history(tenant.workspace_id, local_id)
     assert history is not None
-    assert [(h.field, h.source, h.event, h.old_status, h.new_status, h.applied)
-            for h in history] == [
+    assert [(r.field, r.source, r.event, r.old_status, r.new_status, r.applied)
+            for r in (h.row for h in history)] == [
         ("status", "api", "APPROVED", None, "APPROVED", True),
         ("status", "sync", "ARCHIVED", "APPROVED", "ARCHIVED", True),
         ("quality_score", "sync", "GREEN", None, None, True),
@@ -598,9 +597,9 @@ async def test_a_sync_and_a_webhook_that_see_the_same_change_store_the_same(
     )  # fmt: skip
     assert (rows[1]["status_source"], rows[1]["last_webhook_at"]) == ("webhook", seen_s * 1000)
     histories = [await store.template_history(tenant.workspace_id, i) for i in ids]
-    synced_rows, hooked_rows = ([dataclasses.replace(h, id=0, source="") for h in history or []]
+    synced_rows, hooked_rows = ([h.row._replace(source="") for h in history or []]
                                 for history in histories)  # fmt: skip
     assert synced_rows == hooked_rows and len(synced_rows) == 4
-    assert [h.source for h in histories[0] or []] == ["api", "sync", "sync", "sync"]
+    assert [h.row.source for h in histories[0] or []] == ["api", "sync", "sync", "sync"]
     fields = ["status", "status", "quality_score", "category"]
-    assert [h.field for h in histories[1] or []] == fields
+    assert [h.row.field for h in histories[1] or []] == fields

@@ -62,7 +62,7 @@ async def test_concurrent_deliveries_share_a_commit_and_keep_their_order(
     [template], _ = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 10)
     assert template.status == "PENDING"  # entry.time 1039, the last, wins
     history = await store.template_history(tenant.workspace_id, template.id)
-    assert history is not None and [h.event_time for h in history] == [
+    assert history is not None and [h.row.event_time for h in history] == [
         (1000 + i) * 1000 for i in range(40)
     ]
 
@@ -167,7 +167,10 @@ async def test_an_older_event_later_in_the_same_batch_is_stale(
     [template], _ = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 10)
     history = await store.template_history(tenant.workspace_id, template.id)
     assert template.status == "APPROVED" and history is not None
-    assert [(h.event, h.applied) for h in history] == [("APPROVED", True), ("REJECTED", False)]
+    assert [(h.row.event, h.row.applied) for h in history] == [
+        ("APPROVED", True),
+        ("REJECTED", False),
+    ]
 
 
 async def test_a_delivery_larger_than_one_statement_applies_whole(
@@ -182,7 +185,7 @@ async def test_a_delivery_larger_than_one_statement_applies_whole(
     templates, total = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 600)
     assert total == 600 and {t.status for t in templates} == {"APPROVED"}
     history = await store.template_history(tenant.workspace_id, templates[0].id)
-    assert history is not None and [h.new_status for h in history] == ["PENDING", "APPROVED"]
+    assert history is not None and [h.row.new_status for h in history] == ["PENDING", "APPROVED"]
 
 
 def writer_submit(store: Store, event: Change) -> Awaitable[DeliveryResult]:

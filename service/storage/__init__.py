@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..events import Change
+from ..events import Change, HistoryRow
 
 
 class StoreUnavailable(Exception):
@@ -103,16 +103,10 @@ class Template:
 
 @dataclass(frozen=True)
 class HistoryEvent:
+    """A stored history row: its id, and the row as events.py wrote it."""
+
     id: int
-    field: str
-    event: str
-    old_status: str | None
-    new_status: str | None
-    source: str
-    event_time: int | None
-    received_at: int
-    reason: str | None
-    applied: bool
+    row: HistoryRow
 
 
 @dataclass(frozen=True)

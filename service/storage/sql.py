@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
-from ..events import Change, dedupe_keys_below, registered
+from ..events import Change, HistoryRow, dedupe_keys_below, registered
 from . import (
     ApiToken,
     Channel,
@@ -57,9 +57,7 @@ TOKEN_AND_TEMPLATE = (
     "FROM api_tokens AS k LEFT JOIN templates AS t "
     "ON t.workspace_id = k.workspace_id AND t.id = ? WHERE k.id = ?"
 )
-HISTORY_COLUMNS = (
-    "id, field, event, old_status, new_status, source, event_time, received_at, reason, applied"
-)
+HISTORY_COLUMNS = ", ".join(("id", *HistoryRow._fields))
 
 
 class Tx(Protocol):
@@ -86,7 +84,8 @@ def to_template(row: dict[str, Any]) -> Template:
 
 
 def to_history(row: dict[str, Any]) -> HistoryEvent:
-    return HistoryEvent(**{**row, "applied": bool(row["applied"])})
+    fields = HistoryRow(**{name: row[name] for name in HistoryRow._fields})
+    return HistoryEvent(row["id"], fields._replace(applied=bool(fields.applied)))
 
 
 class SqlStore(SyncQueries, PollQueries, AdminQueries):
