@@ -191,8 +191,11 @@ async def until_started(server: uvicorn.Server, task: asyncio.Task[None]) -> Non
 
 
 @asynccontextmanager
-async def simulated(simulator: SimulatorT) -> AsyncIterator[tuple[SimulatorT, str]]:
-    """The Meta simulator on a loopback port: (simulator, Graph base URL with version)."""
+async def simulated(simulator: SimulatorT, *waba_ids: str) -> AsyncIterator[tuple[SimulatorT, str]]:
+    """The Meta simulator on a loopback port, knowing `waba_ids` with META_TOKEN:
+    (simulator, Graph base URL with version)."""
+    for waba_id in waba_ids:
+        simulator.add_waba(waba_id, META_TOKEN)
     runner = await serve_simulator(simulator)
     try:
         yield simulator, simulator_url(runner)

@@ -47,10 +47,7 @@ OTHER_WABA = "102290129340400"
 
 @pytest.fixture
 async def sim() -> AsyncIterator[tuple[Simulator, str]]:
-    simulator = Simulator(app_secret=APP_SECRET)
-    for waba_id in (WABA_ID, OTHER_WABA):
-        simulator.add_waba(waba_id, META_TOKEN)
-    async with simulated(simulator) as running:
+    async with simulated(Simulator(app_secret=APP_SECRET), WABA_ID, OTHER_WABA) as running:
         yield running
 
 

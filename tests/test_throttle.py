@@ -86,10 +86,7 @@ def test_the_cli_says_when_to_try_again(capsys: pytest.CaptureFixture[str]) -> N
 
 @pytest.fixture
 async def sim() -> AsyncIterator[tuple[GatedSimulator, str]]:
-    simulator = GatedSimulator(app_secret=APP_SECRET)
-    for waba_id in (WABA_ID, OTHER_WABA):
-        simulator.add_waba(waba_id, META_TOKEN)
-    async with simulated(simulator) as running:
+    async with simulated(GatedSimulator(app_secret=APP_SECRET), WABA_ID, OTHER_WABA) as running:
         yield running
 
 

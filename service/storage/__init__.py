@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..events import Change, HistoryRow
+from ..events import Change, HistoryRow, MetaView
 
 
 class StoreUnavailable(Exception):
@@ -144,8 +144,9 @@ class PendingTemplate:
     provider_id: str
 
 
-class RemoteTemplate(Protocol):
-    """A template as Meta reports it (service.graph.GraphTemplate has this shape)."""
+class RemoteTemplate(MetaView, Protocol):
+    """A template as Meta reports it (service.graph.GraphTemplate has this shape): Meta's
+    state (events.MetaView) and what identifies it."""
 
     @property
     def id(self) -> str: ...
@@ -153,14 +154,6 @@ class RemoteTemplate(Protocol):
     def name(self) -> str: ...
     @property
     def language(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def category(self) -> str | None: ...
-    @property
-    def rejected_reason(self) -> str | None: ...
-    @property
-    def quality_score(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
