@@ -81,7 +81,7 @@ def test_a_data_directory_made_for_a_generated_key_is_private(
 
 
 def test_existing_files_and_directories_are_left_alone(tmp_path: Path) -> None:
-    directory, file = tmp_path / "shared", tmp_path / "shared" / "kept.db"
+    directory, file = tmp_path / "operators", tmp_path / "operators" / "kept.db"
     directory.mkdir(mode=0o750)
     directory.chmod(0o750)
     file.write_bytes(b"data")
