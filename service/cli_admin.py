@@ -6,12 +6,13 @@ import dataclasses
 
 import click
 
-from .cli_common import emit, json_flag, load_settings, token_cipher, with_store
+from .cli_common import emit, json_flag, load_settings, with_store
 from .cli_output import confirm, json_list_flag, print_json, print_table, when, yes_flag
 from .crypto import (
     TOKEN_PREFIX,
     DecryptionError,
     generate_key,
+    load_cipher,
     new_bearer_token,
     token_id_of,
 )
@@ -184,10 +185,9 @@ def keys_rotate() -> None:
     Tokens under a key no longer configured are listed and left as they are.
     """
     settings = load_settings()
-    cipher = token_cipher(settings)
 
     async def rotate(store: Store) -> list[Channel]:
-        unreadable = []
+        cipher, unreadable = load_cipher(settings), []
         for item in await store.all_channels():
             try:
                 await store.set_channel_token(item.id, cipher.rotate(item.access_token_enc))

@@ -9,10 +9,9 @@ from collections.abc import Callable
 import click
 
 from .cli_admin import existing_workspace
-from .cli_common import digits, emit, json_flag, load_settings, token_cipher, with_store
+from .cli_common import digits, emit, json_flag, load_settings, with_store
 from .cli_output import confirm, json_list_flag, print_json, print_table, when, yes_flag
-from .config import Settings
-from .crypto import DecryptionError
+from .crypto import DecryptionError, load_cipher
 from .doctor import Check, check_channel, failed, render
 from .storage import Channel, NotFound, Store
 from .times import iso, now_ms
@@ -41,10 +40,6 @@ def check_options(command: Callable[..., None]) -> Callable[..., None]:
         "--check/--no-check", default=True, show_default=True,
         help="Check the token and the webhook subscription with Meta.",
     )(command)  # fmt: skip
-
-
-def encrypt(settings: Settings, token: str) -> str:
-    return token_cipher(settings).encrypt(token)
 
 
 def report_channel_checks(checks: list[Check]) -> None:
@@ -78,9 +73,9 @@ def channel_add(
     """Add a WABA to a workspace; its token is encrypted at rest. Prints the channel id."""
     token = read_access_token(access_token_env, access_token_stdin)
     settings = load_settings()
-    ciphertext = encrypt(settings, token)
 
     async def add(store: Store) -> tuple[Channel, list[Check]]:
+        ciphertext = load_cipher(settings).encrypt(token)
         created = await store.add_channel(workspace_id, waba_id, ciphertext, now_ms())
         if not check:
             return created, []
@@ -103,11 +98,10 @@ def channel_set_token(
     """Replace the Meta access token of a WABA's channel (e.g. after error 190)."""
     token = read_access_token(access_token_env, access_token_stdin)
     settings = load_settings()
-    ciphertext = encrypt(settings, token)
 
     async def replace_token(store: Store) -> list[Check]:
         found = await stored_channel(store, waba_id)
-        await store.set_channel_token(found.id, ciphertext)
+        await store.set_channel_token(found.id, load_cipher(settings).encrypt(token))
         if not check:
             return []
         return await check_channel(settings, store, waba_id, token, do_subscribe=subscribe)
@@ -123,12 +117,11 @@ def channel_subscribe(waba_id: str) -> None:
     """Subscribe the Meta app to a WABA's webhooks with the channel's stored token
     (POST /{waba}/subscribed_apps), then check the token and the subscription."""
     settings = load_settings()
-    cipher = token_cipher(settings)
 
     async def subscribe(store: Store) -> list[Check]:
         found = await stored_channel(store, waba_id)
         try:
-            token = cipher.decrypt(found.access_token_enc)
+            token = load_cipher(settings).decrypt(found.access_token_enc)
         except DecryptionError as error:
             raise click.ClickException(f"WABA {waba_id}: {error}") from None
         return await check_channel(settings, store, waba_id, token, do_subscribe=True)

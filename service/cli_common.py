@@ -12,7 +12,6 @@ import click
 
 from .assembly import Assembly, assembled
 from .config import ConfigError, Settings
-from .crypto import TokenCipher, load_cipher
 from .logs import configure
 from .storage import Conflict, NotFound, Store, StoreUnavailable, open_store
 from .sync import Syncer
@@ -68,14 +67,6 @@ def run_command(main: Coroutine[Any, Any, T]) -> T:
     except StoreUnavailable as error:
         raise click.ClickException(f"{error}: {error.fix}" if error.fix else str(error)) from None
     except (ConfigError, Conflict, NotFound) as error:
-        raise click.ClickException(str(error)) from None
-
-
-def token_cipher(settings: Settings) -> TokenCipher:
-    """The cipher of Meta tokens at rest; a key problem is a clear CLI error."""
-    try:
-        return load_cipher(settings)
-    except ConfigError as error:
         raise click.ClickException(str(error)) from None
 
 
