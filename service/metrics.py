@@ -93,6 +93,11 @@ class Metrics:
             "Rows pruned by retention: raw deliveries and sync runs deleted, dedupe keys cleared.",
             kind=PRUNED_KINDS,
         )
+        self.last_prune = Gauge(
+            "template_sync_last_prune_timestamp_seconds",
+            "When retention last finished a pass (unix seconds); 0 before the first.",
+            registry=registry,
+        )
         self.request_seconds = Histogram(
             "template_sync_http_request_duration_seconds",
             "HTTP request latency by route and status.",

@@ -99,4 +99,5 @@ async def _loop(store: Store, settings: Settings, metrics: Metrics, every_s: flo
                 metrics.pruned.labels(kind).inc(count)
             if any(counts.values()):
                 logger.info("pruned %s", pruned.describe())
+            metrics.last_prune.set(now_ms() / 1000)
         await asyncio.sleep(every_s)

@@ -180,6 +180,19 @@ def fill(directory: Path) -> Path:
     return filler
 
 
+async def first_prune_done(session: aiohttp.ClientSession, url: str) -> None:
+    """Wait for the pruning pass `serve` starts with: a fault injected while it runs makes a
+    webhook wait for it too (one writer), which is not what these tests time."""
+
+    async def done() -> bool:
+        async with session.get(url + "/metrics") as resp:
+            text = await resp.text()
+        line = next(x for x in text.splitlines() if x.startswith("template_sync_last_prune_"))
+        return float(line.split()[-1]) > 0
+
+    await eventually(done)
+
+
 async def expect_503_within_1s(session: aiohttp.ClientSession, url: str, body: bytes) -> None:
     started = time.monotonic()
     headers = {"X-Hub-Signature-256": sign(body)}
@@ -202,6 +215,7 @@ async def test_full_disk_refuses_with_503_then_recovers(
     try:
         async with aiohttp.ClientSession() as session:
             await resend(service.url, bodies, [0])
+            await first_prune_done(session, service.url)
             filler = fill(small_disk)
             await expect_503_within_1s(session, service.url, bodies[1])
             filler.unlink()
@@ -225,6 +239,7 @@ async def test_database_locked_by_another_process_refuses_with_503(
     path = settings.database_url.removeprefix("sqlite:///")
     try:
         async with aiohttp.ClientSession() as session:
+            await first_prune_done(session, service.url)
             locker = sqlite3.connect(path, isolation_level=None)
             locker.execute("BEGIN EXCLUSIVE")  # e.g. a backup or a long CLI command
             try:
