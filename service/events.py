@@ -17,7 +17,7 @@ from typing import NamedTuple, Protocol
 STATUS_FIELD = "message_template_status_update"
 QUALITY_FIELD = "message_template_quality_update"
 CATEGORY_FIELD = "template_category_update"
-TEMPLATE_FIELDS = frozenset({STATUS_FIELD, QUALITY_FIELD, CATEGORY_FIELD})
+WEBHOOK_FIELDS = frozenset({STATUS_FIELD, QUALITY_FIELD, CATEGORY_FIELD})
 
 #: Events that become the template's status as they are.
 STATUS_EVENTS = frozenset({

@@ -32,7 +32,7 @@ from .graph_errors import (
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE_FIELDS = "id,name,language,status,category,rejected_reason,quality_score"
+GRAPH_FIELDS = "id,name,language,status,category,rejected_reason,quality_score"
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ class GraphClient:
     async def list_templates(self, waba_id: str, access_token: str) -> list[GraphTemplate]:
         """All templates of a WABA, following `paging.next` until it is absent."""
         url = self._url(f"{quote(waba_id, safe='')}/message_templates")
-        params = {"fields": TEMPLATE_FIELDS, "limit": str(self._page_limit)}
+        params = {"fields": GRAPH_FIELDS, "limit": str(self._page_limit)}
         templates: list[GraphTemplate] = []
         seen: set[URL] = set()
         while True:
@@ -175,7 +175,7 @@ class GraphClient:
         """One template by id."""
         url = self._url(quote(template_id, safe=""))
         data = await self._request(
-            "GET", url, access_token, {"fields": TEMPLATE_FIELDS}, label=template_id
+            "GET", url, access_token, {"fields": GRAPH_FIELDS}, label=template_id
         )
         return GraphTemplate.from_graph(data)
 

@@ -19,7 +19,7 @@ from .events import (
     CATEGORY_FIELD,
     QUALITY_FIELD,
     STATUS_FIELD,
-    TEMPLATE_FIELDS,
+    WEBHOOK_FIELDS,
     Change,
     normalise_reason,
 )
@@ -121,7 +121,7 @@ def _entry_changes(entry: Any, index: int, errors: list[str]) -> list[Change]:
         raise PayloadError("entry.time is not a unix time")
     result = []
     for position, item in enumerate(entry["changes"]):
-        if not isinstance(item, dict) or item.get("field") not in TEMPLATE_FIELDS:
+        if not isinstance(item, dict) or item.get("field") not in WEBHOOK_FIELDS:
             continue  # other fields are stored with the delivery and acknowledged
         try:
             result.append(_change(waba_id, entry_time, item["field"], item.get("value")))

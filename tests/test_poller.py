@@ -29,7 +29,7 @@ from service.metrics import Metrics
 from service.poller import MAX_BACKOFF_S, Poller, PollReport
 from service.simulator import Simulator, make_templates
 from service.storage import Store, TemplateFilter, open_store
-from service.storage.polls import DUE_SQL, due_args
+from service.storage.poll_state import DUE_SQL, due_args
 from service.storage.postgres import _numbered
 from service.sync import Syncer
 

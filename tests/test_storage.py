@@ -21,13 +21,14 @@ from service.storage import (
     WorkspaceSummary,
     open_store,
 )
-from service.storage.admin import WORKSPACE_ROWS
 from service.storage.schema import MIGRATIONS
-from service.storage.sql import SqlStore
+from service.storage.sql_store import SqlStore
 from service.storage.sqlite import SqliteBackend
-from service.storage.steps import Steps, execute
+from service.storage.tenants import WORKSPACE_ROWS
+from service.storage.transactions import Transaction
 
 from .conftest import NOW_MS, WABA_ID, Tenant, add_template, make_tenant
+from .raw_sql import execute, rows, run_sql
 from .waiting import eventually
 
 
@@ -54,10 +55,11 @@ async def test_migration_5_keeps_events_stored_before_it_deduplicated(
 ) -> None:
     event = status_change("APPROVED")
     await store.record_delivery(b"{}", NOW_MS, [event], None)
-    assert isinstance(store, SqlStore)
-    async with store._tx() as tx:  # back to the key format before migration 5 (6 drops 5's index)
-        await tx.execute("UPDATE template_events SET dedupe_key = ?", event.dedupe_key[13:])
-        await tx.execute("DELETE FROM schema_migrations WHERE version IN (5, 6)")
+    await run_sql(  # back to the key format before migration 5 (6 drops 5's index)
+        store,
+        execute("UPDATE template_events SET dedupe_key = ?", event.dedupe_key[13:]),
+        execute("DELETE FROM schema_migrations WHERE version IN (5, 6)"),
+    )
     assert await store.migrate() == [5, 6]
     again = await store.record_delivery(b"{}", NOW_MS, [event], None)
     assert (again.duplicate, again.applied) == (1, 0)  # Meta's retry after the upgrade
@@ -69,20 +71,19 @@ async def test_migration_8_keeps_templates_stored_before_it_awaiting_their_webho
     await add_template(store, tenant, "41")  # created pending by the API: awaits a webhook
     await add_template(store, tenant, "42")
     await store.record_delivery(b"{}", NOW_MS, [status_change("APPROVED")], None)
-    assert isinstance(store, SqlStore)
-    async with store._tx() as tx:  # back to the schema before migration 8
-        await tx.execute("DROP INDEX templates_awaiting")
-        await tx.execute("ALTER TABLE templates DROP COLUMN awaiting_since")
-        await tx.execute(
+    await run_sql(  # back to the schema before migration 8
+        store,
+        execute("DROP INDEX templates_awaiting"),
+        execute("ALTER TABLE templates DROP COLUMN awaiting_since"),
+        execute(
             "CREATE INDEX templates_awaiting_webhook ON templates (pending_since, workspace_id) "
             "WHERE status IN ('PENDING', 'IN_APPEAL') "
             "AND (last_webhook_at IS NULL OR last_webhook_at <= pending_since)"
-        )
-        await tx.execute("DELETE FROM schema_migrations WHERE version = 8")
+        ),
+        execute("DELETE FROM schema_migrations WHERE version = 8"),
+    )
     assert await store.migrate() == [8]
-    async with store._tx() as tx:
-        rows = await tx.fetch("SELECT provider_id, awaiting_since FROM templates ORDER BY 1")
-    assert rows == [
+    assert await rows(store, "SELECT provider_id, awaiting_since FROM templates ORDER BY 1") == [
         {"provider_id": "41", "awaiting_since": NOW_MS},
         {"provider_id": "42", "awaiting_since": None},
     ]
@@ -94,11 +95,12 @@ async def test_migration_9_leaves_deliveries_stored_before_it_without_a_key(
 ) -> None:
     body = meta_webhooks.encode(meta_webhooks.delivery())
     await store.record_delivery(body, NOW_MS, [], None)
-    assert isinstance(store, SqlStore)
-    async with store._tx() as tx:  # back to the schema before migration 9
-        await tx.execute("DROP INDEX webhook_deliveries_body_key")
-        await tx.execute("ALTER TABLE webhook_deliveries DROP COLUMN body_key")
-        await tx.execute("DELETE FROM schema_migrations WHERE version = 9")
+    await run_sql(  # back to the schema before migration 9
+        store,
+        execute("DROP INDEX webhook_deliveries_body_key"),
+        execute("ALTER TABLE webhook_deliveries DROP COLUMN body_key"),
+        execute("DELETE FROM schema_migrations WHERE version = 9"),
+    )
     assert await store.migrate() == [9]
     again = await store.record_delivery(body, NOW_MS, [], None)  # the old row has no key
     replay = await store.record_delivery(body, NOW_MS, [], None)
@@ -120,17 +122,21 @@ async def test_migration_10_speaks_one_history_vocabulary_and_finds_the_status_b
     store: Store, tenant: Tenant
 ) -> None:
     ids = {p: await add_template(store, tenant, p, status="APPROVED") for p in ("42", "43")}
-    assert isinstance(store, SqlStore)
-    async with store._tx() as tx:  # back to what was stored before migration 10
-        for provider_id, *row in OLD_HISTORY:
-            await tx.execute(
-                "INSERT INTO template_events (template_id, waba_id, provider_id, field, event, "
-                "old_status, new_status, source, received_at, applied) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
-                ids[provider_id], WABA_ID, provider_id, *row, row[1] != "UNARCHIVED",
-            )  # fmt: skip
-        await tx.execute("UPDATE templates SET status = 'ARCHIVED'")
-        await tx.execute("DELETE FROM schema_migrations WHERE version = 10")
+    insert = (
+        "INSERT INTO template_events (template_id, waba_id, provider_id, field, event, "
+        "old_status, new_status, source, received_at, applied) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)"
+    )
+    old_rows = [
+        execute(insert, ids[provider_id], WABA_ID, provider_id, *row, row[1] != "UNARCHIVED")
+        for provider_id, *row in OLD_HISTORY
+    ]
+    await run_sql(  # back to what was stored before migration 10
+        store,
+        *old_rows,
+        execute("UPDATE templates SET status = 'ARCHIVED'"),
+        execute("DELETE FROM schema_migrations WHERE version = 10"),
+    )
     assert await store.migrate() == [10]
     history = await store.template_history(tenant.workspace_id, ids["42"])
     assert history is not None and [h.row.field for h in history] == [
@@ -166,7 +172,7 @@ async def test_one_body_sent_to_two_replicas_at_once_is_stored_once(
 async def test_a_write_that_fails_part_way_stores_nothing(store: Store) -> None:
     """On PostgreSQL the first statement goes to the server with BEGIN, in one round trip."""
 
-    def steps() -> Steps[None]:
+    def steps() -> Transaction[None]:
         yield execute("SAVEPOINT opening")
         yield execute("INSERT INTO workspaces (id, name, created_at) VALUES (?, 'n', 0)", "w")
         raise RuntimeError("after the insert")
@@ -183,7 +189,7 @@ async def test_a_write_that_fails_part_way_stores_nothing(store: Store) -> None:
 async def test_a_write_of_argument_less_statements_only_is_committed(store: Store) -> None:
     """On PostgreSQL they wait to go with BEGIN; the COMMIT must take them along."""
 
-    def steps() -> Steps[None]:
+    def steps() -> Transaction[None]:
         yield execute("INSERT INTO workspaces (id, name, created_at) VALUES ('w', 'n', 0)")
 
     assert isinstance(store, SqlStore)
@@ -341,10 +347,8 @@ async def test_new_template_fields_round_trip(store: Store, tenant: Tenant) -> N
 
 
 async def table_rows(store: Store, table: str) -> int:
-    assert isinstance(store, SqlStore)
-    async with store._tx() as tx:
-        row = await tx.fetchrow(f"SELECT COUNT(*) AS n FROM {table}")
-    return int(row["n"]) if row else 0
+    [row] = await rows(store, f"SELECT COUNT(*) AS n FROM {table}")
+    return int(row["n"])
 
 
 async def test_list_tokens_shows_revoked_ones_and_never_a_hash(
@@ -426,15 +430,16 @@ async def test_delete_workspace_covers_every_table_that_refers_to_one(store: Sto
     assert isinstance(store, SqlStore)
     if not isinstance(store._db, SqliteBackend):
         pytest.skip("the schema is written once for both dialects; SQLite's is read here")
-    async with store._tx() as tx:
-        keys = await tx.fetch(
-            'SELECT m.name AS child, k."table" AS parent FROM sqlite_master AS m, '
-            "pragma_foreign_key_list(m.name) AS k WHERE m.type = 'table'"
-        )
-        columns = await tx.fetch(
-            "SELECT m.name AS child FROM sqlite_master AS m, pragma_table_info(m.name) AS c "
-            "WHERE m.type = 'table' AND c.name = 'workspace_id'"
-        )
+    keys = await rows(
+        store,
+        'SELECT m.name AS child, k."table" AS parent FROM sqlite_master AS m, '
+        "pragma_foreign_key_list(m.name) AS k WHERE m.type = 'table'",
+    )
+    columns = await rows(
+        store,
+        "SELECT m.name AS child FROM sqlite_master AS m, pragma_table_info(m.name) AS c "
+        "WHERE m.type = 'table' AND c.name = 'workspace_id'",
+    )
     owned = {"workspaces"} | {row["child"] for row in columns}
     while grown := {k["child"] for k in keys if k["parent"] in owned} - owned:
         owned |= grown

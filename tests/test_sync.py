@@ -23,11 +23,11 @@ from service.metrics import Metrics
 from service.poller import Poller
 from service.simulator import Simulator, make_templates
 from service.storage import Store, Throttle, open_store
-from service.storage.sql import SqlStore
 from service.sync import Syncer
 from service.times import now_ms
 from service.webhooks import parse_delivery
 
+from . import raw_sql
 from .conftest import (
     APP_SECRET,
     META_TOKEN,
@@ -583,9 +583,7 @@ async def test_a_sync_and_a_webhook_that_see_the_same_change_store_the_same(
     async with aiohttp.ClientSession() as session:
         syncer = syncer_of(store, session, settings, clock=lambda: seen_s)
         assert (await syncer.sync(tenant.workspace_id, "api")).updated == 1
-    assert isinstance(store, SqlStore)
-    async with store._tx() as tx:
-        rows = await tx.fetch("SELECT * FROM templates ORDER BY id")
+    rows = await raw_sql.rows(store, "SELECT * FROM templates ORDER BY id")
     by_source = ("id", "provider_id", "status_source", "last_webhook_at", "last_synced_at")
     synced, hooked = ({k: v for k, v in row.items() if k not in by_source} for row in rows)
     assert synced == hooked and synced["status"] == "REJECTED"

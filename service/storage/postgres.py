@@ -18,8 +18,8 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 from ..config import PREFIX
-from . import StoreUnavailable
-from .steps import Steps, drive
+from .models import StoreUnavailable
+from .transactions import Transaction, drive
 
 T = TypeVar("T")
 
@@ -132,12 +132,11 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     (its settings are SET LOCAL, its advisory locks end with their transaction)."""
 
 
-class _Tx:
-    """Statements on one connection. Argument-less statements that open a transaction
-    (BEGIN, then a batch's SET LOCAL and SAVEPOINT) wait in `opening`, and go to the
-    server in one round trip, just before the first statement that is not one of them."""
-
-    for_update = " FOR UPDATE"
+class _Session:
+    """Statements on one connection (transactions.Connection). Argument-less statements
+    that open a transaction (BEGIN, then a batch's SET LOCAL and SAVEPOINT) wait in
+    `opening`, and go to the server in one round trip, just before the first statement
+    that is not one of them."""
 
     def __init__(self, conn: asyncpg.Connection, opening: tuple[str, ...] = ()) -> None:
         self._conn = conn
@@ -194,7 +193,7 @@ class PostgresBackend:
         # Room on each page for a template's next version, so its update can be HOT.
         "templates_fillfactor": "ALTER TABLE templates SET (fillfactor = 70)",
     })  # fmt: skip
-    for_update = _Tx.for_update
+    for_update = " FOR UPDATE"
     migration_lock: str | None = "SELECT pg_advisory_xact_lock(7240411)"
     table_exists = (
         "SELECT 1 AS ok FROM information_schema.tables "
@@ -229,32 +228,27 @@ class PostgresBackend:
         columns = tuple(list(column) for column in zip(*rows, strict=True))
         return [(f"(SELECT * FROM unnest({arrays}) AS u ({names}))", columns)]
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_Tx]:
-        """One transaction, whose BEGIN goes in one round trip with the argument-less
-        statements that open it (a webhook batch: two round trips fewer)."""
+    async def run(self, tx: Transaction[T]) -> T:
+        """`tx` as one transaction, whose BEGIN goes in one round trip with the
+        argument-less statements that open it (a webhook batch: two round trips fewer)."""
         async with self._connection() as conn:
-            tx = _Tx(conn, opening=("BEGIN",))
+            session = _Session(conn, opening=("BEGIN",))
             try:
-                yield tx
+                result = await drive(session, tx)
             except BaseException:
                 with contextlib.suppress(Exception):  # the error to report is the first one
-                    await tx.rollback()
+                    await session.rollback()
                 raise
-            await tx.commit()
+            await session.commit()
+        return result
 
-    async def run(self, steps: Steps[T], write: bool = True) -> T:
-        """Run `steps`: a write as one transaction; a read's statements each on their own
-        (no BEGIN and COMMIT round trips: the API's reads are one statement, or a count and
-        a page)."""
-        if write:
-            async with self.transaction() as tx:
-                return await drive(tx, steps)
+    async def look_up(self, tx: Transaction[T]) -> T:
         async with self._connection() as conn:
-            return await drive(_Tx(conn), steps)
+            return await drive(_Session(conn), tx)
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; errors meaning "unreachable" as StoreUnavailable."""
         try:
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
                 yield conn

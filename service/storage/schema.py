@@ -197,7 +197,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (
         9,
         # A delivery's body is stored once: a replay of the same bytes (the same SHA-256)
-        # within the retention window answers as the stored delivery (ingest.body_key).
+        # within the retention window answers as the stored delivery (delivery_batch.body_key).
         # Before, 50 replays of a 4 MB body added 210 MB. Rows stored before this have no
         # key (NULLs never conflict): a replay of one of them is stored once more.
         """

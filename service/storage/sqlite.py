@@ -1,9 +1,6 @@
-"""SQLite backend: WAL mode with synchronous=FULL; a writing connection in a thread of its
-own, and a reading one for the API's short reads.
-
-Every write runs in that thread; a batch of steps (the webhook hot path) runs there whole,
-in one hop and one transaction. The API's reads of a few rows run in the event loop's
-thread on the reading connection: WAL lets them proceed while the writer commits.
+"""SQLite backend: WAL mode with synchronous=FULL; a connection in a database thread of
+its own runs every transaction whole, one at a time, in one hop; a second connection
+answers lookups (transactions.lookup) on the event loop's thread.
 """
 
 from __future__ import annotations
@@ -13,17 +10,16 @@ import contextlib
 import errno
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 from ..config import PREFIX
 from ..files import private_directory, private_file
-from . import StoreUnavailable
-from .steps import Steps, drive_sync
+from .models import StoreUnavailable
+from .transactions import Transaction, drive_blocking
 
 T = TypeVar("T")
 
@@ -31,10 +27,11 @@ PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
     "PRAGMA foreign_keys=ON",
-    # Another process holding the write lock (a CLI command, a backup) makes a webhook wait
-    # this long before it is refused with 503 and retried by Meta.
-    "PRAGMA busy_timeout=500",
 )
+# Another process holding the write lock (a CLI command, a backup) makes a webhook wait
+# this long, in the database thread, before it is refused with 503 and retried by Meta.
+# The reading connection, on the event loop's thread, never waits (transactions.lookup).
+WRITER_BUSY_MS = 500
 BEGIN = "BEGIN IMMEDIATE"  # every write transaction takes the write lock at once
 MEMORY = ":memory:"  # a database in memory: no file to create
 ROWS_PER_STATEMENT = 512  # of at most 14 columns: under SQLite's 32,766 parameters
@@ -51,8 +48,8 @@ def unavailable(error: Exception) -> bool:
     )
 
 
-class _SyncTx:
-    """Statements on the connection, called from the database thread."""
+class _BlockingConnection:
+    """Statements on a sqlite3 connection, answered at once (transactions.Connection)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -71,35 +68,16 @@ class _SyncTx:
         self._conn.executemany(sql, rows)
 
 
-class _Tx:
-    """The same statements for the event loop: each one a hop to the database thread."""
-
-    for_update = ""  # BEGIN IMMEDIATE already holds the write lock
-
-    def __init__(self, backend: SqliteBackend) -> None:
-        self._backend = backend
-        self._sync = _SyncTx(backend.conn)
-
-    async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
-        return await self._backend.call(self._sync.fetch, sql, *args)
-
-    async def fetchrow(self, sql: str, *args: Any) -> dict[str, Any] | None:
-        return await self._backend.call(self._sync.fetchrow, sql, *args)
-
-    async def execute(self, sql: str, *args: Any) -> None:
-        await self._backend.call(self._sync.execute, sql, *args)
-
-
-def _open(path: str) -> sqlite3.Connection:
+def _open(path: str, busy_ms: int) -> sqlite3.Connection:
     private_directory(Path(path).parent)
     if path != MEMORY:
         private_file(Path(path))  # before SQLite makes it 0644; -wal and -shm take its mode
     _require_access(Path(path))
     conn = sqlite3.connect(
         path, isolation_level=None, check_same_thread=False, cached_statements=256
-    )  # room for every batch statement text (ingest.py)
+    )  # room for every batch statement text (delivery_batch.py)
     conn.row_factory = sqlite3.Row
-    for pragma in PRAGMAS:
+    for pragma in (*PRAGMAS, f"PRAGMA busy_timeout={busy_ms}"):
         conn.execute(pragma)
     return conn
 
@@ -154,18 +132,17 @@ class SqliteBackend:
         "generated": "VIRTUAL",  # ALTER TABLE cannot add a STORED column
         "templates_fillfactor": "",  # pages are always filled
     })  # fmt: skip
-    for_update = _Tx.for_update
+    for_update = ""  # BEGIN IMMEDIATE already holds the write lock
     migration_lock: str | None = None  # BEGIN IMMEDIATE already excludes other writers
     table_exists = "SELECT 1 AS ok FROM sqlite_master WHERE type = 'table' AND name = ?"
     unavailable = staticmethod(unavailable)
 
     def __init__(
-        self, conn: sqlite3.Connection, reader: sqlite3.Connection, thread: ThreadPoolExecutor
+        self, writer: sqlite3.Connection, reader: sqlite3.Connection, thread: ThreadPoolExecutor
     ) -> None:
-        self.conn = conn  # every write, in `thread`
-        self._reader = reader  # short reads, in the event loop's thread
+        self._writer = writer  # every transaction, in `thread`, one at a time
+        self._reader = reader  # lookups, in the event loop's thread
         self._thread = thread
-        self._lock = asyncio.Lock()
 
     @staticmethod
     def row_source(
@@ -187,61 +164,51 @@ class SqliteBackend:
     async def connect(cls, path: str) -> SqliteBackend:
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         try:
-            conn = await asyncio.get_running_loop().run_in_executor(thread, _open, path)
-            reader = _open(path)
+            writer = await asyncio.get_running_loop().run_in_executor(
+                thread, _open, path, WRITER_BUSY_MS
+            )
+            reader = _open(path, 0)
         except (OSError, sqlite3.Error) as error:
             thread.shutdown()
             raise open_failure(path, error) from error
-        return cls(conn, reader, thread)
+        return cls(writer, reader, thread)
 
-    async def call(self, function: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
+    async def run(self, tx: Transaction[T]) -> T:
+        """`tx` whole in the database thread: BEGIN IMMEDIATE, its statements, COMMIT."""
+        with _store_errors():
+            return await asyncio.get_running_loop().run_in_executor(
+                self._thread, _run_blocking, self._writer, tx
+            )
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_Tx]:
-        async with self._lock:
-            try:
-                await self.call(self.conn.execute, BEGIN)
-                yield _Tx(self)
-                await self.call(self.conn.execute, "COMMIT")
-            except BaseException as error:
-                await asyncio.shield(self.call(_rollback, self.conn))
-                if isinstance(error, Exception) and unavailable(error):
-                    raise StoreUnavailable(f"SQLite: {error}") from error
-                raise
-
-    async def run(self, steps: Steps[T], write: bool = True) -> T:
-        """Run `steps`: a write as one transaction, entirely in the database thread (one hop);
-        a read's statements each on their own, on a connection of its own, right here (WAL
-        readers never wait for the writer, and reading a few rows costs less than a hop)."""
-        try:
-            if not write:
-                return drive_sync(_SyncTx(self._reader), steps)
-            async with self._lock:
-                return await self.call(_run_steps, self.conn, steps)
-        except sqlite3.Error as error:
-            if unavailable(error):
-                raise StoreUnavailable(f"SQLite: {error}") from error
-            raise
+    async def look_up(self, tx: Transaction[T]) -> T:
+        with _store_errors():
+            return drive_blocking(_BlockingConnection(self._reader), tx)
 
     async def close(self) -> None:
         self._reader.close()
-        await self.call(self.conn.close)
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._writer.close)
         self._thread.shutdown(wait=True)
 
 
-def _run_steps(conn: sqlite3.Connection, steps: Steps[T]) -> T:
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """SQLite's "cannot be used now" errors as StoreUnavailable; others as they are."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        if unavailable(error):
+            raise StoreUnavailable(f"SQLite: {error}") from error
+        raise
+
+
+def _run_blocking(conn: sqlite3.Connection, tx: Transaction[T]) -> T:
     conn.execute(BEGIN)
     try:
-        result = drive_sync(_SyncTx(conn), steps)
+        result = drive_blocking(_BlockingConnection(conn), tx)
         conn.execute("COMMIT")
     except BaseException:
-        _rollback(conn)
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # a failed statement may have rolled back
+                conn.execute("ROLLBACK")
         raise
     return result
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
-        with contextlib.suppress(sqlite3.Error):  # a failed statement may have rolled back
-            conn.execute("ROLLBACK")

@@ -1,49 +1,48 @@
 """A template's state and history as rows: one column list and one statement for each.
 
 Every path that writes a template stores what events.py decided (a TemplateState, its
-HistoryRows) through these statements: webhooks (ingest.py, many rows per statement),
-sync and import (syncs.py) and the API (sql.py). So no path can forget a column another
-one keeps: the state is written whole.
+HistoryRows) through these statements: webhooks (delivery_batch.py, many rows per
+statement), and sync, import and the API (templates.py). So no path can forget a column
+another one keeps: the state is written whole.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..events import HistoryRow, TemplateState
-from . import Template
-
-if TYPE_CHECKING:
-    from .ingest import Dialect
-    from .sql import Tx
+from ..events import PENDING_STATUSES, HistoryRow, TemplateState
+from .models import Template
+from .transactions import Database, Transaction, execute, fetchrow
 
 #: A template as the API shows it: what a read (and a creation) returns.
-TEMPLATE_FIELDS = tuple(field.name for field in dataclasses.fields(Template))
-TEMPLATE_COLUMNS = ", ".join(TEMPLATE_FIELDS)
+READ_FIELDS = tuple(field.name for field in dataclasses.fields(Template))
+READ_COLUMNS = ", ".join(READ_FIELDS)
 #: The columns an observation moves, in TemplateState's order.
 STATE_COLUMNS = TemplateState._fields
 #: What a batch looks its templates up with: their key and state.
 STATE_SELECT = ", ".join(("id", "waba_id", "provider_id", *STATE_COLUMNS))
 _FLAGGED = STATE_COLUMNS.index("flagged")
+#: A template awaiting Meta's review.
+PENDING_IN = "status IN (" + ", ".join(f"'{status}'" for status in sorted(PENDING_STATUSES)) + ")"
 
 NEW_COLUMNS = ("workspace_id", "waba_id", "provider_id", "name", "language", *STATE_COLUMNS,
                "created_at")  # fmt: skip
 _BIGINT = {"status_event_at", "pending_since", "status_updated_at", "last_webhook_at",
            "last_synced_at", "updated_at", "created_at"}  # fmt: skip
-#: SQL types of NEW_COLUMNS, for the row sources of the backends (ingest.Dialect).
+#: SQL types of NEW_COLUMNS, for the row sources of the backends (Database.row_source).
 NEW_TYPES = tuple(
     "bigint" if name in _BIGINT else "boolean" if name == "flagged" else "text"
     for name in NEW_COLUMNS
 )
-# Rows of NEW_COLUMNS read as the table `{rows}` (ingest.Dialect.row_source); a template
+# Rows of NEW_COLUMNS read as the table `{rows}` (Database.row_source); a template
 # that exists already (its WABA and provider id) is left alone and not returned.
 INSERT_TEMPLATES = (
     f"INSERT INTO templates ({', '.join(NEW_COLUMNS)}) "
     f"SELECT {', '.join(f'column{n}' for n in range(1, len(NEW_COLUMNS) + 1))} "
     "FROM {rows} AS k WHERE true "
-    f"ON CONFLICT (waba_id, provider_id) DO NOTHING RETURNING {TEMPLATE_COLUMNS}"
+    f"ON CONFLICT (waba_id, provider_id) DO NOTHING RETURNING {READ_COLUMNS}"
 )
 #: A template's whole state, then its id.
 UPDATE_TEMPLATE = (
@@ -91,19 +90,25 @@ def event_values(
     return (*row, template_id, waba_id, provider_id, dedupe_key, delivery_id)
 
 
-async def insert_template(tx: Tx, db: Dialect, row: Sequence[Any]) -> dict[str, Any] | None:
-    """Create one template (a row of NEW_COLUMNS); its TEMPLATE_FIELDS, or None when its WABA
+def to_template(row: dict[str, Any]) -> Template:
+    """A template from a row of READ_FIELDS."""
+    return Template(**{**row, "flagged": bool(row["flagged"])})
+
+
+def insert_template(db: Database, row: Sequence[Any]) -> Transaction[dict[str, Any] | None]:
+    """Create one template (a row of NEW_COLUMNS); its READ_FIELDS, or None when its WABA
     has a template of its provider id already."""
     [(source, args)] = db.row_source(NEW_TYPES, [row])
-    return await tx.fetchrow(INSERT_TEMPLATES.format(rows=source), *args)
+    created: dict[str, Any] | None = yield fetchrow(INSERT_TEMPLATES.format(rows=source), *args)
+    return created
 
 
-async def insert_events(
-    tx: Tx, template_id: int, waba_id: str, provider_id: str, rows: Sequence[HistoryRow]
-) -> None:
+def insert_events(
+    template_id: int, waba_id: str, provider_id: str, rows: Sequence[HistoryRow]
+) -> Transaction[None]:
     for row in rows:
-        await tx.execute(INSERT_EVENT, *event_values(row, template_id, waba_id, provider_id))
+        yield execute(INSERT_EVENT, *event_values(row, template_id, waba_id, provider_id))
 
 
-async def update_template(tx: Tx, template_id: int, state: TemplateState) -> None:
-    await tx.execute(UPDATE_TEMPLATE, *state, template_id)
+def update_template(template_id: int, state: TemplateState) -> Transaction[None]:
+    yield execute(UPDATE_TEMPLATE, *state, template_id)

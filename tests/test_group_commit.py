@@ -10,10 +10,10 @@ import pytest
 
 from service.events import STATUS_FIELD, Change
 from service.storage import DeliveryResult, Store, StoreUnavailable, TemplateFilter, open_store
-from service.storage.ingest import NewDelivery, record_batch
-from service.storage.sql import SqlStore
-from service.storage.steps import Steps, execute
-from service.storage.writer import MAX_BATCH, PARALLEL_AFTER, DeliveryWriter
+from service.storage.delivery_batch import NewDelivery, record_batch
+from service.storage.group_commit import MAX_BATCH, PARALLEL_AFTER, GroupCommit
+from service.storage.sql_store import SqlStore
+from service.storage.transactions import Transaction, execute
 
 from .conftest import NOW_MS, WABA_ID, Tenant
 from .waiting import eventually
@@ -37,7 +37,7 @@ def sql_store(store: Store) -> SqlStore:
     return store
 
 
-def counting_writer(store: Store) -> tuple[DeliveryWriter, list[int]]:
+def counting_writer(store: Store) -> tuple[GroupCommit, list[int]]:
     """A writer over the store's own commit that records each batch's size."""
     batches: list[int] = []
     real = sql_store(store)
@@ -46,7 +46,7 @@ def counting_writer(store: Store) -> tuple[DeliveryWriter, list[int]]:
         batches.append(len(items))
         return await real._commit_deliveries(items)
 
-    return DeliveryWriter(counted), batches
+    return GroupCommit(counted), batches
 
 
 async def test_concurrent_deliveries_share_a_commit_and_keep_their_order(
@@ -103,7 +103,7 @@ class Gate:
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def gated_writer(store: Store) -> tuple[DeliveryWriter, Gate]:
+def gated_writer(store: Store) -> tuple[GroupCommit, Gate]:
     """A writer over the store's own commit that waits at the gate before each commit."""
     gate = Gate()
     real = sql_store(store)
@@ -113,7 +113,7 @@ def gated_writer(store: Store) -> tuple[DeliveryWriter, Gate]:
         await gate.release.wait()
         return await real._commit_deliveries(items)
 
-    return DeliveryWriter(slow_commit), gate
+    return GroupCommit(slow_commit), gate
 
 
 async def test_no_caller_is_answered_before_its_commit(
@@ -150,7 +150,7 @@ async def test_a_failed_commit_refuses_every_caller_of_the_batch(failure: Except
     async def failing(items: list[NewDelivery]) -> list[DeliveryResult]:
         raise failure
 
-    writer = DeliveryWriter(failing)
+    writer = GroupCommit(failing)
     outcomes = await asyncio.gather(
         *(writer.submit(delivery(change("APPROVED", i))) for i in range(3)), return_exceptions=True
     )
@@ -176,7 +176,7 @@ async def test_an_older_event_later_in_the_same_batch_is_stale(
 async def test_a_delivery_larger_than_one_statement_applies_whole(
     store: Store, tenant: Tenant
 ) -> None:
-    # 1,200 changes over 600 templates: more rows than one statement carries (ingest.py).
+    # 1,200 changes over 600 templates: more rows than one statement carries (delivery_batch.py).
     changes = [change("PENDING" if i < 600 else "APPROVED", 1 + i // 600, str(i % 600))
                for i in range(1200)]  # fmt: skip
     stranger = Change("999", STATUS_FIELD, "APPROVED", "1", "n", "en", None, None, 1)
@@ -212,7 +212,7 @@ async def test_batches_commit_side_by_side_up_to_the_backends_limit_when_enough_
         running -= 1
         return [DeliveryResult(delivery_id=i, outcome="processed") for i in range(len(items))]
 
-    writer, submitted = DeliveryWriter(slow, parallel), 0
+    writer, submitted = GroupCommit(slow, parallel), 0
 
     async def submit(entry_time: int) -> DeliveryResult:
         nonlocal submitted
@@ -237,7 +237,7 @@ async def test_a_delivery_submitted_after_close_is_still_answered() -> None:
         committed.append(len(items))
         return [DeliveryResult(delivery_id=1, outcome="processed") for _ in items]
 
-    writer = DeliveryWriter(commit)
+    writer = GroupCommit(commit)
     await writer.close()
     late = writer.submit(delivery(change("APPROVED", 1)))
     assert (await asyncio.wait_for(late, timeout=5)).outcome == "processed"
@@ -263,7 +263,9 @@ async def test_a_batch_larger_than_one_statement_takes_is_stored_whole(
     assert total == 1100 and {t.status for t in templates} == {"PAUSED"}
 
 
-def pruned_after_the_insert(batch: Steps[list[DeliveryResult]]) -> Steps[list[DeliveryResult]]:
+def pruned_after_the_insert(
+    batch: Transaction[list[DeliveryResult]],
+) -> Transaction[list[DeliveryResult]]:
     """`batch`'s steps, with every stored delivery deleted right after the bodies' insert."""
     reply = None
     while True:

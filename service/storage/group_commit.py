@@ -13,8 +13,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from . import DeliveryResult, StoreUnavailable
-from .ingest import NewDelivery
+from .delivery_batch import NewDelivery
+from .models import DeliveryResult, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ Commit = Callable[[list[NewDelivery]], Awaitable[list[DeliveryResult]]]
 Waiter = tuple[NewDelivery, "asyncio.Future[DeliveryResult]"]
 
 
-class DeliveryWriter:
+class GroupCommit:
     """`parallel` batches may commit at once: 1 for SQLite's single writer; more for
     PostgreSQL, whose row locks order concurrent batches (and replicas) per template.
     A batch starts beside one being committed only when PARALLEL_AFTER deliveries wait:
@@ -52,9 +52,9 @@ class DeliveryWriter:
         if self._may_start():
             self._tasks = [task for task in self._tasks if not task.done()]
             if len(self._tasks) <= self._committing and len(self._tasks) < self._parallel:
-                self._tasks.append(asyncio.create_task(self._run(), name="delivery writer"))
+                self._tasks.append(asyncio.create_task(self._run(), name="group commit"))
             self._wakeup.set()
-        # A caller gone away cancels only its future: the writer task still commits the
+        # A caller gone away cancels only its future: the committing task still commits the
         # delivery, and skips answering a future that is done.
         return await future
 

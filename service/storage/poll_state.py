@@ -1,4 +1,4 @@
-"""Store verbs of the polling fallback (design section 8): due work, claims, outcomes.
+"""Store methods of the polling fallback (design section 8): due work, claims, outcomes.
 
 Per workspace, `workspace_polls` keeps the poller's state: `next_poll_at` (not before; the
 interval after a claim, or a failure backoff), a lease (`lease_owner`, `lease_until`) so one
@@ -12,13 +12,8 @@ WHERE re-checked on its newest version; SQLite's BEGIN IMMEDIATE serialises writ
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING
-
-from . import PollState
-
-if TYPE_CHECKING:
-    from .sql import Tx
+from .models import PollState
+from .transactions import Queries, Transaction, fetch, fetchrow, transaction
 
 # The workspace's poll state forbids a poll now: leased, or released with a later next_poll_at.
 # A lease still named by an owner after it expired is a crashed replica's: it is taken over.
@@ -56,61 +51,57 @@ def due_args(now_ms: int, grace_ms: int, interval_ms: int, limit: int) -> list[i
     return [now_ms - grace_ms, now_ms, now_ms, now_ms - interval_ms, now_ms, limit]
 
 
-class PollQueries:
-    """Mixed into SqlStore; every method is one transaction."""
-
-    def _tx(self) -> AbstractAsyncContextManager[Tx]:
-        raise NotImplementedError
-
-    async def due_workspaces(
+class PollStateQueries(Queries):
+    @transaction
+    def due_workspaces(
         self, now_ms: int, grace_ms: int, interval_ms: int, limit: int
-    ) -> list[str]:
+    ) -> Transaction[list[str]]:
         """Workspaces to poll now, the longest-waiting first (design section 8).
 
         A workspace is due when it has a pending template that got no webhook since it
         became pending, became pending at least `grace_ms` ago, when no sync of it (any
         trigger) started in the last `interval_ms`, and when its poll state allows it.
         """
-        async with self._tx() as tx:
-            rows = await tx.fetch(DUE_SQL, *due_args(now_ms, grace_ms, interval_ms, limit))
+        rows = yield fetch(DUE_SQL, *due_args(now_ms, grace_ms, interval_ms, limit))
         return [row["workspace_id"] for row in rows]
 
-    async def grace_waiting(self, now_ms: int, grace_ms: int) -> tuple[int, int | None]:
+    @transaction
+    def grace_waiting(self, now_ms: int, grace_ms: int) -> Transaction[tuple[int, int | None]]:
         """How many templates await a webhook inside their grace period (not due yet), and
         when the first of them leaves it (None when none waits)."""
-        async with self._tx() as tx:
-            row = await tx.fetchrow(WAITING_SQL, now_ms - grace_ms)
+        row = yield fetchrow(WAITING_SQL, now_ms - grace_ms)
         if row is None or row["oldest"] is None:
             return 0, None
         return int(row["waiting"]), int(row["oldest"]) + grace_ms
 
-    async def claim_poll(
+    @transaction
+    def claim_poll(
         self, workspace_id: str, owner: str, now_ms: int, lease_ms: int, interval_ms: int
-    ) -> bool:
+    ) -> Transaction[bool]:
         """Take the workspace's poll lease for `owner`; False if someone polls or polled it.
 
         Taking it also moves `next_poll_at` one interval ahead, so exactly one claim per
         interval succeeds. An expired lease that was never released is taken over.
         """
-        async with self._tx() as tx:
-            recent = await tx.fetchrow(
-                RECENT_SYNC.format(ws="?"), workspace_id, now_ms - interval_ms, now_ms
-            )
-            if recent:
-                return False
-            row = await tx.fetchrow(
-                "INSERT INTO workspace_polls (workspace_id, next_poll_at, lease_owner, "
-                "lease_until) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (workspace_id) DO UPDATE SET next_poll_at = excluded.next_poll_at, "
-                "lease_owner = excluded.lease_owner, lease_until = excluded.lease_until "
-                "WHERE workspace_polls.lease_until <= ? AND "
-                "(workspace_polls.lease_owner IS NOT NULL OR workspace_polls.next_poll_at <= ?) "
-                "RETURNING workspace_id",
-                workspace_id, now_ms + interval_ms, owner, now_ms + lease_ms, now_ms, now_ms,
-            )  # fmt: skip
+        recent = yield fetchrow(
+            RECENT_SYNC.format(ws="?"), workspace_id, now_ms - interval_ms, now_ms
+        )
+        if recent:
+            return False
+        row = yield fetchrow(
+            "INSERT INTO workspace_polls (workspace_id, next_poll_at, lease_owner, "
+            "lease_until) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (workspace_id) DO UPDATE SET next_poll_at = excluded.next_poll_at, "
+            "lease_owner = excluded.lease_owner, lease_until = excluded.lease_until "
+            "WHERE workspace_polls.lease_until <= ? AND "
+            "(workspace_polls.lease_owner IS NOT NULL OR workspace_polls.next_poll_at <= ?) "
+            "RETURNING workspace_id",
+            workspace_id, now_ms + interval_ms, owner, now_ms + lease_ms, now_ms, now_ms,
+        )  # fmt: skip
         return row is not None
 
-    async def record_poll(
+    @transaction
+    def record_poll(
         self,
         workspace_id: str,
         owner: str,
@@ -119,23 +110,22 @@ class PollQueries:
         next_poll_at: int,
         failures: int,
         error: str | None,
-    ) -> bool:
+    ) -> Transaction[bool]:
         """Release `owner`'s lease with the poll's outcome; False if the lease was lost."""
-        async with self._tx() as tx:
-            row = await tx.fetchrow(
-                "UPDATE workspace_polls SET lease_owner = NULL, lease_until = 0, "
-                "next_poll_at = ?, failures = ?, last_polled_at = ?, last_outcome = ?, "
-                "last_error = ? WHERE workspace_id = ? AND lease_owner = ? "
-                "RETURNING workspace_id",
-                next_poll_at, failures, now_ms, outcome, error, workspace_id, owner,
-            )  # fmt: skip
+        row = yield fetchrow(
+            "UPDATE workspace_polls SET lease_owner = NULL, lease_until = 0, "
+            "next_poll_at = ?, failures = ?, last_polled_at = ?, last_outcome = ?, "
+            "last_error = ? WHERE workspace_id = ? AND lease_owner = ? "
+            "RETURNING workspace_id",
+            next_poll_at, failures, now_ms, outcome, error, workspace_id, owner,
+        )  # fmt: skip
         return row is not None
 
-    async def poll_state(self, workspace_id: str) -> PollState | None:
+    @transaction
+    def poll_state(self, workspace_id: str) -> Transaction[PollState | None]:
         """The workspace's poll state (None before its first claim)."""
-        async with self._tx() as tx:
-            row = await tx.fetchrow(
-                f"SELECT {POLL_COLUMNS} FROM workspace_polls WHERE workspace_id = ?",
-                workspace_id,
-            )
+        row = yield fetchrow(
+            f"SELECT {POLL_COLUMNS} FROM workspace_polls WHERE workspace_id = ?",
+            workspace_id,
+        )
         return PollState(**row) if row else None

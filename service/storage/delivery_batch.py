@@ -6,8 +6,8 @@ and the event rules run in memory, change by change in arrival order. The insert
 return ids and the lookups read the batch's rows as a table (`{rows}`), which each database
 builds its own way (`row_source`: one statement on PostgreSQL); the history rows and the
 template updates go as one statement run per row (executemany), which both drivers do
-fastest. Written as SQL steps (see steps.py), so SQLite runs a whole batch in its thread
-and PostgreSQL pays one round trip per statement rather than several per delivery.
+fastest. A transaction (transactions.py), so SQLite runs a whole batch in its thread and
+PostgreSQL pays one round trip per statement rather than several per delivery.
 
 A batch that fails is rolled back to its savepoint and its deliveries are stored again one
 at a time: one that still fails is stored quarantined, and the others are unaffected.
@@ -25,11 +25,10 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from ..events import Change, TemplateState, observe_change, webhook_template
-from . import DeliveryResult, StoreUnavailable
-from .steps import Steps, execute, executemany, fetch
+from .models import DeliveryResult, StoreUnavailable
 from .template_rows import (
     INSERT_EVENT,
     INSERT_TEMPLATES,
@@ -40,6 +39,7 @@ from .template_rows import (
     state_of,
     template_values,
 )
+from .transactions import Database, Transaction, execute, executemany, fetch
 
 logger = logging.getLogger(__name__)
 
@@ -68,23 +68,7 @@ class _Failed(Exception):
     """A batch could not be applied; its savepoint has been rolled back."""
 
 
-class Dialect(Protocol):
-    """What a batch needs to know of its database (each backend is one)."""
-
-    for_update: str  # appended to the template lookup
-    batch_setup: str | None  # argument-less statements that open the batch
-
-    def unavailable(self, error: Exception) -> bool: ...
-
-    def row_source(
-        self, types: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> list[tuple[str, tuple[Any, ...]]]:
-        """`rows` (of the SQL `types`) as table expressions with columns column1, column2...,
-        each with its arguments: one per statement to run, as few as the database allows."""
-        ...
-
-
-def record_batch(items: Sequence[NewDelivery], db: Dialect) -> Steps[list[DeliveryResult]]:
+def record_batch(items: Sequence[NewDelivery], db: Database) -> Transaction[list[DeliveryResult]]:
     """Store and apply every delivery; errors meaning "store unavailable" fail the batch."""
     if db.batch_setup:
         yield execute(db.batch_setup)
@@ -102,7 +86,9 @@ def record_batch(items: Sequence[NewDelivery], db: Dialect) -> Steps[list[Delive
     return results
 
 
-def _quarantine(item: NewDelivery, failed: _Failed, db: Dialect) -> Steps[list[DeliveryResult]]:
+def _quarantine(
+    item: NewDelivery, failed: _Failed, db: Database
+) -> Transaction[list[DeliveryResult]]:
     logger.error("applying a delivery failed (%s); storing it quarantined", failed)
     # Its changes are kept for its body_key only: storing the body applies nothing.
     quarantined = NewDelivery(
@@ -111,7 +97,7 @@ def _quarantine(item: NewDelivery, failed: _Failed, db: Dialect) -> Steps[list[D
     return (yield from _insert_deliveries([quarantined], db))
 
 
-def _attempt(items: Sequence[NewDelivery], db: Dialect) -> Steps[list[DeliveryResult]]:
+def _attempt(items: Sequence[NewDelivery], db: Database) -> Transaction[list[DeliveryResult]]:
     yield execute("SAVEPOINT batch")
     try:
         results = yield from _record(items, db)
@@ -124,7 +110,7 @@ def _attempt(items: Sequence[NewDelivery], db: Dialect) -> Steps[list[DeliveryRe
     return results  # its savepoint is released by the commit (a round trip less)
 
 
-def _record(items: Sequence[NewDelivery], db: Dialect) -> Steps[list[DeliveryResult]]:
+def _record(items: Sequence[NewDelivery], db: Database) -> Transaction[list[DeliveryResult]]:
     results = yield from _insert_deliveries(items, db)
     pending = [(r, i, c) for r, i in zip(results, items, strict=True) for c in i.changes]
     owners = yield from _owners({change.waba_id for _, _, change in pending}, db)
@@ -174,7 +160,9 @@ class _Template:
                             change.dedupe_key, result.delivery_id)  # fmt: skip
 
 
-def _insert_deliveries(items: Sequence[NewDelivery], db: Dialect) -> Steps[list[DeliveryResult]]:
+def _insert_deliveries(
+    items: Sequence[NewDelivery], db: Database
+) -> Transaction[list[DeliveryResult]]:
     """Insert the bodies not stored yet; a body stored already (the same key, maybe earlier in
     this batch) is a replay, answered with the stored delivery's id."""
     rows = [(i.received_at_ms, i.body, "quarantined" if i.error else "processed", i.error,
@@ -195,8 +183,8 @@ def _insert_deliveries(items: Sequence[NewDelivery], db: Dialect) -> Steps[list[
 
 
 def _with_replays(
-    rows: list[tuple[Any, ...]], inserted: set[int], db: Dialect
-) -> Steps[list[DeliveryResult]]:
+    rows: list[tuple[Any, ...]], inserted: set[int], db: Database
+) -> Transaction[list[DeliveryResult]]:
     """Each body's stored id, read back: the copy inserted here is fresh, others replays."""
     stored = yield from _stored_ids({row[4] for row in rows}, db)
     results = []
@@ -209,7 +197,7 @@ def _with_replays(
     return results
 
 
-def _stored_ids(keys: set[bytes], db: Dialect) -> Steps[dict[bytes, int]]:
+def _stored_ids(keys: set[bytes], db: Database) -> Transaction[dict[bytes, int]]:
     """The ids of the stored deliveries with these body keys."""
     rows = yield from _lookup(
         "SELECT d.id, d.body_key FROM {rows} AS k "
@@ -224,7 +212,7 @@ def _stored_ids(keys: set[bytes], db: Dialect) -> Steps[dict[bytes, int]]:
     return found
 
 
-def _owners(waba_ids: set[str], db: Dialect) -> Steps[dict[str, str]]:
+def _owners(waba_ids: set[str], db: Database) -> Transaction[dict[str, str]]:
     rows = yield from _lookup(
         "SELECT c.waba_id, c.workspace_id FROM {rows} AS k "
         "JOIN channels AS c ON c.waba_id = k.column1",
@@ -236,8 +224,8 @@ def _owners(waba_ids: set[str], db: Dialect) -> Steps[dict[str, str]]:
 
 
 def _templates(
-    known: list[tuple[DeliveryResult, NewDelivery, Change]], owners: dict[str, str], db: Dialect
-) -> Steps[dict[Key, _Template]]:
+    known: list[tuple[DeliveryResult, NewDelivery, Change]], owners: dict[str, str], db: Database
+) -> Transaction[dict[Key, _Template]]:
     """The templates `known` changes touch, locked; those not stored yet are created."""
     first: dict[Key, tuple[DeliveryResult, NewDelivery, Change]] = {}
     for entry in known:
@@ -259,7 +247,7 @@ def _templates(
     return templates
 
 
-def _select_templates(keys: list[Key], db: Dialect) -> Steps[dict[Key, _Template]]:
+def _select_templates(keys: list[Key], db: Database) -> Transaction[dict[Key, _Template]]:
     rows = yield from _lookup(
         # The join (not a row-value IN) lets both planners look each key up in the index.
         f"SELECT {STATE_SELECT} FROM templates WHERE id IN (SELECT t.id FROM {{rows}} AS k "
@@ -274,7 +262,7 @@ def _select_templates(keys: list[Key], db: Dialect) -> Steps[dict[Key, _Template
     }
 
 
-def _recorded(keys: set[str], db: Dialect) -> Steps[set[str]]:
+def _recorded(keys: set[str], db: Database) -> Transaction[set[str]]:
     """The dedupe keys among `keys` that a stored event already has."""
     rows = yield from _lookup(
         "SELECT e.dedupe_key FROM {rows} AS k "
@@ -287,8 +275,8 @@ def _recorded(keys: set[str], db: Dialect) -> Steps[set[str]]:
 
 
 def _each(
-    sql: str, types: Sequence[str], rows: Sequence[Sequence[Any]], db: Dialect
-) -> Steps[list[dict[str, Any]]]:
+    sql: str, types: Sequence[str], rows: Sequence[Sequence[Any]], db: Database
+) -> Transaction[list[dict[str, Any]]]:
     """Run `sql` over `rows`, read as the table `{rows}`; the rows of every statement."""
     answer: list[dict[str, Any]] = []
     for source, args in db.row_source(types, rows) if rows else ():
@@ -297,8 +285,8 @@ def _each(
 
 
 def _lookup(
-    sql: str, types: Sequence[str], keys: Sequence[Sequence[Any]], db: Dialect
-) -> Steps[list[dict[str, Any]]]:
+    sql: str, types: Sequence[str], keys: Sequence[Sequence[Any]], db: Database
+) -> Transaction[list[dict[str, Any]]]:
     """`_each` for a lookup, its keys padded to a power of two (the last one repeated, which
     finds nothing new): SQLite then reads them in one statement, not one per power of two
     (bench/RESULTS.md, "Why ..."); PostgreSQL reads any number in one."""

@@ -1,0 +1,161 @@
+"""Every store method is a transaction written once, as a generator of SQL statements.
+
+A method yields `Statement`s and receives each one's rows; the backend (a `Database`) runs
+the generator: PostgreSQL with awaits on a pooled asyncpg connection, SQLite whole inside
+its database thread, so a method costs one thread hop however many statements it runs.
+Methods are marked `@transaction` (the default: BEGIN, the statements, COMMIT, rolled back
+on any error) or `@lookup` (see there); nothing else reaches the database.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+@dataclass(frozen=True)
+class Statement:
+    kind: str  # "fetch" (answers row dicts), "fetchrow" (one or None), "execute", "executemany"
+    sql: str  # `?` placeholders
+    args: tuple[Any, ...]
+
+
+Transaction = Generator[Statement, Any, T]
+
+
+def fetch(sql: str, *args: Any) -> Statement:
+    return Statement("fetch", sql, args)
+
+
+def fetchrow(sql: str, *args: Any) -> Statement:
+    return Statement("fetchrow", sql, args)
+
+
+def execute(sql: str, *args: Any) -> Statement:
+    return Statement("execute", sql, args)
+
+
+def executemany(sql: str, rows: list[tuple[Any, ...]]) -> Statement:
+    return Statement("executemany", sql, (rows,))
+
+
+def count_returned(sql: str, *args: Any) -> Transaction[int]:
+    """Run one statement with RETURNING; how many rows it returned."""
+    rows: list[Any] = yield fetch(sql, *args)
+    return len(rows)
+
+
+class Connection(Protocol):
+    """Answers statements: asyncpg-backed methods return awaitables, sqlite3-backed ones
+    values."""
+
+    def fetch(self, sql: str, *args: Any) -> Any: ...
+    def fetchrow(self, sql: str, *args: Any) -> Any: ...
+    def execute(self, sql: str, *args: Any) -> Any: ...
+    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> Any: ...
+
+
+async def drive(conn: Connection, tx: Transaction[T]) -> T:
+    """Run `tx`'s statements on `conn`; a failing one's exception is thrown into `tx`."""
+    reply: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            statement = tx.throw(error) if error else tx.send(reply)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        reply, error = None, None
+        try:
+            reply = getattr(conn, statement.kind)(statement.sql, *statement.args)
+            if inspect.isawaitable(reply):
+                reply = await reply
+        except Exception as exc:
+            error = exc
+
+
+def drive_blocking(conn: Connection, tx: Transaction[T]) -> T:
+    """`drive` on a connection whose methods return values (sqlite3): it never suspends."""
+    coroutine = drive(conn, tx)
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coroutine.close()
+    raise RuntimeError("a blocking connection returned an awaitable")
+
+
+class Database(Protocol):
+    """A backend: what differs in its SQL, and how it runs a transaction."""
+
+    parallel_batches: int  # webhook batches that may commit at once (group_commit.py)
+    schema_words: Mapping[str, str]  # schema.py
+    migration_lock: str | None  # a statement that serialises migrations, where needed
+    table_exists: str  # one `?`: the table name
+    for_update: str  # appended to a SELECT that locks its rows ("" where BEGIN locks all)
+    batch_setup: str | None  # argument-less statements that open a webhook batch
+
+    def unavailable(self, error: Exception) -> bool:
+        """Whether `error` means "the database cannot be used now", not "the SQL is wrong"."""
+        ...
+
+    def row_source(
+        self, types: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> list[tuple[str, tuple[Any, ...]]]:
+        """`rows` (of the SQL `types`) as table expressions with columns column1, column2...,
+        each with its arguments: one per statement to run, as few as the database allows."""
+        ...
+
+    async def run(self, tx: Transaction[T]) -> T:
+        """`tx` as one transaction; StoreUnavailable when the database is out of reach."""
+        ...
+
+    async def look_up(self, tx: Transaction[T]) -> T:
+        """`tx`, a `@lookup`, without a transaction around it."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Queries:
+    """Base of the classes holding store methods, one per aggregate (sql_store.SqlStore)."""
+
+    _db: Database
+
+
+Q = TypeVar("Q", bound=Queries)
+Method = Callable[Concatenate[Q, P], Transaction[T]]
+AsyncMethod = Callable[Concatenate[Q, P], Coroutine[Any, Any, T]]
+
+
+def transaction(method: Method[Q, P, T]) -> AsyncMethod[Q, P, T]:
+    """The store method `method`, run by the database as one transaction."""
+
+    @functools.wraps(method)
+    async def run(self: Q, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._db.run(method(self, *args, **kwargs))
+
+    return run
+
+
+def lookup(method: Method[Q, P, T]) -> AsyncMethod[Q, P, T]:
+    """A read of the API's hot path that runs without BEGIN and COMMIT: one statement of at
+    most one row by primary key (a token, a template).
+
+    The one read not run in SQLite's database thread: it runs right here, on the event
+    loop's thread, on a reading connection of its own. Such a read costs less than the hop
+    to that thread (bench/RESULTS.md, "Why the code is as it is"), WAL lets it proceed while
+    the writer commits, and that connection never waits for a lock (busy_timeout 0).
+    On PostgreSQL it saves the BEGIN and COMMIT round trips.
+    """
+
+    @functools.wraps(method)
+    async def run(self: Q, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._db.look_up(method(self, *args, **kwargs))
+
+    return run
