@@ -12,16 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from service.simulator import (
-    DEFAULT_LIMIT,
-    MAX_LIMIT,
-    Fault,
-    Simulator,
-    base_url,
-    bound_port,
-    make_templates,
-    serve,
-)
+from service.simulator import Fault, Simulator, base_url, bound_port, make_templates, serve
+from service.simulator_graph import DEFAULT_LIMIT, MAX_LIMIT
 
 WABA = "102290129340398"
 OTHER_WABA = "200000000000001"
