@@ -13,7 +13,7 @@ WHERE re-checked on its newest version; SQLite's BEGIN IMMEDIATE serialises writ
 from __future__ import annotations
 
 from .models import PollState
-from .transactions import Queries, Transaction, fetch, fetchrow, transaction
+from .transactions import Queries, Transaction, fetch, fetchrow, read, transaction
 
 # The workspace's poll state forbids a poll now: leased, or released with a later next_poll_at.
 # A lease still named by an owner after it expired is a crashed replica's: it is taken over.
@@ -52,7 +52,7 @@ def due_args(now_ms: int, grace_ms: int, interval_ms: int, limit: int) -> list[i
 
 
 class PollStateQueries(Queries):
-    @transaction
+    @read
     def due_workspaces(
         self, now_ms: int, grace_ms: int, interval_ms: int, limit: int
     ) -> Transaction[list[str]]:
@@ -65,7 +65,7 @@ class PollStateQueries(Queries):
         rows = yield fetch(DUE_SQL, *due_args(now_ms, grace_ms, interval_ms, limit))
         return [row["workspace_id"] for row in rows]
 
-    @transaction
+    @read
     def grace_waiting(self, now_ms: int, grace_ms: int) -> Transaction[tuple[int, int | None]]:
         """How many templates await a webhook inside their grace period (not due yet), and
         when the first of them leaves it (None when none waits)."""
@@ -121,7 +121,7 @@ class PollStateQueries(Queries):
         )  # fmt: skip
         return row is not None
 
-    @transaction
+    @read
     def poll_state(self, workspace_id: str) -> Transaction[PollState | None]:
         """The workspace's poll state (None before its first claim)."""
         row = yield fetchrow(

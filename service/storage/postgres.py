@@ -242,9 +242,11 @@ class PostgresBackend:
             await session.commit()
         return result
 
-    async def look_up(self, tx: Transaction[T]) -> T:
+    async def read(self, tx: Transaction[T]) -> T:
         async with self._connection() as conn:
             return await drive(_Session(conn), tx)
+
+    look_up = read  # a lookup is a read like any other here
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:

@@ -1,6 +1,6 @@
-"""SQLite backend: WAL mode with synchronous=FULL; a connection in a database thread of
-its own runs every transaction whole, one at a time, in one hop; a second connection
-answers lookups (transactions.lookup) on the event loop's thread.
+"""SQLite backend: WAL mode with synchronous=FULL; three connections, one per way a store
+method runs (transactions.py): a writing thread runs every transaction whole, one at a
+time, in one hop; a reading thread answers @reads; @lookups run on the event loop's thread.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import contextlib
 import errno
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -29,8 +30,8 @@ PRAGMAS = (
     "PRAGMA foreign_keys=ON",
 )
 # Another process holding the write lock (a CLI command, a backup) makes a webhook wait
-# this long, in the database thread, before it is refused with 503 and retried by Meta.
-# The reading connection, on the event loop's thread, never waits (transactions.lookup).
+# this long, in the writing thread, before it is refused with 503 and retried by Meta.
+# Reading connections never wait: WAL readers take no lock a writer holds.
 WRITER_BUSY_MS = 500
 BEGIN = "BEGIN IMMEDIATE"  # every write transaction takes the write lock at once
 MEMORY = ":memory:"  # a database in memory: no file to create
@@ -137,12 +138,10 @@ class SqliteBackend:
     table_exists = "SELECT 1 AS ok FROM sqlite_master WHERE type = 'table' AND name = ?"
     unavailable = staticmethod(unavailable)
 
-    def __init__(
-        self, writer: sqlite3.Connection, reader: sqlite3.Connection, thread: ThreadPoolExecutor
-    ) -> None:
-        self._writer = writer  # every transaction, in `thread`, one at a time
-        self._reader = reader  # lookups, in the event loop's thread
-        self._thread = thread
+    def __init__(self, writer: _Thread, reader: _Thread, lookups: sqlite3.Connection) -> None:
+        self._writer = writer  # every transaction, one at a time
+        self._reader = reader  # every @read
+        self._lookups = lookups  # every @lookup, in the event loop's thread
 
     @staticmethod
     def row_source(
@@ -162,32 +161,63 @@ class SqliteBackend:
 
     @classmethod
     async def connect(cls, path: str) -> SqliteBackend:
-        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        opened: list[_Thread] = []
         try:
-            writer = await asyncio.get_running_loop().run_in_executor(
-                thread, _open, path, WRITER_BUSY_MS
-            )
-            reader = _open(path, 0)
+            for name, busy_ms in (("sqlite-writer", WRITER_BUSY_MS), ("sqlite-reader", 0)):
+                opened.append(await _Thread.open(path, busy_ms, name))
+            lookups = _open(path, 0)
         except (OSError, sqlite3.Error) as error:
-            thread.shutdown()
+            for thread in opened:
+                await thread.close()
             raise open_failure(path, error) from error
-        return cls(writer, reader, thread)
+        writer, reader = opened
+        return cls(writer, reader, lookups)
 
     async def run(self, tx: Transaction[T]) -> T:
-        """`tx` whole in the database thread: BEGIN IMMEDIATE, its statements, COMMIT."""
+        """`tx` whole in the writing thread: BEGIN IMMEDIATE, its statements, COMMIT."""
         with _store_errors():
-            return await asyncio.get_running_loop().run_in_executor(
-                self._thread, _run_blocking, self._writer, tx
-            )
+            return await self._writer.call(_run_blocking, tx)
+
+    async def read(self, tx: Transaction[T]) -> T:
+        with _store_errors():
+            return await self._reader.call(_drive, tx)
 
     async def look_up(self, tx: Transaction[T]) -> T:
         with _store_errors():
-            return drive_blocking(_BlockingConnection(self._reader), tx)
+            return _drive(self._lookups, tx)
 
     async def close(self) -> None:
-        self._reader.close()
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._writer.close)
-        self._thread.shutdown(wait=True)
+        self._lookups.close()
+        await self._reader.close()
+        await self._writer.close()
+
+
+@dataclass(frozen=True)
+class _Thread:
+    """A connection used in a thread of its own, one call at a time."""
+
+    conn: sqlite3.Connection
+    executor: ThreadPoolExecutor
+
+    @classmethod
+    async def open(cls, path: str, busy_ms: int, name: str) -> _Thread:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        try:
+            loop = asyncio.get_running_loop()
+            return cls(await loop.run_in_executor(executor, _open, path, busy_ms), executor)
+        except BaseException:
+            executor.shutdown()
+            raise
+
+    async def call(
+        self, function: Callable[[sqlite3.Connection, Transaction[T]], T], tx: Transaction[T]
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, function, self.conn, tx)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.conn.close)
+        self.executor.shutdown(wait=True)
 
 
 @contextlib.contextmanager
@@ -201,10 +231,14 @@ def _store_errors() -> Iterator[None]:
         raise
 
 
+def _drive(conn: sqlite3.Connection, tx: Transaction[T]) -> T:
+    return drive_blocking(_BlockingConnection(conn), tx)
+
+
 def _run_blocking(conn: sqlite3.Connection, tx: Transaction[T]) -> T:
     conn.execute(BEGIN)
     try:
-        result = drive_blocking(_BlockingConnection(conn), tx)
+        result = _drive(conn, tx)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

@@ -13,6 +13,7 @@ from .transactions import (
     execute,
     fetch,
     fetchrow,
+    read,
     transaction,
 )
 
@@ -57,12 +58,12 @@ class SyncRunQueries(Queries):
             run.missing, run.graph_calls, run.error, run.id,
         )  # fmt: skip
 
-    @transaction
+    @read
     def get_sync_run(self, run_id: int) -> Transaction[SyncRun | None]:
         row = yield fetchrow(f"SELECT {RUN_COLUMNS} FROM sync_runs WHERE id = ?", run_id)
         return SyncRun(**row) if row else None
 
-    @transaction
+    @read
     def last_sync_run(self, workspace_id: str) -> Transaction[SyncRun | None]:
         row = yield fetchrow(
             f"SELECT {RUN_COLUMNS} FROM sync_runs WHERE workspace_id = ? ORDER BY id DESC LIMIT 1",
@@ -84,7 +85,7 @@ class SyncRunQueries(Queries):
             )
         )
 
-    @transaction
+    @read
     def throttles(self, waba_ids: Sequence[str]) -> Transaction[dict[str, Throttle]]:
         if not waba_ids:
             return {}

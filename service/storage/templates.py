@@ -43,6 +43,7 @@ from .transactions import (
     fetch,
     fetchrow,
     lookup,
+    read,
     transaction,
 )
 
@@ -79,7 +80,7 @@ class TemplateQueries(Queries):
         yield from insert_events(row["id"], new.waba_id, new.provider_id, created.rows)
         return to_template(row)
 
-    @transaction
+    @read
     def list_templates(
         self, workspace_id: str, where: TemplateFilter, offset: int, limit: int
     ) -> Transaction[tuple[list[Template], int]]:
@@ -121,7 +122,7 @@ class TemplateQueries(Queries):
         token = ApiToken(**{name: row.pop(f"token_{name}") for name in TOKEN_FIELDS})
         return token, to_template(row) if row["id"] is not None else None
 
-    @transaction
+    @read
     def template_history(
         self, workspace_id: str, template_id: int
     ) -> Transaction[list[HistoryEvent] | None]:
@@ -144,7 +145,7 @@ class TemplateQueries(Queries):
         yield execute("DELETE FROM template_events WHERE template_id = ?", template_id)
         yield execute("DELETE FROM templates WHERE id = ?", template_id)
 
-    @transaction
+    @read
     def pending_templates(self, workspace_id: str) -> Transaction[list[PendingTemplate]]:
         rows = yield fetch(
             "SELECT id, waba_id, provider_id FROM templates "
@@ -153,7 +154,7 @@ class TemplateQueries(Queries):
         )
         return [PendingTemplate(**row) for row in rows]
 
-    @transaction
+    @read
     def template_counts(self, workspace_id: str) -> Transaction[dict[str, int]]:
         """How many templates each WABA of the workspace has here (to choose a strategy)."""
         rows = yield fetch(

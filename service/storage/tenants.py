@@ -15,7 +15,7 @@ from typing import Any
 
 from .models import ApiToken, Channel, Conflict, NotFound, TokenInfo, Workspace, WorkspaceSummary
 from .template_rows import PENDING_IN
-from .transactions import Queries, Transaction, execute, fetch, fetchrow, lookup, transaction
+from .transactions import Queries, Transaction, execute, fetch, fetchrow, lookup, read, transaction
 
 WORKSPACE_COLUMNS = "id, name, created_at"
 CHANNEL_COLUMNS = "id, workspace_id, waba_id, access_token_enc, created_at"
@@ -58,19 +58,19 @@ class TenantQueries(Queries):
         )
         return workspace
 
-    @transaction
+    @read
     def list_workspaces(self) -> Transaction[list[Workspace]]:
         rows = yield fetch(f"SELECT {WORKSPACE_COLUMNS} FROM workspaces ORDER BY created_at")
         return [Workspace(**row) for row in rows]
 
-    @transaction
+    @read
     def get_workspace(self, workspace_id: str) -> Transaction[Workspace | None]:
         row = yield fetchrow(
             f"SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE id = ?", workspace_id
         )
         return Workspace(**row) if row else None
 
-    @transaction
+    @read
     def workspace_summaries(
         self, workspace_id: str | None = None
     ) -> Transaction[list[WorkspaceSummary]]:
@@ -105,7 +105,7 @@ class TenantQueries(Queries):
         )
         return channel
 
-    @transaction
+    @read
     def list_channels(self, workspace_id: str) -> Transaction[list[Channel]]:
         rows = yield fetch(
             f"SELECT {CHANNEL_COLUMNS} FROM channels WHERE workspace_id = ? ORDER BY created_at",
@@ -113,12 +113,12 @@ class TenantQueries(Queries):
         )
         return [Channel(**row) for row in rows]
 
-    @transaction
+    @read
     def channel_for_waba(self, waba_id: str) -> Transaction[Channel | None]:
         row = yield fetchrow(f"SELECT {CHANNEL_COLUMNS} FROM channels WHERE waba_id = ?", waba_id)
         return Channel(**row) if row else None
 
-    @transaction
+    @read
     def all_channels(self) -> Transaction[list[Channel]]:
         rows = yield fetch(f"SELECT {CHANNEL_COLUMNS} FROM channels ORDER BY created_at")
         return [Channel(**row) for row in rows]

@@ -2,9 +2,14 @@
 
 A method yields `Statement`s and receives each one's rows; the backend (a `Database`) runs
 the generator: PostgreSQL with awaits on a pooled asyncpg connection, SQLite whole inside
-its database thread, so a method costs one thread hop however many statements it runs.
-Methods are marked `@transaction` (the default: BEGIN, the statements, COMMIT, rolled back
-on any error) or `@lookup` (see there); nothing else reaches the database.
+a thread of its own, so a method costs one thread hop however many statements it runs.
+Each method is marked with how it runs, and nothing else reaches the database:
+- `@transaction`: BEGIN, its statements, COMMIT, rolled back on any error; on SQLite in
+  the writing thread, one at a time. Every method that writes, or reads more than once.
+- `@read`: one statement that only reads, without BEGIN and COMMIT; on SQLite in a
+  reading thread of its own, so it never waits for a commit (WAL) nor stalls the loop.
+- `@lookup`: a `@read` of one row by primary key on the API's hot path; on SQLite right on
+  the event loop's thread (see there why).
 """
 
 from __future__ import annotations
@@ -115,6 +120,10 @@ class Database(Protocol):
         """`tx` as one transaction; StoreUnavailable when the database is out of reach."""
         ...
 
+    async def read(self, tx: Transaction[T]) -> T:
+        """`tx`, a `@read`, without a transaction around it."""
+        ...
+
     async def look_up(self, tx: Transaction[T]) -> T:
         """`tx`, a `@lookup`, without a transaction around it."""
         ...
@@ -143,15 +152,26 @@ def transaction(method: Method[Q, P, T]) -> AsyncMethod[Q, P, T]:
     return run
 
 
-def lookup(method: Method[Q, P, T]) -> AsyncMethod[Q, P, T]:
-    """A read of the API's hot path that runs without BEGIN and COMMIT: one statement of at
-    most one row by primary key (a token, a template).
+def read(method: Method[Q, P, T]) -> AsyncMethod[Q, P, T]:
+    """The store method `method`, one statement that only reads, run without a transaction
+    (the statement is its own snapshot)."""
 
-    The one read not run in SQLite's database thread: it runs right here, on the event
-    loop's thread, on a reading connection of its own. Such a read costs less than the hop
-    to that thread (bench/RESULTS.md, "Why the code is as it is"), WAL lets it proceed while
-    the writer commits, and that connection never waits for a lock (busy_timeout 0).
-    On PostgreSQL it saves the BEGIN and COMMIT round trips.
+    @functools.wraps(method)
+    async def run(self: Q, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._db.read(method(self, *args, **kwargs))
+
+    return run
+
+
+def lookup(method: Method[Q, P, T]) -> AsyncMethod[Q, P, T]:
+    """A `@read` of the API's hot path: one statement of at most one row by primary key (a
+    token, a template).
+
+    On SQLite it runs right here, on the event loop's thread, on a connection of its own:
+    such a read costs less than the hop to a thread (a template GET's read: about 20 us
+    here, 50 us through a thread; bench/RESULTS.md), WAL lets it proceed while the writer
+    commits, and that connection never waits for a lock (busy_timeout 0). Nothing slower
+    may be a lookup: it would stall every request, webhook acknowledgements included.
     """
 
     @functools.wraps(method)
