@@ -8,7 +8,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
@@ -78,8 +78,15 @@ def verify_signature(body: bytes, header: str | None, secrets: Sequence[bytes]) 
         raise SignatureError(MISMATCH)
 
 
-def parse_delivery(body: bytes) -> tuple[list[Change], list[str]]:
-    """Template changes of a delivery, and an error per change that could not be read.
+class ParsedDelivery(NamedTuple):
+    changes: list[Change]  # the template changes
+    errors: list[str]  # one per template change that could not be read
+    fields: frozenset[str]  # of every change, template or not (relay filters choose by them)
+
+
+def parse_delivery(body: bytes) -> ParsedDelivery:
+    """A delivery's template changes, an error per one that could not be read, and the
+    fields of all its changes.
 
     Raises PayloadError when the body as a whole is unusable.
     """
@@ -89,14 +96,14 @@ def parse_delivery(body: bytes) -> tuple[list[Change], list[str]]:
         raise PayloadError(f"body is not valid JSON: {type(error).__name__}") from None
     if not isinstance(document, dict) or not isinstance(document.get("entry"), list):
         raise PayloadError("body has no entry list")
-    changes: list[Change] = []
-    errors: list[str] = []
+    parsed = ParsedDelivery([], [], frozenset())
+    fields: set[str] = set()
     for index, entry in enumerate(document["entry"]):
         try:
-            changes.extend(_entry_changes(entry, index, errors))
+            parsed.changes.extend(_entry_changes(entry, index, parsed.errors, fields))
         except PayloadError as error:
-            errors.append(f"entry[{index}]: {error}")
-    return changes, errors
+            parsed.errors.append(f"entry[{index}]: {error}")
+    return parsed._replace(fields=frozenset(fields))
 
 
 def _reject_constant(name: str) -> Any:
@@ -112,7 +119,7 @@ def _parse_int(digits: str) -> int | str:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_parse_int)
 
 
-def _entry_changes(entry: Any, index: int, errors: list[str]) -> list[Change]:
+def _entry_changes(entry: Any, index: int, errors: list[str], fields: set[str]) -> list[Change]:
     if not isinstance(entry, dict) or not isinstance(entry.get("changes"), list):
         raise PayloadError("entry has no changes list")
     waba_id = _identifier(entry.get("id"), "entry.id")
@@ -121,10 +128,13 @@ def _entry_changes(entry: Any, index: int, errors: list[str]) -> list[Change]:
         raise PayloadError("entry.time is not a unix time")
     result = []
     for position, item in enumerate(entry["changes"]):
-        if not isinstance(item, dict) or item.get("field") not in WEBHOOK_FIELDS:
-            continue  # other fields are stored with the delivery and acknowledged
+        field = item.get("field") if isinstance(item, dict) else None
+        if isinstance(field, str):
+            fields.add(field)
+        if field not in WEBHOOK_FIELDS:
+            continue  # other fields are stored with the delivery, acknowledged and relayed
         try:
-            result.append(_change(waba_id, entry_time, item["field"], item.get("value")))
+            result.append(_change(waba_id, entry_time, field, item.get("value")))
         except PayloadError as error:
             errors.append(f"entry[{index}].changes[{position}]: {error}")
     return result
@@ -213,12 +223,15 @@ async def receive(request: Request) -> Response:
         svc.metrics.rejected.labels("signature").inc()
         _warn_refused(svc.log_limiter, str(error))
         raise ApiError(401, f"Invalid webhook signature: {error}") from None
+    signature = request.headers[SIGNATURE_HEADER]  # one: verify_signature checked it
     try:
-        changes, errors = parse_delivery(body)
+        changes, errors, fields = parse_delivery(body)
     except PayloadError as error:
-        changes, errors = [], [str(error)]
+        changes, errors, fields = [], [str(error)], frozenset()
     try:
-        result = await svc.store.record_delivery(body, now_ms(), changes, _error_summary(errors))
+        result = await svc.store.record_delivery(
+            body, now_ms(), changes, _error_summary(errors), signature, fields
+        )
     except StoreUnavailable as error:
         svc.metrics.rejected.labels("store_unavailable").inc()
         logger.error("webhook not stored, asking Meta to retry: %s", error)
@@ -226,6 +239,8 @@ async def receive(request: Request) -> Response:
             503, "Store unavailable, retry later", headers={"Retry-After": RETRY_AFTER_S}
         ) from None
     svc.metrics.delivery(result)
+    if result.relayed:  # queued for relays: sent now, not at the dispatcher's next tick
+        svc.dispatcher.nudge()
     request.scope[LOG_DETAIL] = lambda: (
         f"delivery {result.delivery_id} {result.outcome}: {len(changes)} changes, "
         f"{result.applied} applied, {result.stale} stale, {result.duplicate} duplicate, "

@@ -98,7 +98,7 @@ def test_status_delivery_is_compact_escaped_and_parses() -> None:
         b'"message_template_status_update","value":{"event":"APPROVED","message_template_id":3,'
         b'"message_template_name":"b\\u00e4","message_template_language":"de","reason":"NONE"}}]}]}'
     )
-    [change], errors = parse_delivery(body)
+    [change], errors, _ = parse_delivery(body)
     assert errors == [] and (change.template_id, change.name) == ("3", "b\u00e4")
     other = meta.status_delivery(
         waba_id="1", template_id="abc", event="REJECTED", name="n", language="en", reason=None

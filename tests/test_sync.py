@@ -573,7 +573,7 @@ async def test_a_sync_and_a_webhook_that_see_the_same_change_store_the_same(
     ]  # fmt: skip
     entry = meta_webhooks.entry(WABA_ID, seen_s, *changes)
     body = meta_webhooks.encode(meta_webhooks.delivery(entry))
-    parsed, errors = parse_delivery(body)
+    parsed, errors, _ = parse_delivery(body)
     assert len(parsed) == 3 and errors == []
     assert (await store.record_delivery(body, seen_s * 1000, parsed, None)).applied == 3
     simulator.add_templates(WABA_ID, [{"id": "1", "name": "promo", "language": "en_US",

@@ -136,8 +136,8 @@ def test_verifier_accepts_every_correctly_signed_body(body: bytes) -> None:
 
 
 def test_template_id_as_int_and_as_string_parse_to_the_same_string() -> None:
-    as_int, _ = parse_delivery(status_body("APPROVED", template_id=1689556908129832))
-    as_str, _ = parse_delivery(status_body("APPROVED", template_id="1689556908129832"))
+    as_int, _, _ = parse_delivery(status_body("APPROVED", template_id=1689556908129832))
+    as_str, _, _ = parse_delivery(status_body("APPROVED", template_id="1689556908129832"))
     assert as_int == as_str and as_int[0].template_id == "1689556908129832"
 
 
@@ -154,18 +154,21 @@ def test_unusable_bodies_raise_payload_error(body: bytes) -> None:
     "template_id", [1.689556908129832e15, True, -1, "12a", "", None, "1" * 40, "\u0661\u0662"]
 )
 def test_bad_template_ids_are_reported_per_change(template_id: Any) -> None:
-    changes, errors = parse_delivery(status_body("APPROVED", template_id=template_id))
+    changes, errors, _ = parse_delivery(status_body("APPROVED", template_id=template_id))
     assert changes == [] and len(errors) == 1 and "message_template_id" in errors[0]
 
 
-def test_non_template_fields_are_skipped_without_error() -> None:
-    changes, errors = parse_delivery(fixture_body("webhook-batch-mixed.json"))
+def test_non_template_fields_are_skipped_without_error_and_named_for_relays() -> None:
+    changes, errors, fields = parse_delivery(fixture_body("webhook-batch-mixed.json"))
     assert [c.field for c in changes] == [
         "message_template_status_update",
         "message_template_quality_update",
         "message_template_status_update",
     ]
     assert errors == []
+    assert fields == {
+        "message_template_status_update", "message_template_quality_update", "messages",
+    }  # fmt: skip
 
 
 # --- the endpoint: handshake ---------------------------------------------------------------

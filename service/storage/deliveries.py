@@ -8,26 +8,35 @@ from ..events import Change, dedupe_keys_below
 from .delivery_batch import NewDelivery, record_batch
 from .group_commit import GroupCommit
 from .models import Delivery, DeliveryResult
-from .transactions import Queries, Transaction, count_returned, fetch, transaction
+from .transactions import Queries, Transaction, count_returned, fetch, read, transaction
 
 
 class DeliveryQueries(Queries):
     _group_commit: GroupCommit
 
     async def record_delivery(
-        self, body: bytes, received_at_ms: int, changes: Sequence[Change], error: str | None
+        self,
+        body: bytes,
+        received_at_ms: int,
+        changes: Sequence[Change],
+        error: str | None,
+        signature: str | None = None,
+        fields: frozenset[str] = frozenset(),
     ) -> DeliveryResult:
         """Store the signed bytes and apply their changes; returns once committed.
 
         Deliveries arriving together share one transaction (group_commit.py). One that cannot
         be applied is still stored, quarantined with the error, so nothing signed is lost.
+        Relays that take the delivery (`fields`: of all its changes) get it queued with its
+        `signature` header in the same commit (outbox.py).
         """
-        return await self._group_commit.submit(NewDelivery(body, received_at_ms, changes, error))
+        item = NewDelivery(body, received_at_ms, changes, error, signature, fields)
+        return await self._group_commit.submit(item)
 
     async def _commit_deliveries(self, items: list[NewDelivery]) -> list[DeliveryResult]:
         return await self._db.run(record_batch(items, self._db))
 
-    @transaction
+    @read
     def list_deliveries(self, outcome: str | None, limit: int) -> Transaction[list[Delivery]]:
         """The newest stored deliveries, optionally only those with `outcome`."""
         where, args = ("WHERE outcome = ?", [outcome]) if outcome else ("", [])
@@ -41,11 +50,14 @@ class DeliveryQueries(Queries):
 
     @transaction
     def prune_deliveries(self, before_ms: int, limit: int) -> Transaction[int]:
-        """Delete up to `limit` of the oldest deliveries received before `before_ms`."""
+        """Delete up to `limit` of the oldest deliveries received before `before_ms`, except
+        those a relay has still to send."""
         return (
             yield from count_returned(
-                "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries "
-                "WHERE received_at < ? ORDER BY received_at LIMIT ?) RETURNING id",
+                "DELETE FROM webhook_deliveries WHERE id IN (SELECT d.id FROM webhook_deliveries d "
+                "WHERE d.received_at < ? AND NOT EXISTS (SELECT 1 FROM outbox o "
+                "WHERE o.item_id = d.id AND o.kind = 'relay') ORDER BY d.received_at LIMIT ?) "
+                "RETURNING id",
                 before_ms,
                 limit,
             )

@@ -21,6 +21,7 @@ with a replay pays one lookup more.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from typing import Any
 
 from ..events import Change, TemplateState, observe_change, webhook_template
 from .models import DeliveryResult, StoreUnavailable
+from .outbox import queue_relays
 from .template_rows import (
     INSERT_EVENT,
     INSERT_TEMPLATES,
@@ -53,6 +55,8 @@ class NewDelivery:
     received_at_ms: int
     changes: Sequence[Change]
     error: str | None
+    signature: str | None = field(default=None, repr=False)  # the header, for relays
+    fields: frozenset[str] = frozenset()  # of every change in the body, for relay filters
 
 
 def body_key(item: NewDelivery) -> bytes:
@@ -91,9 +95,7 @@ def _quarantine(
 ) -> Transaction[list[DeliveryResult]]:
     logger.error("applying a delivery failed (%s); storing it quarantined", failed)
     # Its changes are kept for its body_key only: storing the body applies nothing.
-    quarantined = NewDelivery(
-        item.body, item.received_at_ms, item.changes, f"could not apply: {failed}"
-    )
+    quarantined = dataclasses.replace(item, error=f"could not apply: {failed}")
     return (yield from _insert_deliveries([quarantined], db))
 
 
@@ -163,23 +165,37 @@ class _Template:
 def _insert_deliveries(
     items: Sequence[NewDelivery], db: Database
 ) -> Transaction[list[DeliveryResult]]:
-    """Insert the bodies not stored yet; a body stored already (the same key, maybe earlier in
-    this batch) is a replay, answered with the stored delivery's id."""
+    """Insert the bodies not stored yet, each queued for the relays that take it; a body
+    stored already (the same key, maybe earlier in this batch) is a replay, answered with the
+    stored delivery's id, and relayed once only."""
     rows = [(i.received_at_ms, i.body, "quarantined" if i.error else "processed", i.error,
-             body_key(i)) for i in items]  # fmt: skip
+             body_key(i), i.signature) for i in items]  # fmt: skip
     inserted = yield from _each(
-        "INSERT INTO webhook_deliveries (received_at, body, outcome, error, body_key) "
-        "SELECT column1, column2, column3, column4, column5 FROM {rows} AS k WHERE true "
-        "ON CONFLICT (body_key) DO NOTHING RETURNING id",
-        ("bigint", "bytea", "text", "text", "bytea"),
+        "INSERT INTO webhook_deliveries (received_at, body, outcome, error, body_key, signature) "
+        "SELECT column1, column2, column3, column4, column5, column6 FROM {rows} AS k "
+        "WHERE true ON CONFLICT (body_key) DO NOTHING RETURNING id",
+        ("bigint", "bytea", "text", "text", "bytea", "text"),
         rows,
         db,
     )
     ids = sorted(row["id"] for row in inserted)
     if len(ids) < len(rows):
-        return (yield from _with_replays(rows, set(ids), db))
-    # No replay: the ids in insertion order (each insert takes a larger id).
-    return [DeliveryResult(delivery_id=i, outcome=r[2]) for i, r in zip(ids, rows, strict=True)]
+        results = yield from _with_replays(rows, set(ids), db)
+    else:  # no replay: the ids in insertion order (each insert takes a larger id)
+        results = [
+            DeliveryResult(delivery_id=i, outcome=r[2]) for i, r in zip(ids, rows, strict=True)
+        ]
+    fresh = {
+        r.delivery_id: (r, i)
+        for r, i in zip(results, items, strict=True)
+        if r.outcome != "replayed"
+    }
+    queued = yield from queue_relays(
+        [(d, i.received_at_ms, i.fields) for d, (_, i) in fresh.items()]
+    )
+    for delivery_id in queued:
+        fresh[delivery_id][0].relayed += 1
+    return results
 
 
 def _with_replays(

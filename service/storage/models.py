@@ -118,6 +118,41 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Relay:
+    """Where acknowledged deliveries are passed on (design section 10)."""
+
+    id: str
+    name: str | None
+    url: str
+    fields: tuple[str, ...]  # a delivery is relayed when one of its changes has one; (): all
+    created_at: int
+
+
+@dataclass(frozen=True)
+class RelaySummary:
+    relay: Relay
+    queued: int
+    failed: int
+    last_error: str | None  # of its latest failed attempt
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """A claimed outbox row and what sending it takes: for a relay, the delivery's bytes and
+    the signature header they came with."""
+
+    id: int
+    kind: str  # "relay"
+    target_id: str
+    item_id: int  # the delivery
+    url: str
+    attempts: int  # made before this one
+    created_at: int
+    body: bytes = field(repr=False)
+    signature: str | None = field(repr=False)
+
+
+@dataclass(frozen=True)
 class NewTemplate:
     workspace_id: str
     waba_id: str
@@ -224,3 +259,4 @@ class DeliveryResult:
     duplicate: int = 0
     unknown_waba: int = 0
     created: int = 0
+    relayed: int = 0  # outbox rows queued for relays

@@ -227,6 +227,41 @@ MIGRATIONS: list[tuple[int, str]] = [
         WHERE status = 'ARCHIVED' AND status_before_archive IS NULL
         """,
     ),
+    (
+        11,
+        # The outbox (design sections 10 and 11): what is to be sent out, written in the same
+        # commit as what it reports. A relay row passes a stored delivery on, its bytes and
+        # its signature header as received; `item_id` is the delivery. Sent rows are
+        # deleted; a row past OUTBOX_MAX_AGE_S stays, `failed`, until retried or pruned.
+        # A dispatcher claims due rows with a lease, so each is sent by one replica at a time.
+        """
+        ALTER TABLE webhook_deliveries ADD COLUMN signature TEXT;
+        CREATE TABLE relays (
+            id TEXT PRIMARY KEY,
+            name TEXT,
+            url TEXT NOT NULL,
+            fields TEXT,
+            created_at BIGINT NOT NULL
+        );
+        CREATE TABLE outbox (
+            id {serial},
+            kind TEXT NOT NULL,
+            target_id TEXT NOT NULL,
+            item_id BIGINT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at BIGINT NOT NULL,
+            lease_owner TEXT,
+            lease_until BIGINT NOT NULL DEFAULT 0,
+            created_at BIGINT NOT NULL,
+            last_attempt_at BIGINT,
+            last_error TEXT
+        );
+        CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE state = 'queued';
+        CREATE INDEX outbox_target ON outbox (target_id, state);
+        CREATE INDEX outbox_item ON outbox (item_id, kind)
+        """,
+    ),
 ]
 
 

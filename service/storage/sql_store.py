@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .deliveries import DeliveryQueries
 from .group_commit import GroupCommit
+from .outbox import OutboxQueries
 from .poll_state import PollStateQueries
 from .protocol import Store
 from .schema import MIGRATIONS, statements
@@ -14,7 +15,14 @@ from .tenants import TenantQueries
 from .transactions import Database, Transaction, execute, fetch, fetchrow, transaction
 
 
-class SqlStore(TenantQueries, TemplateQueries, DeliveryQueries, SyncRunQueries, PollStateQueries):
+class SqlStore(
+    TenantQueries,
+    TemplateQueries,
+    DeliveryQueries,
+    OutboxQueries,
+    SyncRunQueries,
+    PollStateQueries,
+):
     def __init__(self, db: Database) -> None:
         self._db = db
         self._group_commit = GroupCommit(self._commit_deliveries, db.parallel_batches)
