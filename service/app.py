@@ -147,7 +147,8 @@ class AccessLog:
 
 
 def create_app(settings: Settings, store_opener: StoreOpener = open_store) -> Starlette:
-    """The ASGI app; its lifespan assembles the store, syncer and poller (service.assembly).
+    """The ASGI app; its lifespan assembles the store, syncer, poller and dispatcher
+    (service.assembly) and runs the loops.
 
     `store_opener` lets a test wrap the store (for example to crash after a commit).
     """
@@ -159,10 +160,12 @@ def create_app(settings: Settings, store_opener: StoreOpener = open_store) -> St
         async with (
             assembled(settings, app_metrics, store_opener) as parts,
             parts.poller.running() if settings.poll_enabled else nullcontext(),
+            parts.dispatcher.running(),
             pruning(parts.store, settings, app_metrics),
         ):
             announce(settings)
-            yield {"services": Services(settings, parts.store, parts.metrics, parts.syncer)}
+            svc = Services(settings, parts.store, parts.metrics, parts.syncer, parts.dispatcher)
+            yield {"services": svc}
 
     app = Starlette(
         routes=ROUTES,

@@ -1,9 +1,9 @@
 """What `serve`'s lifespan and the CLI both build from Settings, in one place.
 
 `assembled(settings)` opens and migrates the store, loads the cipher of Meta tokens, opens
-one aiohttp session for Graph, and builds the Syncer and the Poller over them, all reporting
-to one Metrics; leaving the block closes the session, then the store. Nothing here imports
-the web framework, so the CLI uses it without the app.
+one aiohttp session for Graph and relays, and builds the Syncer, the Poller and the
+Dispatcher over them, all reporting to one Metrics; leaving the block closes the session,
+then the store. Nothing here imports the web framework, so the CLI uses it without the app.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import aiohttp
 
 from .config import Settings
 from .crypto import TokenCipher, load_cipher
+from .dispatch import Dispatcher
 from .metrics import Metrics
-from .poller import Poller
+from .poller import Poller, default_owner
 from .storage import Store, open_store
 from .sync import Syncer
 
@@ -35,6 +36,7 @@ class Assembly:
     session: aiohttp.ClientSession
     syncer: Syncer
     poller: Poller
+    dispatcher: Dispatcher
 
 
 @asynccontextmanager
@@ -53,7 +55,8 @@ async def assembled(
         async with aiohttp.ClientSession() as session:
             syncer = _syncer(settings, store, session, cipher, metrics)
             poller = _poller(settings, syncer, metrics)
-            yield Assembly(settings, store, metrics, cipher, session, syncer, poller)
+            dispatcher = _dispatcher(settings, store, session, metrics)
+            yield Assembly(settings, store, metrics, cipher, session, syncer, poller, dispatcher)
     finally:
         await store.close()
 
@@ -81,3 +84,12 @@ def _poller(settings: Settings, syncer: Syncer, metrics: Metrics) -> Poller:
         interval_s=settings.poll_interval_s,
         metrics=metrics,
     )
+
+
+def _dispatcher(
+    settings: Settings, store: Store, session: aiohttp.ClientSession, metrics: Metrics
+) -> Dispatcher:
+    return Dispatcher(
+        store, session, metrics, owner=default_owner(),
+        max_age_s=settings.outbox_max_age_s, tick_s=settings.dispatch_tick_s,
+    )  # fmt: skip

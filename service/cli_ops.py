@@ -1,4 +1,4 @@
-"""Commands that run the service: serve, migrate, doctor, sync, import, poll."""
+"""Commands that run the service: serve, migrate, doctor, sync, import, poll, dispatch."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import math
 import signal
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -66,8 +67,9 @@ def migrate() -> None:
 
 @click.command()
 def prune() -> None:
-    """Delete raw deliveries and sync runs older than RETENTION_DAYS and clear dedupe keys
-    older than DEDUPE_DAYS now (`serve` does it hourly); progress on stderr, totals on stdout."""
+    """Delete raw deliveries, sync runs and failed relay rows older than RETENTION_DAYS and
+    clear dedupe keys older than DEDUPE_DAYS now (`serve` does it hourly); progress on
+    stderr, totals on stdout."""
     settings = load_settings()
 
     def report(pruned: Pruned) -> None:
@@ -139,11 +141,34 @@ def poll(once: bool) -> None:
             shown = {**dataclasses.asdict(report), "next_due_at": iso(report.next_due_at)}
             click.echo(json.dumps(shown))
             return
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+        on_stop_signals(poller.stop)
         click.echo(f"polling every {settings.poll_tick_s:g} s; Ctrl-C stops", err=True)
-        await poller.run(stop)
+        await poller.run()
 
     with_assembly(settings, run)
+
+
+@click.command()
+@click.option("--once", is_flag=True, help="One pass, then exit (for cron or a check).")
+def dispatch(once: bool) -> None:
+    """The dispatcher on its own: send queued relay deliveries (`serve` does it too)."""
+    settings = load_settings()
+
+    async def run(parts: Assembly) -> None:
+        dispatcher = parts.dispatcher
+        if once:
+            report = await dispatcher.run_once()
+            click.echo(json.dumps(dataclasses.asdict(report)))
+            return
+        on_stop_signals(dispatcher.stop)
+        click.echo(f"dispatching every {settings.dispatch_tick_s:g} s; Ctrl-C stops", err=True)
+        await dispatcher.run()
+
+    with_assembly(settings, run)
+
+
+def on_stop_signals(stop: Callable[[], None]) -> None:
+    """Call `stop` on Ctrl-C or SIGTERM, so a loop ends after its current pass."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop)

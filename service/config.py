@@ -92,6 +92,9 @@ class Settings:
     sync_deadline_s: float = 90.0
     sync_min_gap_s: float = 10.0  # an API sync sooner after the last answers its result
     max_body_bytes: int = 4 * 1024 * 1024
+    outbox_max_age_s: float = 604_800.0  # 7 days of retries for an outbound delivery
+    # How often the dispatcher looks for due rows; a row this process queues goes out at once.
+    dispatch_tick_s: float = 1.0
     # Limits of the HTTP server itself (server.py), for clients that reach it directly.
     max_header_bytes: int = 64 * 1024  # request line + headers
     request_timeout_s: float = 10.0  # for a request's headers; for a stalled body
@@ -178,6 +181,8 @@ _NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
     "SYNC_MIN_GAP_S": ("sync_min_gap_s", float, 0, 3600),
     "SHUTDOWN_TIMEOUT_S": ("shutdown_timeout_s", float, 1, 3600),
     "MAX_BODY_BYTES": ("max_body_bytes", int, 1, 1 << 30),
+    "OUTBOX_MAX_AGE_S": ("outbox_max_age_s", float, 1, 365 * _DAY_S),
+    "DISPATCH_TICK_S": ("dispatch_tick_s", float, 0.01, 3600),
     "MAX_HEADER_BYTES": ("max_header_bytes", int, 1024, 1 << 24),
     "REQUEST_TIMEOUT_S": ("request_timeout_s", float, 0.1, 3600),
     "LIMIT_CONCURRENCY": ("limit_concurrency", int, 2, 1_000_000),

@@ -23,7 +23,9 @@ GRAPH_CALL_REASONS = ("api", "cli", "import", "poller")
 SYNC_TRIGGERS = ("api", "cli", "poller")
 SYNC_STATUSES = ("succeeded", "partial", "failed")
 POLL_OUTCOMES = ("succeeded", "partial", "failed", "no_pending", "error")
-PRUNED_KINDS = ("deliveries", "dedupe_keys", "sync_runs")
+PRUNED_KINDS = ("deliveries", "dedupe_keys", "sync_runs", "outbox_rows")
+OUTBOX_KINDS = ("relay",)
+OUTBOX_RESULTS = ("sent", "retry", "failed")
 
 
 def labelled_counter(
@@ -87,10 +89,19 @@ class Metrics:
             "Pending templates a poll found decided at Meta: status webhooks Meta did not deliver.",
             registry=registry,
         )
+        self.outbox_attempts = labelled_counter(
+            registry,
+            "template_sync_outbox_attempts",
+            "Outbound deliveries attempted, by kind and result (sent; retry: failed, tried "
+            "again later; failed: failed for good, past OUTBOX_MAX_AGE_S).",
+            kind=OUTBOX_KINDS,
+            result=OUTBOX_RESULTS,
+        )
         self.pruned = labelled_counter(
             registry,
             "template_sync_pruned",
-            "Rows pruned by retention: raw deliveries and sync runs deleted, dedupe keys cleared.",
+            "Rows pruned by retention: raw deliveries, sync runs and failed outbox rows "
+            "deleted, dedupe keys cleared.",
             kind=PRUNED_KINDS,
         )
         self.last_prune = Gauge(

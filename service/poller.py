@@ -21,10 +21,11 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
+from .loops import Signals, in_background, repeat
 from .metrics import Metrics
 from .storage import Store
 from .sync import NoPendingTemplates, Syncer, SyncReport
@@ -95,6 +96,7 @@ class Poller:
         self._store = store
         self._syncer = syncer
         self._tick_s = tick_s
+        self._signals = Signals()
         self._grace_ms = int(grace_s * 1000)
         self._interval_s = interval_s
         self._concurrency = concurrency
@@ -197,37 +199,17 @@ class Poller:
         delay_s *= 1.0 - BACKOFF_JITTER * self._jitter()
         return max(delay_s, self._interval_s, retry_after_s)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Pass after pass, `tick_s` apart, until `stop` is set; a failed pass is logged."""
-        while not stop.is_set():
-            try:
-                await self.run_once()
-            except Exception:
-                logger.exception("polling pass failed; next try in %.1f s", self._tick_s)
-            with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self._tick_s)
+    def stop(self) -> None:
+        """End `run()` after the current pass."""
+        self._signals.stop()
 
-    @asynccontextmanager
-    async def running(self, stop_timeout_s: float = STOP_TIMEOUT_S) -> AsyncIterator[None]:
-        """Run the loop as a task for the block's duration.
+    async def run(self) -> None:
+        """Pass after pass, `tick_s` apart, until stopped; a failed pass is logged."""
+        await repeat("polling", self.run_once, self._tick_s, self._signals)
 
-        On exit the loop is asked to stop, its current pass gets `stop_timeout_s` to finish
-        and is cancelled after that. A crash of the loop is re-raised on exit (unless the
-        block itself raised, which then wins and the crash is logged).
-        """
-        stop = asyncio.Event()
-        task = asyncio.create_task(self.run(stop), name=f"poller {self.owner}")
-        task.add_done_callback(_log_crash)
-        try:
-            yield
-        except BaseException:
-            stop.set()
-            await _stop(task, stop_timeout_s)
-            raise
-        stop.set()
-        crash = await _stop(task, stop_timeout_s)
-        if crash is not None:
-            raise crash
+    def running(self, stop_timeout_s: float = STOP_TIMEOUT_S) -> AbstractAsyncContextManager[None]:
+        """The loop as a task for the block's duration (loops.in_background)."""
+        return in_background(f"poller {self.owner}", self.run, self._signals, stop_timeout_s)
 
 
 def _outcome(result: SyncReport) -> _Outcome:
@@ -239,18 +221,3 @@ def _outcome(result: SyncReport) -> _Outcome:
     )
     retry_after_s = max((f.retry_after_s or 0.0) for f in result.failures)
     return _Outcome(result.status, error, retry_after_s)
-
-
-async def _stop(task: asyncio.Task[None], timeout_s: float) -> BaseException | None:
-    """Wait for the stopping loop, cancel it after `timeout_s`; its crash, if any."""
-    done, _ = await asyncio.wait({task}, timeout=timeout_s)
-    if not done:
-        logger.warning("polling pass still running after %.1f s; cancelling it", timeout_s)
-        task.cancel()
-        await asyncio.wait({task})
-    return None if task.cancelled() else task.exception()
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("the polling loop crashed", exc_info=task.exception())

@@ -1,5 +1,5 @@
-"""Retention: raw deliveries, sync runs and old dedupe keys are pruned, so the store stays
-bounded.
+"""Retention: raw deliveries, sync runs, failed outbox rows and old dedupe keys are pruned,
+so the store stays bounded.
 
 Raw deliveries are kept `RETENTION_DAYS` (30 by default) after they arrive: long enough to
 replay or inspect them. Sync runs are kept as long after they started, and each
@@ -7,7 +7,9 @@ workspace's latest whatever its age (the API shows it). A history row is kept fo
 its dedupe key is cleared `DEDUPE_DAYS` (8 by default, never under 7) after the event was
 received (and after its `entry.time`, which its key leads with; see
 SqlStore.forget_dedupe_keys): Meta stops retrying a delivery 7 days after its first attempt,
-so no copy can come later.
+so no copy can come later. Outbox rows that failed for good (dispatch.py) go as long after
+they were queued, before the deliveries, so their deliveries can go in the same pass: a
+delivery a relay still has to send, or failed to, is kept while its row is.
 
 `serve` prunes at start and then hourly; `template-sync prune` does it once, with progress.
 Work goes in chunks of a short transaction each, so webhooks are never held up for long.
@@ -38,6 +40,7 @@ class Pruned:  # one field per kind of pruning
     deliveries: int = 0
     dedupe_keys: int = 0
     sync_runs: int = 0
+    outbox_rows: int = 0
 
     def describe(self) -> str:
         counts = asdict(self).items()
@@ -51,12 +54,13 @@ async def prune(
     progress: Callable[[Pruned], None] | None = None,
     chunk: int = CHUNK,
 ) -> Pruned:
-    """Delete deliveries and sync runs and clear dedupe keys older than the settings allow,
-    as of `at_ms`."""
+    """Delete failed outbox rows, deliveries and sync runs and clear dedupe keys older than
+    the settings allow, as of `at_ms`."""
     pruned = Pruned()
     retained_from = at_ms - round(settings.retention_days * DAY_MS)
     keys_before = at_ms - round(settings.dedupe_days * DAY_MS)
     steps: dict[str, Callable[[], Awaitable[int]]] = {
+        "outbox_rows": lambda: store.prune_outbox(retained_from, chunk),
         "deliveries": lambda: store.prune_deliveries(retained_from, chunk),
         "dedupe_keys": lambda: store.forget_dedupe_keys(keys_before, chunk),
         "sync_runs": lambda: store.prune_sync_runs(retained_from, chunk),

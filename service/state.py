@@ -8,6 +8,7 @@ from functools import cached_property
 from starlette.requests import Request
 
 from .config import Settings
+from .dispatch import Dispatcher
 from .logs import LogLimiter
 from .metrics import Metrics
 from .storage import Store
@@ -20,6 +21,7 @@ class Services:
     store: Store
     metrics: Metrics
     syncer: Syncer
+    dispatcher: Dispatcher  # nudged when a delivery is queued for relays
 
     @cached_property  # read on every webhook: encoded once
     def app_secrets(self) -> tuple[bytes, ...]:

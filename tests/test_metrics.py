@@ -28,7 +28,11 @@ COUNTERS: dict[str, dict[str, tuple[str, ...]]] = {
         "status": ("succeeded", "partial", "failed"),
     },
     "template_sync_polls": {"outcome": ("succeeded", "partial", "failed", "no_pending", "error")},
-    "template_sync_pruned": {"kind": ("deliveries", "dedupe_keys", "sync_runs")},
+    "template_sync_pruned": {"kind": ("deliveries", "dedupe_keys", "sync_runs", "outbox_rows")},
+    "template_sync_outbox_attempts": {
+        "kind": ("relay",),
+        "result": ("sent", "retry", "failed"),
+    },
 }
 
 

@@ -455,13 +455,12 @@ async def test_a_stuck_pass_is_cancelled_after_the_stop_timeout(
     assert cancelled.is_set() and "cancelling it" in caplog.text
 
 
-async def test_run_returns_when_stop_is_set(store: Store, replica: Any) -> None:
+async def test_run_returns_when_stopped(store: Store, replica: Any) -> None:
     poller = Scripted(replica().poller, iter([]))
-    stop = asyncio.Event()
-    task = asyncio.create_task(poller.run(stop))
+    task = asyncio.create_task(poller.run())
     await eventually(lambda: poller.count >= 2)  # pass after pass until...
-    stop.set()
-    await asyncio.wait_for(task, timeout=1)  # ...stop is set
+    poller.stop()
+    await asyncio.wait_for(task, timeout=1)  # ...it is stopped
 
 
 async def test_due_query_reads_only_the_awaiting_templates_index(
