@@ -1,4 +1,5 @@
-"""What `template-sync doctor` runs: configuration, store, then every channel with Meta.
+"""What `template-sync doctor` runs: configuration, store, every channel with Meta, then the
+relays' failed deliveries.
 
 The doctor changes nothing it does not have to: it never migrates, never generates an
 encryption key and never creates a SQLite file. What a check means (FAIL: broken now;
@@ -17,7 +18,7 @@ from .config import PREFIX, ConfigError, Secret, Settings
 from .crypto import KEY_FILE, DecryptionError, TokenCipher
 from .doctor import REPLACE_ACCESS, Check, channel_checks, graph_client
 from .graph import GraphClient
-from .storage import Channel, Store, StoreUnavailable, open_store
+from .storage import Channel, RelaySummary, Store, StoreUnavailable, open_store
 from .storage.schema import MIGRATIONS
 from .times import now_ms
 
@@ -142,7 +143,7 @@ async def migration_check(store: Store) -> Check:
 
 
 async def run_doctor(settings: Settings) -> list[Check]:
-    """Every check: configuration, store, then each stored channel against Graph."""
+    """Every check: configuration, store, each stored channel against Graph, relays."""
     checks = config_checks(settings)
     store_checks, store = await open_checked_store(settings)
     checks += store_checks
@@ -150,6 +151,7 @@ async def run_doctor(settings: Settings) -> list[Check]:
         return checks
     try:
         checks += await _all_channels(settings, store, encryption_check(settings)[1])
+        checks += relay_checks(await store.list_relays())
     finally:
         await store.close()
     return checks
@@ -188,3 +190,25 @@ async def _one_channel(
         )
         return [Check(f"WABA {channel.waba_id}: access token", "FAIL", detail, fix)]
     return await channel_checks(graph, channel.waba_id, token, store)
+
+
+# --- relays ---------------------------------------------------------------------------
+
+
+def relay_checks(relays: list[RelaySummary]) -> list[Check]:
+    """A warning per relay with failed deliveries (its app did not take them until
+    OUTBOX_MAX_AGE_S passed); one pass when there are relays and none failed."""
+    failing = [_failing_relay(summary) for summary in relays if summary.failed]
+    if relays and not failing:
+        return [Check("relays", "PASS", f"none failing ({len(relays)} relay(s))")]
+    return failing
+
+
+def _failing_relay(summary: RelaySummary) -> Check:
+    count = f"{summary.failed} deliver{'y' if summary.failed == 1 else 'ies'} failed"
+    error = f" (last error: {summary.last_error})" if summary.last_error else ""
+    fix = (
+        "fix the app at its URL (template-sync relay list shows it), then:\n"
+        f"template-sync relay retry {summary.relay.id}"
+    )
+    return Check(f"relay {summary.relay.id}", "WARN", count + error, fix)

@@ -40,6 +40,7 @@ from service.times import now_ms
 
 from .conftest import APP_SECRET, META_TOKEN, POSTGRES_URL, WABA_ID, Tenant, simulated
 from .service_process import REPO, ServiceProcess, free_port, run_cli, service_env
+from .test_cli_relays import failed_deliveries
 
 HEALTHY = [
     "config: app secret",
@@ -283,6 +284,28 @@ async def test_no_channel_warns(settings: Settings, store: Store) -> None:
     assert "\ntemplate-sync channel add --workspace WS" in failures(checks)["channels"].fix
 
 
+async def test_failing_relay_warns_with_its_fix(
+    settings: Settings, tenant: Tenant, store: Store
+) -> None:
+    """A warning per relay with failed deliveries, none for one without; a pass once
+    retried (and nothing at all without relays: the healthy setup above)."""
+    await subscribed(settings)
+    await store.add_relay("https://other.example.com/hook", ["messages"], None, now_ms())
+    relay = await store.add_relay("https://app.example.com/hook", [], "backend", now_ms())
+    await failed_deliveries(store, 3, "HTTP 503")
+    checks = await run_doctor(settings)
+    assert [check.name for check in checks] == [*HEALTHY, f"relay {relay.id}"]
+    assert checks[-1] == Check(
+        f"relay {relay.id}", "WARN", "3 deliveries failed (last error: HTTP 503)",
+        "fix the app at its URL (template-sync relay list shows it), then:\n"
+        f"template-sync relay retry {relay.id}",
+    )  # fmt: skip
+    await store.retry_relay(relay.id, now_ms())
+    checks = await run_doctor(settings)
+    assert failures(checks) == {}
+    assert checks[-1] == Check("relays", "PASS", "none failing (2 relay(s))")
+
+
 def test_render_lists_fixes_under_failures_and_warnings() -> None:
     text = render([
         Check("a", "PASS", "fine"),
@@ -452,6 +475,27 @@ async def test_printed_fixes_work_when_pasted(
     # The token stored under the generated key is read with the key now in .env.
     assert code == 0 and out.endswith("8 passed, 0 warnings, 0 failed\n"), out
     assert sim[0].is_subscribed(WABA_ID)
+
+
+async def test_printed_relay_fix_works_when_pasted(
+    settings: Settings, tenant: Tenant, store: Store, tmp_path: Path
+) -> None:
+    """A failing relay is a warning (exit 0: the service works, the app misses deliveries);
+    its fix, pasted, queues them again."""
+    await subscribed(settings)
+    relay = await store.add_relay("https://app.example.com/hook", [], None, now_ms())
+    await failed_deliveries(store, 1, "timeout after 10 s")
+    env = service_env(settings)
+    code, out, _ = await run_cli(env, tmp_path, "doctor")
+    assert code == 0 and f"WARN relay {relay.id}" in listed(out), out
+    assert "1 delivery failed (last error: timeout after 10 s)\n" in out
+    [retry] = commands(out, f"relay {relay.id}")
+    assert retry == f"template-sync relay retry {relay.id}"
+    code, out, err = await shell(retry, env, tmp_path)
+    assert (code, out) == (0, "1\n"), err
+    code, out, _ = await run_cli(env, tmp_path, "doctor")
+    assert code == 0 and "PASS relays" in listed(out), out
+    assert out.endswith("9 passed, 0 warnings, 0 failed\n"), out
 
 
 # --- a store that cannot be opened: one line, whatever the command --------------------
