@@ -86,8 +86,17 @@ def dedupe_keys_below(entry_time: int) -> str:
 #: Who observed a state: the `source` of its history rows and the template's `status_source`.
 WEBHOOK, SYNC, API = "webhook", "sync", "api"  # import observes as sync does
 #: History rows say what they concern in one vocabulary, whatever their source (design 5).
-STATUS, QUALITY, CATEGORY = "status", "quality_score", "category"
+STATUS, QUALITY, CATEGORY, TEMPLATE = "status", "quality_score", "category", "template"
 HISTORY_FIELDS = {STATUS_FIELD: STATUS, QUALITY_FIELD: QUALITY, CATEGORY_FIELD: CATEGORY}
+#: The event of a template's first history row (field TEMPLATE): it became known here.
+CREATED = "CREATED"
+#: The notification each applied history row is, by the row's field (design section 11).
+EVENT_TYPES = {
+    TEMPLATE: "template.created",
+    STATUS: "template.status_changed",
+    QUALITY: "template.quality_changed",
+    CATEGORY: "template.category_changed",
+}
 
 
 class TemplateState(NamedTuple):
@@ -252,23 +261,30 @@ def registered(status: str, category: str | None, now_ms: int) -> Transition:
     return _created(TemplateState(status, category=category), API, now_ms)
 
 
-def webhook_template(change: Change, now_ms: int) -> TemplateState:
+def webhook_template(change: Change, now_ms: int) -> Transition:
     """A template that a webhook names before it is known here, before `change` applies:
-    its status is unknown until a status event says it."""
-    return TemplateState(
+    its status is unknown until a status event says it. Its one row says it was created."""
+    state = TemplateState(
         UNKNOWN_STATUS, category=change.category, status_source=WEBHOOK,
         status_updated_at=now_ms, updated_at=now_ms,
     )  # fmt: skip
+    return Transition(state, (created_row(state, WEBHOOK, now_ms),))
+
+
+def created_row(state: TemplateState, source: str, now_ms: int) -> HistoryRow:
+    """The first history row of a template that became known here, with its status then."""
+    return HistoryRow(TEMPLATE, CREATED, None, state.status, source, now_ms, now_ms, None, True)
 
 
 def _created(state: TemplateState, source: str, now_ms: int) -> Transition:
-    """A template created with `state` by `source`, and its one history row."""
+    """A template created with `state` by `source`: a row saying so, then its status's."""
     pending_since = now_ms if state.status in PENDING_STATUSES else None
     state = state._replace(
         pending_since=pending_since, status_source=source, status_updated_at=now_ms,
         updated_at=now_ms,
     )  # fmt: skip
-    return Transition(state, (_status_row(source, None, state, now_ms),))
+    rows = (created_row(state, source, now_ms), _status_row(source, None, state, now_ms))
+    return Transition(state, rows)
 
 
 def _status_row(source: str, old: str | None, state: TemplateState, now_ms: int) -> HistoryRow:

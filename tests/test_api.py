@@ -138,11 +138,15 @@ async def test_history_shape_and_order(server: Server, store: Store, tenant: Ten
     local_id = await add_template(store, tenant, "1689556908129832")
     status, body, _ = await server.api(tenant, f"/templates/{local_id}/history")
     assert status == 200
-    [created] = body["data"]
-    assert created["source"] == "api" and created["new_status"] == "PENDING"
-    assert set(created) >= {"old_status", "new_status", "event", "source", "event_time",
+    created, registered = body["data"]  # its creation first, then the status it came with
+    assert (created["field"], created["event"]) == ("template", "CREATED")
+    assert (registered["field"], registered["event"]) == ("status", "PENDING")
+    assert created["id"] < registered["id"]
+    for row in (created, registered):
+        assert (row["source"], row["old_status"], row["new_status"]) == ("api", None, "PENDING")
+        assert set(row) >= {"old_status", "new_status", "event", "source", "event_time",
                             "received_at", "reason", "applied"}  # fmt: skip
-    assert ISO_Z.fullmatch(created["event_time"])
+        assert ISO_Z.fullmatch(row["event_time"])
 
 
 # --- tenant isolation: every endpoint x {own, other tenant's, nonexistent} x token states --

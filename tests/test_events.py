@@ -8,6 +8,8 @@ import pytest
 
 from service.events import (
     CATEGORY_FIELD,
+    EVENT_TYPES,
+    HISTORY_FIELDS,
     QUALITY_FIELD,
     STATUS_EVENTS,
     STATUS_FIELD,
@@ -16,6 +18,7 @@ from service.events import (
     TemplateState,
     apply_change,
     apply_status_event,
+    created_row,
     meta_template,
     next_pending_since,
     normalise_reason,
@@ -284,15 +287,17 @@ def test_a_sync_and_a_webhook_saying_the_same_leave_the_same_state_and_rows() ->
     assert [row._replace(source="sync") for row in rows] == list(synced.rows)
 
 
-def test_import_creates_a_template_in_metas_state_with_one_history_row() -> None:
+def test_import_creates_a_template_in_metas_state_with_a_created_row_then_its_status() -> None:
     done = meta_template(meta("IN_APPEAL", "SCAM", "GREEN", "UTILITY"), NOW)
     assert done.state == TemplateState(
         "IN_APPEAL", quality_score="GREEN", category="UTILITY", status_event_at=NOW,
         pending_since=NOW, status_source="sync", status_updated_at=NOW, last_synced_at=NOW,
         updated_at=NOW,
     )  # fmt: skip
-    assert done.rows == (HistoryRow("status", "IN_APPEAL", None, "IN_APPEAL", "sync",
-                                    NOW, NOW, None, True),)  # fmt: skip
+    assert done.rows == (
+        HistoryRow("template", "CREATED", None, "IN_APPEAL", "sync", NOW, NOW, None, True),
+        HistoryRow("status", "IN_APPEAL", None, "IN_APPEAL", "sync", NOW, NOW, None, True),
+    )
 
 
 @pytest.mark.parametrize(("status", "pending_since"), [("PENDING", NOW), ("APPROVED", None)])
@@ -303,14 +308,45 @@ def test_a_registered_template_has_the_operators_status_and_no_status_time(
     assert done.state == TemplateState(status, category="UTILITY", pending_since=pending_since,
                                        status_updated_at=NOW, updated_at=NOW)  # fmt: skip
     assert done.state.status_source == "api" and done.state.status_event_at == 0
-    assert done.rows == (HistoryRow("status", status, None, status, "api", NOW, NOW, None, True),)
+    assert done.rows == (
+        HistoryRow("template", "CREATED", None, status, "api", NOW, NOW, None, True),
+        HistoryRow("status", status, None, status, "api", NOW, NOW, None, True),
+    )
     late = observe_change(done.state, at(STATUS_FIELD, "REJECTED", T0), NOW)
     assert not late.stale  # any webhook is newer than the operator's word
 
 
 def test_a_template_first_named_by_a_webhook_is_unknown_until_a_status_event() -> None:
     change = at(QUALITY_FIELD, "GREEN", T0, category="UTILITY")
-    state = webhook_template(change, NOW)
-    assert state == TemplateState("UNKNOWN", category="UTILITY", status_source="webhook",
-                                  status_updated_at=NOW, updated_at=NOW)  # fmt: skip
-    assert observe_change(state, change, NOW).state.status == "UNKNOWN"
+    done = webhook_template(change, NOW)
+    assert done.state == TemplateState("UNKNOWN", category="UTILITY", status_source="webhook",
+                                       status_updated_at=NOW, updated_at=NOW)  # fmt: skip
+    assert done.rows == (
+        HistoryRow("template", "CREATED", None, "UNKNOWN", "webhook", NOW, NOW, None, True),
+    )
+    assert observe_change(done.state, change, NOW).state.status == "UNKNOWN"
+
+
+def test_a_created_row_is_applied_and_says_the_status_the_template_became_known_with() -> None:
+    row = created_row(stored("REJECTED", rejected_reason="SCAM"), "sync", NOW)
+    assert row == HistoryRow("template", "CREATED", None, "REJECTED", "sync", NOW, NOW, None, True)
+
+
+def test_every_history_field_is_one_event_type_of_its_own() -> None:
+    """Design section 11's table: each history row is one notification of its field's type."""
+    fields = {*HISTORY_FIELDS.values(), "template"}
+    assert EVENT_TYPES == {
+        "template": "template.created", "status": "template.status_changed",
+        "quality_score": "template.quality_changed", "category": "template.category_changed",
+    }  # fmt: skip
+    assert set(EVENT_TYPES) == fields
+    rows = [
+        *registered("PENDING", None, NOW).rows,
+        *meta_template(meta("APPROVED", None, "GREEN", "UTILITY"), NOW).rows,
+        *webhook_template(at(STATUS_FIELD, "APPROVED", T0), NOW).rows,
+        *observe_meta(stored(), meta("REJECTED", "SCAM", "RED", "MARKETING"), NOW).rows,
+        *(observe_change(stored(), at(field, event, NOW, previous="UTILITY"), NOW).rows[0]
+          for field, event in ((STATUS_FIELD, "APPROVED"), (QUALITY_FIELD, "RED"),
+                               (CATEGORY_FIELD, "MARKETING"))),
+    ]  # fmt: skip
+    assert {row.field for row in rows} == fields  # every row any observation writes has a type

@@ -62,8 +62,9 @@ async def test_concurrent_deliveries_share_a_commit_and_keep_their_order(
     [template], _ = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 10)
     assert template.status == "PENDING"  # entry.time 1039, the last, wins
     history = await store.template_history(tenant.workspace_id, template.id)
-    assert history is not None and [h.row.event_time for h in history] == [
-        (1000 + i) * 1000 for i in range(40)
+    assert history is not None and [(h.row.field, h.row.event_time) for h in history] == [
+        ("template", NOW_MS),  # created by the first delivery, received at NOW_MS
+        *(("status", (1000 + i) * 1000) for i in range(40)),
     ]
 
 
@@ -168,6 +169,7 @@ async def test_an_older_event_later_in_the_same_batch_is_stale(
     history = await store.template_history(tenant.workspace_id, template.id)
     assert template.status == "APPROVED" and history is not None
     assert [(h.row.event, h.row.applied) for h in history] == [
+        ("CREATED", True),
         ("APPROVED", True),
         ("REJECTED", False),
     ]
@@ -185,7 +187,11 @@ async def test_a_delivery_larger_than_one_statement_applies_whole(
     templates, total = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 600)
     assert total == 600 and {t.status for t in templates} == {"APPROVED"}
     history = await store.template_history(tenant.workspace_id, templates[0].id)
-    assert history is not None and [h.row.new_status for h in history] == ["PENDING", "APPROVED"]
+    assert history is not None and [(h.row.event, h.row.new_status) for h in history] == [
+        ("CREATED", "UNKNOWN"),
+        ("PENDING", "PENDING"),
+        ("APPROVED", "APPROVED"),
+    ]
 
 
 def writer_submit(store: Store, event: Change) -> Awaitable[DeliveryResult]:

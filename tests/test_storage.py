@@ -57,7 +57,11 @@ async def test_migration_5_keeps_events_stored_before_it_deduplicated(
     await store.record_delivery(b"{}", NOW_MS, [event], None)
     await run_sql(  # back to the key format before migration 5 (6 drops 5's index)
         store,
-        execute("UPDATE template_events SET dedupe_key = ?", event.dedupe_key[13:]),
+        execute(
+            "UPDATE template_events SET dedupe_key = ? WHERE dedupe_key = ?",
+            event.dedupe_key[13:],
+            event.dedupe_key,
+        ),  # only the change's row: its template's CREATED row has no key
         execute("DELETE FROM schema_migrations WHERE version IN (5, 6)"),
     )
     assert await store.migrate() == [5, 6]
@@ -140,7 +144,7 @@ async def test_migration_10_speaks_one_history_vocabulary_and_finds_the_status_b
     assert await store.migrate() == [10]
     history = await store.template_history(tenant.workspace_id, ids["42"])
     assert history is not None and [h.row.field for h in history] == [
-        "status", "quality_score", "category", "status", "status",
+        "template", "status", "quality_score", "category", "status", "status",
     ]  # fmt: skip
     late = [status_change("UNARCHIVED", template_id=p) for p in ("42", "43")]
     assert (await store.record_delivery(b"{}", NOW_MS, late, None)).applied == 1
@@ -259,9 +263,9 @@ async def test_delivery_creates_applies_and_dedupes(store: Store, tenant: Tenant
     assert (again.created, again.applied, again.duplicate) == (0, 0, 1)
     [template], _ = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 10)
     history = await store.template_history(tenant.workspace_id, template.id)
-    assert history is not None and [(h.row.old_status, h.row.new_status) for h in history] == [
-        ("UNKNOWN", "PENDING")
-    ]
+    assert history is not None and [
+        (h.row.field, h.row.old_status, h.row.new_status) for h in history
+    ] == [("template", None, "UNKNOWN"), ("status", "UNKNOWN", "PENDING")]
 
 
 async def test_stale_status_event_is_kept_but_not_applied(store: Store, tenant: Tenant) -> None:
@@ -304,7 +308,7 @@ async def test_concurrent_distinct_events_all_land_in_history(store: Store, tena
     await asyncio.gather(*(store.record_delivery(b"{}", NOW_MS, [e], None) for e in events))
     [template], _ = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 10)
     history = await store.template_history(tenant.workspace_id, template.id)
-    assert history is not None and len(history) == 20
+    assert history is not None and [h.row.field for h in history] == ["template"] + ["status"] * 20
     assert template.status == "PENDING"  # entry.time 1019 is the newest, whatever the order
 
 
@@ -414,7 +418,7 @@ async def test_delete_workspace_removes_all_it_holds_and_nothing_else(
     assert await store.last_sync_run(tenant.workspace_id) is None
     after = {table: await table_rows(store, table) for table, _ in WORKSPACE_ROWS}
     assert {table: before[table] - after[table] for table in before} == {
-        "template_events": 2, "templates": 1, "channels": 1, "api_tokens": 1,
+        "template_events": 3, "templates": 1, "channels": 1, "api_tokens": 1,
         "sync_runs": 1, "workspace_polls": 1, "workspaces": 1,
     }  # fmt: skip
     assert await store.template_history(other.workspace_id, theirs) is not None
@@ -497,7 +501,9 @@ async def test_remove_channel_keeps_its_templates_unchanged(store: Store, tenant
     kept = await store.get_template(tenant.workspace_id, template_id)
     assert kept is not None and kept.status == "APPROVED"
     history = await store.template_history(tenant.workspace_id, template_id)
-    assert history is not None and len(history) == 2
+    assert history is not None and [h.row.event for h in history] == [
+        "CREATED", "PENDING", "APPROVED",
+    ]  # fmt: skip
     late = await store.record_delivery(b"{}", NOW_MS, [status_change("REJECTED", 1751247700)], None)
     assert late.unknown_waba == 1
     assert await store.get_template(tenant.workspace_id, template_id) == kept
@@ -515,8 +521,8 @@ async def test_remove_template_removes_its_history_only(
         await store.remove_template(tenant.workspace_id, theirs)
     await store.remove_template(tenant.workspace_id, removed)
     assert await store.get_template(tenant.workspace_id, removed) is None
-    assert await table_rows(store, "template_events") == 2  # those of `kept` and `theirs`
+    assert await table_rows(store, "template_events") == 4  # those of `kept` and `theirs`
     history = await store.template_history(tenant.workspace_id, kept)
-    assert history is not None and len(history) == 1
+    assert history is not None and [h.row.field for h in history] == ["template", "status"]
     with pytest.raises(NotFound, match=f"has no template {removed}"):
         await store.remove_template(tenant.workspace_id, removed)

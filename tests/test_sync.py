@@ -550,6 +550,7 @@ async def test_unarchived_restores_the_status_an_import_saw_before_meta_archived
     assert history is not None
     assert [(r.field, r.source, r.event, r.old_status, r.new_status, r.applied)
             for r in (h.row for h in history)] == [
+        ("template", "api", "CREATED", None, "APPROVED", True),
         ("status", "api", "APPROVED", None, "APPROVED", True),
         ("status", "sync", "ARCHIVED", "APPROVED", "ARCHIVED", True),
         ("quality_score", "sync", "GREEN", None, None, True),
@@ -594,7 +595,7 @@ async def test_a_sync_and_a_webhook_that_see_the_same_change_store_the_same(
     histories = [await store.template_history(tenant.workspace_id, i) for i in ids]
     synced_rows, hooked_rows = ([h.row._replace(source="") for h in history or []]
                                 for history in histories)  # fmt: skip
-    assert synced_rows == hooked_rows and len(synced_rows) == 4
-    assert [h.row.source for h in histories[0] or []] == ["api", "sync", "sync", "sync"]
-    fields = ["status", "status", "quality_score", "category"]
+    assert synced_rows == hooked_rows and len(synced_rows) == 5
+    assert [h.row.source for h in histories[0] or []] == ["api", "api", "sync", "sync", "sync"]
+    fields = ["template", "status", "status", "quality_score", "category"]  # both registered: alike
     assert [h.row.field for h in histories[1] or []] == fields

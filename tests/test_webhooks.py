@@ -318,6 +318,7 @@ async def test_same_delivery_twice_has_one_effect_and_one_history_row(
     assert (await server.deliver(body))[0] == 200
     rows = await history(server, tenant, local_id)
     assert [(r["source"], r["event"]) for r in rows] == [
+        ("api", "CREATED"),
         ("api", "PENDING"),
         ("webhook", "APPROVED"),
     ]
@@ -338,6 +339,7 @@ async def test_replays_of_a_large_body_are_acknowledged_and_stored_once(
     [delivery] = await store.list_deliveries(None, 10)
     assert delivery.body == body and delivery.outcome == "processed"
     assert [(r["source"], r["event"]) for r in await history(server, tenant, local_id)] == [
+        ("api", "CREATED"),
         ("api", "PENDING"),
         ("webhook", "APPROVED"),
     ]
@@ -476,7 +478,11 @@ async def test_flag_reinstate_archive_unarchive_through_webhooks(
         template = await store.get_template(tenant.workspace_id, local_id)
         assert template is not None and (template.status, template.flagged) == (status, flagged)
     rows = await history(server, tenant, local_id)
-    assert [r["applied"] for r in rows[1:]] == [True, True, True, True, True, False]
+    assert [(r["source"], r["event"]) for r in rows[:2]] == [
+        ("api", "CREATED"),
+        ("api", "APPROVED"),
+    ]
+    assert [r["applied"] for r in rows[2:]] == [True, True, True, True, True, False]
 
 
 async def test_quality_and_category_updates(server: Server, store: Store, tenant: Tenant) -> None:

@@ -32,12 +32,12 @@ from ..events import Change, TemplateState, observe_change, webhook_template
 from .models import DeliveryResult, StoreUnavailable
 from .outbox import queue_relays
 from .template_rows import (
-    INSERT_EVENT,
     INSERT_TEMPLATES,
     NEW_TYPES,
     STATE_SELECT,
     UPDATE_TEMPLATE,
     event_values,
+    insert_events,
     state_of,
     template_values,
 )
@@ -124,9 +124,8 @@ def _record(items: Sequence[NewDelivery], db: Database) -> Transaction[list[Deli
             known.append((result, item, change))
     if not known:
         return results
-    templates = yield from _templates(known, owners, db)
+    templates, events = yield from _templates(known, owners, db)
     recorded = yield from _recorded({change.dedupe_key for _, _, change in known}, db)
-    events = []
     for result, item, change in known:
         if change.dedupe_key in recorded:
             result.duplicate += 1
@@ -134,9 +133,9 @@ def _record(items: Sequence[NewDelivery], db: Database) -> Transaction[list[Deli
         recorded.add(change.dedupe_key)
         template = templates[change.waba_id, change.template_id]
         events.append(template.apply(change, result, item.received_at_ms))
-    if events:
-        yield executemany(INSERT_EVENT, events)
-        touched = [(*t.state, t.id) for t in templates.values() if t.touched]
+    yield from insert_events(db, events)
+    touched = [(*t.state, t.id) for t in templates.values() if t.touched]
+    if touched:
         yield executemany(UPDATE_TEMPLATE, touched)
     return results
 
@@ -241,26 +240,33 @@ def _owners(waba_ids: set[str], db: Database) -> Transaction[dict[str, str]]:
 
 def _templates(
     known: list[tuple[DeliveryResult, NewDelivery, Change]], owners: dict[str, str], db: Database
-) -> Transaction[dict[Key, _Template]]:
-    """The templates `known` changes touch, locked; those not stored yet are created."""
+) -> Transaction[tuple[dict[Key, _Template], list[tuple[Any, ...]]]]:
+    """The templates `known` changes touch, locked; those not stored yet are created, and
+    their first history rows returned, to be inserted before the changes' rows."""
     first: dict[Key, tuple[DeliveryResult, NewDelivery, Change]] = {}
     for entry in known:
         first.setdefault((entry[2].waba_id, entry[2].template_id), entry)
     templates = yield from _select_templates(list(first), db)
     missing = [key for key in first if key not in templates]
     if not missing:
-        return templates
-    rows = []
+        return templates, []
+    rows, history = [], {}
     for key in missing:
         _, item, change = first[key]
-        state = webhook_template(change, item.received_at_ms)
+        history[key] = webhook_template(change, item.received_at_ms)
         rows.append(template_values(owners[change.waba_id], *key, change.name or "",
-                                    change.language or "", state, item.received_at_ms))  # fmt: skip
+                                    change.language or "", history[key].state,
+                                    item.received_at_ms))  # fmt: skip
     created = yield from _each(INSERT_TEMPLATES, NEW_TYPES, rows, db)
+    creations = []
     for row in created:
-        first[row["waba_id"], row["provider_id"]][0].created += 1
+        key = row["waba_id"], row["provider_id"]
+        result = first[key][0]
+        result.created += 1
+        creations += [event_values(r, row["id"], *key, None, result.delivery_id)
+                      for r in history[key].rows]  # fmt: skip
     templates.update((yield from _select_templates(missing, db)))
-    return templates
+    return templates, creations
 
 
 def _select_templates(keys: list[Key], db: Database) -> Transaction[dict[Key, _Template]]:

@@ -195,6 +195,7 @@ class PostgresBackend:
     })  # fmt: skip
     for_update = " FOR UPDATE"
     migration_lock: str | None = "SELECT pg_advisory_xact_lock(7240411)"
+    history_lock: str | None = "SELECT pg_advisory_xact_lock(7240412)"
     table_exists = (
         "SELECT 1 AS ok FROM information_schema.tables "
         "WHERE table_schema = current_schema() AND table_name = ?"

@@ -135,6 +135,7 @@ class SqliteBackend:
     })  # fmt: skip
     for_update = ""  # BEGIN IMMEDIATE already holds the write lock
     migration_lock: str | None = None  # BEGIN IMMEDIATE already excludes other writers
+    history_lock: str | None = None  # and commits in the order ids are taken
     table_exists = "SELECT 1 AS ok FROM sqlite_master WHERE type = 'table' AND name = ?"
     unavailable = staticmethod(unavailable)
 

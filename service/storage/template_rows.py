@@ -14,7 +14,7 @@ from typing import Any
 
 from ..events import PENDING_STATUSES, HistoryRow, TemplateState
 from .models import Template
-from .transactions import Database, Transaction, execute, fetchrow
+from .transactions import Database, Transaction, execute, executemany, fetchrow
 
 #: A template as the API shows it: what a read (and a creation) returns.
 READ_FIELDS = tuple(field.name for field in dataclasses.fields(Template))
@@ -103,11 +103,15 @@ def insert_template(db: Database, row: Sequence[Any]) -> Transaction[dict[str, A
     return created
 
 
-def insert_events(
-    template_id: int, waba_id: str, provider_id: str, rows: Sequence[HistoryRow]
-) -> Transaction[None]:
-    for row in rows:
-        yield execute(INSERT_EVENT, *event_values(row, template_id, waba_id, provider_id))
+def insert_events(db: Database, rows: Sequence[tuple[Any, ...]]) -> Transaction[None]:
+    """Insert history rows (each INSERT_EVENT's arguments: `event_values`), after taking the
+    history lock: the last thing a transaction does before it commits, once it holds every
+    row lock it needs (so the lock can be waited for but never deadlock)."""
+    if not rows:
+        return
+    if db.history_lock:
+        yield execute(db.history_lock)
+    yield executemany(INSERT_EVENT, list(rows))
 
 
 def update_template(template_id: int, state: TemplateState) -> Transaction[None]:

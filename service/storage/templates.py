@@ -27,6 +27,7 @@ from .template_rows import (
     READ_COLUMNS,
     READ_FIELDS,
     STATE_SELECT,
+    event_values,
     insert_events,
     insert_template,
     state_of,
@@ -77,7 +78,8 @@ class TemplateQueries(Queries):
         row = yield from insert_template(self._db, values)
         if row is None:
             raise Conflict(f"template {new.provider_id} of WABA {new.waba_id} exists already")
-        yield from insert_events(row["id"], new.waba_id, new.provider_id, created.rows)
+        history = [event_values(r, row["id"], new.waba_id, new.provider_id) for r in created.rows]
+        yield from insert_events(self._db, history)
         return to_template(row)
 
     @read
@@ -175,10 +177,14 @@ class TemplateQueries(Queries):
         """Bring matched templates to Meta's state (events.observe_meta: history source
         "sync"); with `create`, add those not here (an import)."""
         counts = {"created": 0, "updated": 0, "unchanged": 0}
+        history: list[tuple[Any, ...]] = []
         for remote in templates:
-            done = yield from _apply(self._db, workspace_id, waba_id, remote, now_ms, create)
+            done = yield from _apply(
+                self._db, workspace_id, waba_id, remote, now_ms, create, history
+            )
             if done:
                 counts[done] += 1
+        yield from insert_events(self._db, history)
         return RemoteCounts(**counts)
 
 
@@ -189,9 +195,10 @@ def _apply(
     remote: RemoteTemplate,
     now_ms: int,
     create: bool,
+    history: list[tuple[Any, ...]],
 ) -> Transaction[str | None]:
     """Apply Meta's state of one template: "created", "updated", "unchanged", or None when
-    it is not here (and not to be created)."""
+    it is not here (and not to be created). Its history rows go to `history`."""
     locked = f"SELECT {STATE_SELECT} FROM templates WHERE waba_id = ? AND provider_id = ?"
     row = yield fetchrow(locked + db.for_update, waba_id, remote.id)
     if row is None and create:
@@ -201,14 +208,14 @@ def _apply(
         )
         inserted = yield from insert_template(db, new)
         if inserted is not None:
-            yield from insert_events(inserted["id"], waba_id, remote.id, created.rows)
+            history += [event_values(r, inserted["id"], waba_id, remote.id) for r in created.rows]
             return "created"
         row = yield fetchrow(locked + db.for_update, waba_id, remote.id)  # a webhook's, just now
     if row is None:
         return None
     transition = observe_meta(state_of(row), remote, now_ms)
     yield from update_template(row["id"], transition.state)
-    yield from insert_events(row["id"], waba_id, remote.id, transition.rows)
+    history += [event_values(r, row["id"], waba_id, remote.id) for r in transition.rows]
     return "updated" if transition.rows else "unchanged"
 
 

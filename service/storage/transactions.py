@@ -101,6 +101,10 @@ class Database(Protocol):
     parallel_batches: int  # webhook batches that may commit at once (group_commit.py)
     schema_words: Mapping[str, str]  # schema.py
     migration_lock: str | None  # a statement that serialises migrations, where needed
+    # Taken just before a transaction's first history row, held to its commit, so history
+    # ids are in commit order: a reader resuming after an id never misses a row committed
+    # later with a smaller one (template_rows.insert_events). None where writers are serial.
+    history_lock: str | None
     table_exists: str  # one `?`: the table name
     for_update: str  # appended to a SELECT that locks its rows ("" where BEGIN locks all)
     batch_setup: str | None  # argument-less statements that open a webhook batch
