@@ -53,6 +53,13 @@ def sign(body: bytes, secret: str = APP_SECRET) -> str:
     return meta_webhooks.signature(secret, body)
 
 
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client for a test's outgoing calls (Graph, relays)."""
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """One database URL per backend; PostgreSQL gets a private schema, dropped afterwards."""

@@ -111,12 +111,6 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
 def dispatcher(
     store: Store, session: aiohttp.ClientSession, clock: Clock
 ) -> Callable[..., Dispatcher]:

@@ -61,12 +61,6 @@ async def url(sim: Simulator) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
 def sleeps() -> Sleeps:
     return Sleeps()
 

@@ -79,12 +79,6 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
 def replica(
     store: Store,
     settings: Settings,
