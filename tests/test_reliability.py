@@ -51,7 +51,8 @@ def deliveries(count: int) -> list[bytes]:
 
 
 async def assert_applied_once(store: Store, tenant: Tenant, indexes: list[int]) -> None:
-    """Each delivery's template exists, APPROVED by exactly one webhook history row."""
+    """Each delivery's template exists, created by its webhook and APPROVED by exactly one
+    history row (a retry of it added none)."""
     templates, _ = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 10**6)
     by_provider = {t.provider_id: t for t in templates}
     for index in indexes:
@@ -59,7 +60,9 @@ async def assert_applied_once(store: Store, tenant: Tenant, indexes: list[int]) 
         assert template is not None, f"acknowledged delivery {index} is not in the store"
         assert template.status == "APPROVED"
         history = await store.template_history(tenant.workspace_id, template.id)
-        assert history is not None and [h.row.source for h in history] == ["webhook"]
+        assert history is not None and [
+            (h.row.field, h.row.event, h.row.source) for h in history
+        ] == [("template", "CREATED", "webhook"), ("status", "APPROVED", "webhook")]
 
 
 async def resend(url: str, bodies: list[bytes], indexes: list[int]) -> None:
