@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import math
 import re
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
@@ -27,6 +30,11 @@ MAX_PAGE = MAX_ID // MAX_PER_PAGE
 # The list endpoint's query parameters; any other is refused, as a typo would filter nothing.
 LIST_PARAMS = ("page", "per_page", "status", "name", "language", "provider_id")
 FILTER_STATUSES = tuple(sorted(STATUS_EVENTS | {UNKNOWN_STATUS}))  # statuses templates have
+# GET of one template with `wait_for`: the longest and the default wait, and how often the
+# template is read again meanwhile (a change committed by any replica is seen within ~1 s).
+MAX_WAIT_S = 60
+DEFAULT_WAIT_S = 30
+WAIT_POLL_S = 0.5
 TIME_FIELDS = ("status_updated_at", "last_webhook_at", "last_synced_at", "created_at", "updated_at")
 
 
@@ -102,15 +110,16 @@ def _known_params(request: Request) -> None:
         raise ApiError(422, next(iter(errors.values()))[0], errors=errors)
 
 
-def _statuses(request: Request) -> tuple[str, ...]:
-    """The `status` filter: comma-separated statuses, any case, each one templates have."""
-    raw = _text_param(request, "status") or ""
+def _statuses(request: Request, name: str = "status") -> tuple[str, ...]:
+    """Query parameter `name` as a status list: comma-separated, any case, each one a status
+    templates have (the list's `status` filter, and `wait_for`)."""
+    raw = _text_param(request, name) or ""
     parts = [part.strip(" ") for part in raw.split(",") if part.strip(" ")]
     allowed = ", ".join(FILTER_STATUSES)
     for part in parts:
         if not STATUS_LIST.fullmatch(part) or part.upper() not in FILTER_STATUSES:
-            message = f"The selected status {part!r} is invalid; allowed: {allowed}."
-            raise ApiError(422, message, errors={"status": [message]})
+            message = f"The selected {name} {part!r} is invalid; allowed: {allowed}."
+            raise ApiError(422, message, errors={name: [message]})
     return tuple(part.upper() for part in parts)
 
 
@@ -159,18 +168,64 @@ async def list_templates(request: Request) -> JSONResponse:
 
 
 async def get_template(request: Request) -> JSONResponse:
-    """`authorise`'s checks, with the template read in the token's statement."""
+    """`authorise`'s checks, with the template read in the token's statement; with `wait_for`,
+    read again until its status is one of those or the wait is over."""
     token, token_id = _bearer(request)
-    store = services(request).store
+    template_id = _parsed_id(request)
+    template = await _read_template(request, token, token_id, template_id)
+    if request.scope["query_string"]:  # most GETs have no query: nothing more to parse
+        wait_for, timeout_s = _wait_params(request)
+        if wait_for and template.status not in wait_for:
+            read = partial(_read_template, request, token, token_id, template_id)
+            template = await _wait_for(request, read, wait_for, timeout_s)
+    return JSONResponse({"success": True, "data": template_json(template)})
+
+
+async def _read_template(
+    request: Request, token: str, token_id: str | None, template_id: int
+) -> Template:
+    """The token's checks and its workspace's template, in one statement; 404 without one."""
     found, template = (
-        await store.find_token_and_template(token_id, _parsed_id(request))
+        await services(request).store.find_token_and_template(token_id, template_id)
         if token_id
         else (None, None)
     )
     _check(request, token, found)
     if template is None:
         raise ApiError(404, "Template not found")
-    return JSONResponse({"success": True, "data": template_json(template)})
+    return template
+
+
+def _wait_params(request: Request) -> tuple[tuple[str, ...], int]:
+    """`wait_for`'s statuses (none when it is absent) and `timeout`, checked even alone."""
+    timeout_s = _int_param(request, "timeout", DEFAULT_WAIT_S, MAX_WAIT_S)
+    if "wait_for" not in request.query_params:
+        return (), timeout_s
+    statuses = _statuses(request, "wait_for")
+    if not statuses:
+        message = f"The wait_for field must name a status of: {', '.join(FILTER_STATUSES)}."
+        raise ApiError(422, message, errors={"wait_for": [message]})
+    return statuses, timeout_s
+
+
+async def _wait_for(
+    request: Request,
+    read: Callable[[], Awaitable[Template]],
+    statuses: tuple[str, ...],
+    timeout_s: int,
+) -> Template:
+    """`read()` every WAIT_POLL_S until the status is one of `statuses`, `timeout_s` passed
+    or the client went away. Polling the store, not an in-process signal, sees a change
+    whichever replica committed it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        await asyncio.sleep(min(WAIT_POLL_S, max(0.0, deadline - loop.time())))
+        template = await read()
+        if template.status in statuses or loop.time() >= deadline:
+            return template
+        if await request.is_disconnected():
+            return template  # nobody reads the answer; sending it costs nothing
 
 
 async def template_history(request: Request) -> JSONResponse:

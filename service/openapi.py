@@ -5,21 +5,32 @@ from __future__ import annotations
 from typing import Any
 
 from . import __version__
-from .api import FILTER_STATUSES, LIST_PARAMS, MAX_PAGE, MAX_TEXT_PARAM
+from .api import (
+    DEFAULT_WAIT_S,
+    FILTER_STATUSES,
+    LIST_PARAMS,
+    MAX_PAGE,
+    MAX_TEXT_PARAM,
+    MAX_WAIT_S,
+)
+from .events import EVENT_TYPES
 
 
-def _status_list_pattern() -> str:
+def _status_list_pattern(at_least_one: bool = False) -> str:
     """Comma-separated FILTER_STATUSES in any case, spaces around each, empty items allowed:
-    exactly what the list endpoint accepts."""
-    any_case = ("".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in status)
-                for status in FILTER_STATUSES)  # fmt: skip
-    item = f" *(?:(?:{'|'.join(any_case)}) *)?"
+    exactly what the list endpoint accepts; `at_least_one` (wait_for): one status or more."""
+    any_case = "|".join("".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in status)
+                        for status in FILTER_STATUSES)  # fmt: skip
+    item = f" *(?:(?:{any_case}) *)?"
+    if at_least_one:  # empty items, then a status, then any items
+        return f"^(?: *,)* *(?:{any_case}) *(?:,{item})*$"
     return f"^{item}(?:,{item})*$"
 
 
 STRING = {"type": "string"}
 TEXT_PARAM = {"type": "string", "maxLength": MAX_TEXT_PARAM, "pattern": "^[^\\x00]*$"}
 STATUS_LIST = {"type": "string", "maxLength": MAX_TEXT_PARAM, "pattern": _status_list_pattern()}
+WAIT_FOR = {"type": "string", "maxLength": MAX_TEXT_PARAM, "pattern": _status_list_pattern(True)}
 NULLABLE_STRING = {"type": ["string", "null"]}
 TIME = {"type": "string", "format": "date-time"}
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -67,8 +78,9 @@ HISTORY_EVENT = _object(
         "id": {"type": "integer"},
         "field": {
             "type": "string",
-            "enum": ["status", "quality_score", "category"],
-            "description": "What the event concerns, whatever its source",
+            "enum": list(EVENT_TYPES),
+            "description": "What the event concerns, whatever its source; `template` (event "
+            "CREATED): the template became known here, its first row",
         },
         "event": STRING,
         "old_status": NULLABLE_STRING,
@@ -142,10 +154,27 @@ LIST_QUERY = [
     _query("language", TEXT_PARAM, "Exact language code"),
     _query("provider_id", TEXT_PARAM, "Meta's template id"),
 ]
+WAIT_QUERY = [
+    _query(
+        "wait_for",
+        WAIT_FOR,
+        "Answer once the template's status is one of these (comma-separated, any case, e.g. "
+        "APPROVED,REJECTED), or when `timeout` has passed, with the template as it is then",
+    ),
+    _query(
+        "timeout",
+        {"type": "integer", "minimum": 1, "maximum": MAX_WAIT_S, "default": DEFAULT_WAIT_S},
+        "Seconds `wait_for` waits at most",
+    ),
+]
 BASE = "/api/v3/workspaces/{workspace}/templates"
 UNPROCESSABLE = (
     "A query parameter is out of range, a status is not one of the statuses above, or a "
     f"parameter is unknown (only {', '.join(LIST_PARAMS)} are accepted); `errors` names it"
+)
+WAIT_UNPROCESSABLE = (
+    f"`timeout` is not an integer from 1 to {MAX_WAIT_S}, or `wait_for` names no status or "
+    "one templates cannot have; `errors` names the parameter"
 )
 
 
@@ -267,7 +296,10 @@ def openapi_document() -> dict[str, Any]:
             ),
             BASE + "/sync": _sync_paths(),
             BASE + "/{id}": _api_get(
-                "One template", [WORKSPACE, TEMPLATE_ID], _success(_ref("Template"))
+                "One template; with wait_for, once its status is one of those",
+                [WORKSPACE, TEMPLATE_ID, *WAIT_QUERY],
+                _success(_ref("Template")),
+                **{"422": _error(WAIT_UNPROCESSABLE)},
             ),
             BASE + "/{id}/history": _api_get(
                 "Status history, oldest first", [WORKSPACE, TEMPLATE_ID], history

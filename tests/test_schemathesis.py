@@ -108,6 +108,11 @@ enabled = true  # every check, including ignored_auth and the conformance ones
 include-name = "GET /api/v3/workspaces/{{workspace}}/templates"
 parameters."query.status" = {{ dictionary = "statuses", probability = 0.5 }}
 
+# A wait_for whose status never comes waits `timeout` seconds: one, not up to 60.
+[[operations]]
+include-name = "GET /api/v3/workspaces/{{workspace}}/templates/{{id}}"
+parameters."query.timeout" = 1
+
 [dictionaries.statuses]
 values = ["PENDING", "pending,in_appeal", "APPROVED, REJECTED", ""]
 """
