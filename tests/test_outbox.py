@@ -7,9 +7,10 @@ import asyncio
 
 import pytest
 
-from service.storage import NotFound, OutboxItem, Store
+from service.config import Settings
+from service.storage import NotFound, OutboxItem, Previous, Store, TemplateFilter
 
-from .conftest import NOW_MS, Tenant
+from .conftest import NOW_MS, Tenant, make_tenant
 from .raw_sql import rows
 from .test_storage import status_change
 
@@ -143,3 +144,140 @@ async def test_webhook_changes_and_relays_commit_together(store: Store, tenant: 
     assert (result.applied, result.relayed) == (1, 1)
     [item] = await store.claim_outbox("a", NOW_MS, LEASE_MS, 10)
     assert isinstance(item, OutboxItem) and item.item_id == result.delivery_id
+
+
+# --- notifications (storage/notifications.py) ------------------------------------------
+
+
+async def subscribe(store: Store, tenant: Tenant, events: list[str] | None = None) -> str:
+    added = await store.add_subscription(
+        tenant.workspace_id, "https://app.example/hook", events or [], "secret-enc", NOW_MS
+    )
+    return added.id
+
+
+async def change(store: Store, event: str, at: int, template_id: str = "42") -> None:
+    await store.record_delivery(
+        f'{{"{event}":{at}}}'.encode(), NOW_MS, [status_change(event, at, template_id)], None
+    )
+
+
+async def test_fan_out_queues_each_applied_event_once_for_each_taker(
+    store: Store, tenant: Tenant
+) -> None:
+    await change(store, "PENDING", 1751247500)  # before any subscription: never sent
+    everything = await subscribe(store, tenant)
+    statuses = await subscribe(store, tenant, ["template.status_changed"])
+    await change(store, "APPROVED", 1751247600)
+    await change(store, "APPROVED", 1751247600)  # Meta's retry: a duplicate, no row
+    await change(store, "PENDING", 1751247550)  # stale: a row, not applied
+    await change(store, "REJECTED", 1751247700, template_id="43")  # created, then status
+    assert await store.fan_out(NOW_MS, 100) == 3 + 2
+    assert await store.fan_out(NOW_MS, 100) == 0  # the cursors moved
+    claimed = await store.claim_outbox("a", NOW_MS, LEASE_MS, 100)
+    assert {(i.kind, i.url) for i in claimed} == {("notification", "https://app.example/hook")}
+    by_target: dict[str, list[str]] = {everything: [], statuses: []}
+    for item in claimed:
+        found = await store.notification(item)
+        assert found is not None
+        by_target[item.target_id].append(f"{found.template.provider_id} {found.event.row.event}")
+    assert sorted(by_target[everything]) == ["42 APPROVED", "43 CREATED", "43 REJECTED"]
+    assert sorted(by_target[statuses]) == ["42 APPROVED", "43 REJECTED"]
+
+
+async def test_a_notification_says_what_the_template_was_before(
+    store: Store, tenant: Tenant
+) -> None:
+    await subscribe(store, tenant)
+    await change(store, "PENDING", 1751247500)
+    await change(store, "FLAGGED", 1751247600)
+    await store.fan_out(NOW_MS, 100)
+    created, pending, flagged = [
+        await store.notification(item)
+        for item in await store.claim_outbox("a", NOW_MS, LEASE_MS, 10)
+    ]
+    assert created is not None and created.previous is None  # its first row
+    assert pending is not None and flagged is not None
+    assert (pending.previous and pending.previous.status) == "UNKNOWN"
+    assert flagged.previous == Previous("PENDING", False, None, None)
+    assert flagged.template.flagged and flagged.template.status == "PENDING"
+
+
+async def test_a_disabled_subscription_waits_and_gets_everything_when_enabled(
+    store: Store, tenant: Tenant
+) -> None:
+    subscription = await subscribe(store, tenant)
+    await change(store, "PENDING", 1751247500)
+    await store.fan_out(NOW_MS, 100)
+    first, second = await store.claim_outbox("a", NOW_MS, LEASE_MS, 10)
+    assert await store.record_notification(first, "a", NOW_MS, 410, "HTTP 410", None, "410 Gone")
+    [listed] = await store.list_subscriptions(tenant.workspace_id)
+    assert (listed.enabled, listed.disabled_reason, listed.failing_since) == (
+        False, "410 Gone", NOW_MS,
+    )  # fmt: skip
+    assert await store.record_notification(second, "a", NOW_MS, None, "timeout", NOW_MS, None)
+    await change(store, "APPROVED", 1751247600)  # while disabled
+    assert await store.fan_out(NOW_MS, 100) == 0
+    assert await store.claim_outbox("a", NOW_MS + 1, LEASE_MS, 10) == []  # its rows wait
+    enabled = await store.enable_subscription(tenant.workspace_id, subscription)
+    assert (enabled.enabled, enabled.disabled_reason, enabled.failing_since) == (True, None, None)
+    assert await store.fan_out(NOW_MS, 100) == 1  # the change made while it was disabled
+    assert len(await store.claim_outbox("a", NOW_MS + 1, LEASE_MS, 10)) == 2
+    attempts = await store.subscription_attempts(tenant.workspace_id, subscription, 10)
+    assert [(a.attempt, a.status_code, a.error, a.event_type) for a in attempts] == [
+        (1, None, "timeout", "template.status_changed"),
+        (1, 410, "HTTP 410", "template.created"),
+    ]
+
+
+async def test_a_success_clears_the_failing_time(store: Store, tenant: Tenant) -> None:
+    await subscribe(store, tenant)
+    await change(store, "PENDING", 1751247500)
+    await store.fan_out(NOW_MS, 100)
+    first, second = await store.claim_outbox("a", NOW_MS, LEASE_MS, 10)
+    await store.record_notification(first, "a", NOW_MS, 503, "HTTP 503", NOW_MS + 5000, None)
+    await store.record_notification(second, "a", NOW_MS + 9, 204, None, None, None)
+    [listed] = await store.list_subscriptions(tenant.workspace_id)
+    assert (listed.failing_since, listed.last_success_at) == (None, NOW_MS + 9)
+    assert not await store.record_notification(second, "b", NOW_MS, 204, None, None, None)
+
+
+async def test_subscriptions_belong_to_their_workspace(
+    store: Store, settings: Settings, tenant: Tenant
+) -> None:
+    subscription = await subscribe(store, tenant)
+    other = await make_tenant(store, settings, waba_id="777")
+    assert await store.list_subscriptions(other.workspace_id) == []
+    for call in (
+        store.remove_subscription(other.workspace_id, subscription),
+        store.enable_subscription(other.workspace_id, subscription),
+        store.subscription_attempts(other.workspace_id, subscription, 10),
+    ):
+        with pytest.raises(NotFound):
+            await call
+    await change(store, "PENDING", 1751247500)
+    await store.fan_out(NOW_MS, 100)
+    await store.remove_subscription(tenant.workspace_id, subscription)
+    assert await store.claim_outbox("a", NOW_MS, LEASE_MS, 10) == []  # its queue went too
+
+
+async def test_an_event_whose_template_was_removed_is_gone(store: Store, tenant: Tenant) -> None:
+    await subscribe(store, tenant)
+    await change(store, "PENDING", 1751247500)
+    await store.fan_out(NOW_MS, 100)
+    [template], _ = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 10)
+    await store.remove_template(tenant.workspace_id, template.id)
+    for item in await store.claim_outbox("a", NOW_MS, LEASE_MS, 10):
+        assert await store.notification(item) is None
+
+
+async def test_fan_out_reads_at_most_its_limit_and_goes_on_next_time(
+    store: Store, tenant: Tenant
+) -> None:
+    await subscribe(store, tenant)
+    for n in range(5):
+        await change(store, "PENDING" if n % 2 else "APPROVED", 1751247500 + n)
+    assert await store.fan_out(NOW_MS, 2) == 2
+    assert await store.fan_out(NOW_MS, 2) == 2
+    assert await store.fan_out(NOW_MS, 2) == 2  # created + 5 changes = 6
+    assert await store.fan_out(NOW_MS, 2) == 0

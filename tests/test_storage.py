@@ -392,9 +392,16 @@ async def test_workspace_summaries_count_what_each_workspace_holds(
 
 
 async def seed_everything(store: Store, tenant: Tenant) -> int:
-    """A template with webhook history, a sync run and poll state; returns the template id."""
+    """A template with webhook history, a sync run, poll state and a webhook subscription
+    with a queued event and a logged attempt; returns the template id."""
+    await store.add_subscription(tenant.workspace_id, "https://app.example/", [], "enc", NOW_MS)
     await store.record_delivery(b"{}", NOW_MS, [status_change("PENDING")], None)
     await store.record_delivery(b"{}", NOW_MS, [status_change("APPROVED", 1751247600)], None)
+    assert await store.fan_out(NOW_MS, 100) == 3  # created, pending, approved
+    [attempted, *_] = await store.claim_outbox("replica", NOW_MS, 1000, 1)
+    assert await store.record_notification(
+        attempted, "replica", NOW_MS, 500, "HTTP 500", NOW_MS + 5000, None
+    )
     await store.claim_sync(tenant.workspace_id, "api", NOW_MS, 1000)
     assert await store.claim_poll(tenant.workspace_id, "replica", NOW_MS + 5000, 1000, 10)
     [template], _ = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 10)
@@ -418,6 +425,7 @@ async def test_delete_workspace_removes_all_it_holds_and_nothing_else(
     assert await store.last_sync_run(tenant.workspace_id) is None
     after = {table: await table_rows(store, table) for table, _ in WORKSPACE_ROWS}
     assert {table: before[table] - after[table] for table in before} == {
+        "outbox": 3, "notification_attempts": 1, "webhook_subscriptions": 1,
         "template_events": 3, "templates": 1, "channels": 1, "api_tokens": 1,
         "sync_runs": 1, "workspace_polls": 1, "workspaces": 1,
     }  # fmt: skip
@@ -448,7 +456,8 @@ async def test_delete_workspace_covers_every_table_that_refers_to_one(store: Sto
     while grown := {k["child"] for k in keys if k["parent"] in owned} - owned:
         owned |= grown
     deleted = [table for table, _ in WORKSPACE_ROWS]
-    assert owned == set(deleted)
+    # The outbox names its target (a relay or a subscription) by id, with no key: two kinds.
+    assert owned | {"outbox"} == set(deleted)
     for row in keys:  # children before parents
         if row["child"] in owned and row["child"] != row["parent"]:
             assert deleted.index(row["child"]) < deleted.index(row["parent"]), row

@@ -150,7 +150,8 @@ class _Template:
 
     def apply(self, change: Change, result: DeliveryResult, now_ms: int) -> tuple[Any, ...]:
         """Apply `change` (events.observe_change) and return its history row's arguments."""
-        transition = observe_change(self.state, change, now_ms)
+        before = self.state
+        transition = observe_change(before, change, now_ms)
         [row] = transition.rows
         if transition.stale:
             result.stale += 1
@@ -158,7 +159,7 @@ class _Template:
             result.applied += 1
         self.state, self.touched = transition.state, True
         return event_values(row, self.id, change.waba_id, change.template_id,
-                            change.dedupe_key, result.delivery_id)  # fmt: skip
+                            change.dedupe_key, result.delivery_id, before)  # fmt: skip
 
 
 def _insert_deliveries(

@@ -153,6 +153,60 @@ class OutboxItem:
 
 
 @dataclass(frozen=True)
+class Subscription:
+    """A workspace's signed outbound webhook (design section 11)."""
+
+    id: str
+    workspace_id: str
+    url: str
+    events: tuple[str, ...]  # event types it takes; (): all
+    enabled: bool
+    disabled_reason: str | None
+    created_at: int
+    last_success_at: int | None
+    failing_since: int | None  # the first failure since the last success
+    secret_enc: str = field(repr=False)  # its signing secret, encrypted like Meta tokens
+
+
+@dataclass(frozen=True)
+class NotificationAttempt:
+    """One attempt to deliver an event to a subscription (its deliveries log)."""
+
+    id: int
+    subscription_id: str
+    history_id: int  # the event's id is evt_<history_id>
+    event_type: str
+    attempt: int
+    at: int
+    status_code: int | None
+    error: str | None
+    next_attempt_at: int | None  # None: no more attempts (sent, or failed for good)
+
+
+@dataclass(frozen=True)
+class Previous:
+    """What a template was before a history row changed it (the payload's `previous`)."""
+
+    status: str | None
+    flagged: bool | None
+    quality_score: str | None
+    category: str | None
+
+
+@dataclass(frozen=True)
+class Notification:
+    """An event as a subscription receives it: the history row, what it changed from, the
+    template as it is now, and the subscription's URL and secret."""
+
+    event: HistoryEvent
+    previous: Previous | None  # None for a template's CREATED row
+    template: Template
+    url: str
+    failing_since: int | None  # the subscription's first failure since its last success
+    secret_enc: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class NewTemplate:
     workspace_id: str
     waba_id: str

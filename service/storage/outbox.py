@@ -1,4 +1,5 @@
-"""Store methods of the outbox: relays, and the rows a dispatcher sends (design section 10).
+"""Store methods of the outbox: relays, and the rows a dispatcher sends (design sections 10
+and 11: relays' deliveries, and notifications, whose rows notifications.py queues).
 
 Rows are written in the same commit as what they report (delivery_batch.py queues a
 delivery's relay rows with it). A dispatcher claims due rows with a lease (`lease_owner`,
@@ -25,7 +26,7 @@ from .transactions import (
     transaction,
 )
 
-RELAY = "relay"
+RELAY, NOTIFICATION = "relay", "notification"
 QUEUED, FAILED = "queued", "failed"
 RELAY_COLUMNS = "id, name, url, fields, created_at"
 INSERT_OUTBOX = (
@@ -42,10 +43,15 @@ RELAY_SUMMARY = (
     "ORDER BY o.last_attempt_at DESC LIMIT 1) AS last_error "
     "FROM relays r ORDER BY r.created_at, r.id"
 )
+# A claimed row with what sending it takes: a relay's URL and delivery, a subscription's URL
+# (notifications.py reads its event). A row whose relay went meanwhile has no URL: skipped.
 CLAIMED = (
-    "SELECT o.id, o.kind, o.target_id, o.item_id, r.url, o.attempts, o.created_at, d.body, "
-    "d.signature FROM outbox o JOIN relays r ON r.id = o.target_id "
-    "JOIN webhook_deliveries d ON d.id = o.item_id WHERE o.id IN ({ids}) ORDER BY o.id"
+    "SELECT o.id, o.kind, o.target_id, o.item_id, COALESCE(r.url, s.url) AS url, o.attempts, "
+    "o.created_at, d.body, d.signature FROM outbox o "
+    f"LEFT JOIN relays r ON o.kind = '{RELAY}' AND r.id = o.target_id "
+    f"LEFT JOIN webhook_deliveries d ON o.kind = '{RELAY}' AND d.id = o.item_id "
+    f"LEFT JOIN webhook_subscriptions s ON o.kind = '{NOTIFICATION}' AND s.id = o.target_id "
+    "WHERE o.id IN ({ids}) AND COALESCE(r.url, s.url) IS NOT NULL ORDER BY o.id"
 )
 
 
@@ -104,6 +110,8 @@ class OutboxQueries(Queries):
         claimed = yield fetch(
             "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE id IN (SELECT id FROM "
             f"outbox WHERE state = '{QUEUED}' AND next_attempt_at <= ? AND lease_until <= ? "
+            "AND NOT EXISTS (SELECT 1 FROM webhook_subscriptions AS s "
+            "WHERE s.id = target_id AND NOT s.enabled) "
             f"ORDER BY next_attempt_at, id LIMIT ?{lock}) RETURNING id",
             owner, now_ms + lease_ms, now_ms, now_ms, limit,
         )  # fmt: skip
@@ -111,27 +119,14 @@ class OutboxQueries(Queries):
             return []
         ids = [row["id"] for row in claimed]
         rows = yield fetch(CLAIMED.format(ids=", ".join("?" for _ in ids)), *ids)
-        return [OutboxItem(**{**row, "body": bytes(row["body"])}) for row in rows]
+        return [OutboxItem(**{**row, "body": bytes(row["body"] or b"")}) for row in rows]
 
     @transaction
     def finish_outbox(
         self, item: OutboxItem, owner: str, now_ms: int, error: str | None, retry_at: int | None
     ) -> Transaction[bool]:
-        """Record an attempt: sent (`error` None: the row goes), to be retried at `retry_at`,
-        or failed for good (`retry_at` None). False when `owner` had lost the lease."""
-        args: tuple[Any, ...] = ()
-        if error is None:
-            sql = "DELETE FROM outbox WHERE id = ? AND lease_owner = ?"
-        else:
-            sql = (
-                "UPDATE outbox SET attempts = attempts + 1, lease_owner = NULL, lease_until = 0, "
-                "state = ?, next_attempt_at = ?, last_attempt_at = ?, last_error = ? "
-                "WHERE id = ? AND lease_owner = ?"
-            )
-            state = QUEUED if retry_at is not None else FAILED
-            args = (state, retry_at if retry_at is not None else now_ms, now_ms, error)
-        done = yield from count_returned(f"{sql} RETURNING id", *args, item.id, owner)
-        return done == 1
+        """Record a relay's attempt (`finish`)."""
+        return (yield from finish(item, owner, now_ms, error, retry_at))
 
     @transaction
     def prune_outbox(self, before_ms: int, limit: int) -> Transaction[int]:
@@ -167,3 +162,23 @@ def queue_relays(deliveries: Sequence[tuple[int, int, frozenset[str]]]) -> Trans
     if rows:
         yield executemany(INSERT_OUTBOX, rows)
     return [row[1] for row in rows]
+
+
+def finish(
+    item: OutboxItem, owner: str, now_ms: int, error: str | None, retry_at: int | None
+) -> Transaction[bool]:
+    """Record an attempt: sent (`error` None: the row goes), to be retried at `retry_at`, or
+    failed for good (`retry_at` None). False when `owner` had lost the lease."""
+    args: tuple[Any, ...] = ()
+    if error is None:
+        sql = "DELETE FROM outbox WHERE id = ? AND lease_owner = ?"
+    else:
+        sql = (
+            "UPDATE outbox SET attempts = attempts + 1, lease_owner = NULL, lease_until = 0, "
+            "state = ?, next_attempt_at = ?, last_attempt_at = ?, last_error = ? "
+            "WHERE id = ? AND lease_owner = ?"
+        )
+        state = QUEUED if retry_at is not None else FAILED
+        args = (state, retry_at if retry_at is not None else now_ms, now_ms, error)
+    done = yield from count_returned(f"{sql} RETURNING id", *args, item.id, owner)
+    return done == 1

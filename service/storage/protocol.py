@@ -13,6 +13,8 @@ from .models import (
     DeliveryResult,
     HistoryEvent,
     NewTemplate,
+    Notification,
+    NotificationAttempt,
     OutboxItem,
     PendingTemplate,
     PollState,
@@ -20,6 +22,7 @@ from .models import (
     RelaySummary,
     RemoteCounts,
     RemoteTemplate,
+    Subscription,
     SyncClaim,
     SyncRun,
     Template,
@@ -103,6 +106,30 @@ class Store(Protocol):
         self, item: OutboxItem, owner: str, now_ms: int, error: str | None, retry_at: int | None
     ) -> bool: ...
     async def prune_outbox(self, before_ms: int, limit: int) -> int: ...
+
+    async def add_subscription(
+        self, workspace_id: str, url: str, events: Sequence[str], secret_enc: str, now_ms: int
+    ) -> Subscription: ...
+    async def list_subscriptions(self, workspace_id: str) -> list[Subscription]: ...
+    async def remove_subscription(self, workspace_id: str, subscription_id: str) -> None: ...
+    async def enable_subscription(
+        self, workspace_id: str, subscription_id: str
+    ) -> Subscription: ...
+    async def subscription_attempts(
+        self, workspace_id: str, subscription_id: str, limit: int
+    ) -> list[NotificationAttempt]: ...
+    async def fan_out(self, now_ms: int, limit: int) -> int: ...
+    async def notification(self, item: OutboxItem) -> Notification | None: ...
+    async def record_notification(
+        self,
+        item: OutboxItem,
+        owner: str,
+        now_ms: int,
+        status_code: int | None,
+        error: str | None,
+        retry_at: int | None,
+        disable: str | None,
+    ) -> bool: ...
 
     async def pending_templates(self, workspace_id: str) -> list[PendingTemplate]: ...
     async def template_counts(self, workspace_id: str) -> dict[str, int]: ...

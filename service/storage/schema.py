@@ -262,6 +262,47 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX outbox_item ON outbox (item_id, kind)
         """,
     ),
+    (
+        12,
+        # Notifications (design section 11). A history row keeps what its template was
+        # before it (status, flagged, quality score, category): the payload's `previous`.
+        # A subscription's `cursor` is the last history id handed to the outbox (ids are in
+        # commit order: the history lock); its rows are outbox rows of kind 'notification'
+        # (item: the history id). Every attempt is logged for `GET .../deliveries`.
+        """
+        ALTER TABLE template_events ADD COLUMN prev_status TEXT;
+        ALTER TABLE template_events ADD COLUMN prev_flagged BOOLEAN;
+        ALTER TABLE template_events ADD COLUMN prev_quality_score TEXT;
+        ALTER TABLE template_events ADD COLUMN prev_category TEXT;
+        CREATE TABLE webhook_subscriptions (
+            id TEXT PRIMARY KEY,
+            workspace_id TEXT NOT NULL REFERENCES workspaces (id),
+            url TEXT NOT NULL,
+            events TEXT,
+            secret_enc TEXT NOT NULL,
+            enabled BOOLEAN NOT NULL,
+            disabled_reason TEXT,
+            created_at BIGINT NOT NULL,
+            last_success_at BIGINT,
+            failing_since BIGINT,
+            cursor BIGINT NOT NULL
+        );
+        CREATE INDEX webhook_subscriptions_workspace ON webhook_subscriptions (workspace_id);
+        CREATE TABLE notification_attempts (
+            id {serial},
+            subscription_id TEXT NOT NULL REFERENCES webhook_subscriptions (id),
+            history_id BIGINT NOT NULL,
+            event_type TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            at BIGINT NOT NULL,
+            status_code INTEGER,
+            error TEXT,
+            next_attempt_at BIGINT
+        );
+        CREATE INDEX notification_attempts_subscription
+            ON notification_attempts (subscription_id, id)
+        """,
+    ),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .deliveries import DeliveryQueries
 from .group_commit import GroupCommit
+from .notifications import NotificationQueries
 from .outbox import OutboxQueries
 from .poll_state import PollStateQueries
 from .protocol import Store
@@ -20,6 +21,7 @@ class SqlStore(
     TemplateQueries,
     DeliveryQueries,
     OutboxQueries,
+    NotificationQueries,
     SyncRunQueries,
     PollStateQueries,
 ):

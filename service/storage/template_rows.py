@@ -50,7 +50,8 @@ UPDATE_TEMPLATE = (
 )
 
 EVENT_COLUMNS = (*HistoryRow._fields, "template_id", "waba_id", "provider_id", "dedupe_key",
-                 "delivery_id")  # fmt: skip
+                 "delivery_id", "prev_status", "prev_flagged", "prev_quality_score",
+                 "prev_category")  # fmt: skip
 #: A history row; a webhook's dedupe key recorded already makes it nothing.
 INSERT_EVENT = (
     f"INSERT INTO template_events ({', '.join(EVENT_COLUMNS)}) "
@@ -85,9 +86,16 @@ def event_values(
     provider_id: str,
     dedupe_key: str | None = None,
     delivery_id: int | None = None,
+    before: TemplateState | None = None,
 ) -> tuple[Any, ...]:
-    """The arguments of INSERT_EVENT."""
-    return (*row, template_id, waba_id, provider_id, dedupe_key, delivery_id)
+    """The arguments of INSERT_EVENT; `before`: the template's state before the row (None
+    for its first), which a notification shows as `previous`."""
+    previous = (
+        (before.status, before.flagged, before.quality_score, before.category)
+        if before
+        else (None, None, None, None)
+    )
+    return (*row, template_id, waba_id, provider_id, dedupe_key, delivery_id, *previous)
 
 
 def to_template(row: dict[str, Any]) -> Template:

@@ -213,9 +213,12 @@ def _apply(
         row = yield fetchrow(locked + db.for_update, waba_id, remote.id)  # a webhook's, just now
     if row is None:
         return None
-    transition = observe_meta(state_of(row), remote, now_ms)
+    before = state_of(row)
+    transition = observe_meta(before, remote, now_ms)
     yield from update_template(row["id"], transition.state)
-    history += [event_values(r, row["id"], waba_id, remote.id) for r in transition.rows]
+    history += [
+        event_values(r, row["id"], waba_id, remote.id, before=before) for r in transition.rows
+    ]
     return "updated" if transition.rows else "unchanged"
 
 

@@ -35,7 +35,11 @@ SUMMARY_SQL = (
 )
 # Every row of a workspace, children first; each condition takes the workspace id once.
 # A new table that refers to a workspace or a template belongs here (test_storage checks).
+_SUBSCRIPTIONS = "(SELECT id FROM webhook_subscriptions WHERE workspace_id = ?)"
 WORKSPACE_ROWS = (
+    ("outbox", f"target_id IN {_SUBSCRIPTIONS}"),
+    ("notification_attempts", f"subscription_id IN {_SUBSCRIPTIONS}"),
+    ("webhook_subscriptions", "workspace_id = ?"),
     ("template_events", "template_id IN (SELECT id FROM templates WHERE workspace_id = ?)"),
     ("templates", "workspace_id = ?"),
     ("channels", "workspace_id = ?"),
