@@ -281,3 +281,25 @@ async def test_fan_out_reads_at_most_its_limit_and_goes_on_next_time(
     assert await store.fan_out(NOW_MS, 2) == 2
     assert await store.fan_out(NOW_MS, 2) == 2  # created + 5 changes = 6
     assert await store.fan_out(NOW_MS, 2) == 0
+
+
+async def test_workspace_events_replay_after_an_id_in_order(
+    store: Store, settings: Settings, tenant: Tenant
+) -> None:
+    await change(store, "PENDING", 1751247500)
+    await change(store, "APPROVED", 1751247600)
+    await change(store, "APPROVED", 1751247600)  # a duplicate: no event
+    await change(store, "REJECTED", 1751247700, template_id="43")
+    other = await make_tenant(store, settings, waba_id="777")
+    everything = await store.workspace_events(tenant.workspace_id, 0, None, 100)
+    assert [(e.template.provider_id, e.event.row.event) for e in everything] == [
+        ("42", "CREATED"), ("42", "PENDING"), ("42", "APPROVED"),
+        ("43", "CREATED"), ("43", "REJECTED"),
+    ]  # fmt: skip
+    ids = [e.event.id for e in everything]
+    assert ids == sorted(ids)
+    later = await store.workspace_events(tenant.workspace_id, ids[1], None, 2)
+    assert [e.event.id for e in later] == ids[2:4]
+    one = await store.workspace_events(tenant.workspace_id, 0, everything[3].template.id, 100)
+    assert [e.event.row.event for e in one] == ["CREATED", "REJECTED"]
+    assert await store.workspace_events(other.workspace_id, 0, None, 100) == []

@@ -194,6 +194,16 @@ class Previous:
 
 
 @dataclass(frozen=True)
+class TemplateEvent:
+    """An event as an application sees it: the history row, what it changed from (None for
+    a template's CREATED row) and the template as it is now."""
+
+    event: HistoryEvent
+    previous: Previous | None
+    template: Template
+
+
+@dataclass(frozen=True)
 class Notification:
     """An event as a subscription receives it: the history row, what it changed from, the
     template as it is now, and the subscription's URL and secret."""

@@ -24,6 +24,7 @@ from .models import (
     OutboxItem,
     Previous,
     Subscription,
+    TemplateEvent,
 )
 from .outbox import NOTIFICATION, QUEUED, finish
 from .template_rows import READ_FIELDS, to_template
@@ -45,12 +46,15 @@ SUBSCRIPTION_COLUMNS = (
 ATTEMPT_COLUMNS = (
     "id, subscription_id, history_id, event_type, attempt, at, status_code, error, next_attempt_at"
 )
-NOTIFICATION_SQL = (
+# A history row with what it changed from and its template (`_template_event` reads it).
+EVENT_SELECT = (
     f"SELECT {', '.join(f'e.{name}' for name in ('id', *HistoryRow._fields))}, "
     "e.prev_status, e.prev_flagged, e.prev_quality_score, e.prev_category, "
-    f"{', '.join(f't.{name} AS t_{name}' for name in READ_FIELDS)}, "
-    "s.url, s.failing_since, s.secret_enc "
-    "FROM template_events AS e JOIN templates AS t ON t.id = e.template_id "
+    f"{', '.join(f't.{name} AS t_{name}' for name in READ_FIELDS)}"
+)
+EVENT_FROM = "FROM template_events AS e JOIN templates AS t ON t.id = e.template_id"
+NOTIFICATION_SQL = (
+    f"{EVENT_SELECT}, s.url, s.failing_since, s.secret_enc {EVENT_FROM} "
     "JOIN webhook_subscriptions AS s ON s.id = ? WHERE e.id = ?"
 )
 
@@ -170,18 +174,25 @@ class NotificationQueries(Queries):
         row = yield fetchrow(NOTIFICATION_SQL, item.target_id, item.item_id)
         if row is None:
             return None
-        history = HistoryRow(**{name: row[name] for name in HistoryRow._fields})
-        event = HistoryEvent(row["id"], history._replace(applied=bool(history.applied)))
-        template = to_template({name: row[f"t_{name}"] for name in READ_FIELDS})
-        previous = None
-        if row["prev_status"] is not None:  # set on every row but a template's first
-            previous = Previous(
-                row["prev_status"], bool(row["prev_flagged"]), row["prev_quality_score"],
-                row["prev_category"],
-            )  # fmt: skip
+        found = _template_event(row)
         return Notification(
-            event, previous, template, row["url"], row["failing_since"], row["secret_enc"]
-        )
+            found.event, found.previous, found.template, row["url"], row["failing_since"],
+            row["secret_enc"],
+        )  # fmt: skip
+
+    @read
+    def workspace_events(
+        self, workspace_id: str, after_id: int, template_id: int | None, limit: int
+    ) -> Transaction[list[TemplateEvent]]:
+        """The workspace's events (applied history rows) after `after_id`, oldest first: what
+        an event stream replays. Ids are in commit order, so resuming never skips one."""
+        where, args = ("", []) if template_id is None else (" AND t.id = ?", [template_id])
+        rows = yield fetch(
+            f"{EVENT_SELECT} {EVENT_FROM} WHERE e.id > ? AND t.workspace_id = ? "
+            f"AND e.applied = ?{where} ORDER BY e.id LIMIT ?",
+            after_id, workspace_id, True, *args, limit,
+        )  # fmt: skip
+        return [_template_event(row) for row in rows]
 
     @transaction
     def record_notification(
@@ -229,6 +240,19 @@ def _require(workspace_id: str, subscription_id: str) -> Transaction[None]:
     )
     if row is None:
         raise NotFound(f"workspace {workspace_id} has no webhook {subscription_id}")
+
+
+def _template_event(row: dict[str, Any]) -> TemplateEvent:
+    history = HistoryRow(**{name: row[name] for name in HistoryRow._fields})
+    event = HistoryEvent(row["id"], history._replace(applied=bool(history.applied)))
+    template = to_template({name: row[f"t_{name}"] for name in READ_FIELDS})
+    previous = None
+    if row["prev_status"] is not None:  # set on every row but a template's first
+        previous = Previous(
+            row["prev_status"], bool(row["prev_flagged"]), row["prev_quality_score"],
+            row["prev_category"],
+        )  # fmt: skip
+    return TemplateEvent(event, previous, template)
 
 
 def _subscription(row: dict[str, Any]) -> Subscription:

@@ -26,6 +26,7 @@ from .models import (
     SyncClaim,
     SyncRun,
     Template,
+    TemplateEvent,
     TemplateFilter,
     Throttle,
     TokenInfo,
@@ -120,6 +121,9 @@ class Store(Protocol):
     ) -> list[NotificationAttempt]: ...
     async def fan_out(self, now_ms: int, limit: int) -> int: ...
     async def notification(self, item: OutboxItem) -> Notification | None: ...
+    async def workspace_events(
+        self, workspace_id: str, after_id: int, template_id: int | None, limit: int
+    ) -> list[TemplateEvent]: ...
     async def record_notification(
         self,
         item: OutboxItem,
