@@ -20,6 +20,7 @@ from .events import STATUS_EVENTS, UNKNOWN_STATUS
 from .state import services
 from .storage import ApiToken, HistoryEvent, SyncRun, Template, TemplateFilter
 from .sync import NoPendingTemplates, report_json
+from .template_json import template_json
 from .times import iso
 
 MAX_PER_PAGE = 100
@@ -35,13 +36,6 @@ FILTER_STATUSES = tuple(sorted(STATUS_EVENTS | {UNKNOWN_STATUS}))  # statuses te
 MAX_WAIT_S = 60
 DEFAULT_WAIT_S = 30
 WAIT_POLL_S = 0.5
-TIME_FIELDS = ("status_updated_at", "last_webhook_at", "last_synced_at", "created_at", "updated_at")
-
-
-def template_json(template: Template) -> dict[str, Any]:
-    data = dict(vars(template))  # not dataclasses.asdict: it deep-copies every field
-    data.update({name: iso(data[name]) for name in TIME_FIELDS})
-    return data
 
 
 def history_json(event: HistoryEvent) -> dict[str, Any]:

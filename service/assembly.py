@@ -1,9 +1,11 @@
 """What `serve`'s lifespan and the CLI both build from Settings, in one place.
 
-`assembled(settings)` opens and migrates the store, loads the cipher of Meta tokens, opens
-one aiohttp session for Graph and relays, and builds the Syncer, the Poller and the
-Dispatcher over them, all reporting to one Metrics; leaving the block closes the session,
-then the store. Nothing here imports the web framework, so the CLI uses it without the app.
+`assembled(settings)` opens and migrates the store, loads the cipher of Meta tokens and
+webhook secrets, opens one aiohttp session for Graph and relays and one for notifications
+(whose connector refuses internal addresses unless WEBHOOKS_ALLOW_PRIVATE: their URLs come
+from API clients), and builds the Syncer, the Poller and the Dispatcher over them, all
+reporting to one Metrics; leaving the block closes the sessions, then the store. Nothing
+here imports the web framework, so the CLI uses it without the app.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .crypto import TokenCipher, load_cipher
 from .dispatch import Dispatcher
 from .metrics import Metrics
 from .poller import Poller, default_owner
+from .safe_urls import safe_session_connector
 from .storage import Store, open_store
 from .sync import Syncer
 
@@ -52,10 +55,10 @@ async def assembled(
     try:
         await store.migrate()
         cipher = load_cipher(settings)
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession() as session, _webhook_session(settings) as webhooks:
             syncer = _syncer(settings, store, session, cipher, metrics)
             poller = _poller(settings, syncer, metrics)
-            dispatcher = _dispatcher(settings, store, session, metrics)
+            dispatcher = _dispatcher(settings, store, session, webhooks, cipher, metrics)
             yield Assembly(settings, store, metrics, cipher, session, syncer, poller, dispatcher)
     finally:
         await store.close()
@@ -86,10 +89,22 @@ def _poller(settings: Settings, syncer: Syncer, metrics: Metrics) -> Poller:
     )
 
 
+def _webhook_session(settings: Settings) -> aiohttp.ClientSession:
+    """The notifications' session: no proxy from the environment, which would connect for
+    it and so past the connector's address checks."""
+    connector = safe_session_connector(settings.webhooks_allow_private)
+    return aiohttp.ClientSession(connector=connector, trust_env=False)
+
+
 def _dispatcher(
-    settings: Settings, store: Store, session: aiohttp.ClientSession, metrics: Metrics
+    settings: Settings,
+    store: Store,
+    session: aiohttp.ClientSession,
+    webhooks: aiohttp.ClientSession,
+    cipher: TokenCipher,
+    metrics: Metrics,
 ) -> Dispatcher:
     return Dispatcher(
-        store, session, metrics, owner=default_owner(),
+        store, session, metrics, webhook_session=webhooks, cipher=cipher, owner=default_owner(),
         max_age_s=settings.outbox_max_age_s, tick_s=settings.dispatch_tick_s,
     )  # fmt: skip

@@ -151,7 +151,8 @@ def poll(once: bool) -> None:
 @click.command()
 @click.option("--once", is_flag=True, help="One pass, then exit (for cron or a check).")
 def dispatch(once: bool) -> None:
-    """The dispatcher on its own: send queued relay deliveries (`serve` does it too)."""
+    """The dispatcher on its own: send relayed deliveries and notifications (`serve` does
+    it too)."""
     settings = load_settings()
 
     async def run(parts: Assembly) -> None:

@@ -95,6 +95,8 @@ class Settings:
     outbox_max_age_s: float = 604_800.0  # 7 days of retries for an outbound delivery
     # How often the dispatcher looks for due rows; a row this process queues goes out at once.
     dispatch_tick_s: float = 1.0
+    # Notification URLs may resolve to loopback, private or link-local addresses (safe_urls).
+    webhooks_allow_private: bool = False
     # Limits of the HTTP server itself (server.py), for clients that reach it directly.
     max_header_bytes: int = 64 * 1024  # request line + headers
     request_timeout_s: float = 10.0  # for a request's headers; for a stalled body
@@ -126,8 +128,9 @@ class Settings:
         for name, (attr, kind, minimum, maximum) in _NUMBERS.items():
             if (raw := get(name)) is not None:
                 kwargs[attr] = _number(name, raw, kind, minimum, maximum)
-        if (raw := get("POLL_ENABLED")) is not None:
-            kwargs["poll_enabled"] = _bool("POLL_ENABLED", raw)
+        for name, attr in _FLAGS.items():
+            if (raw := get(name)) is not None:
+                kwargs[attr] = _bool(name, raw)
         if (raw := get("DATA_DIR")) is not None:
             kwargs["data_dir"] = Path(raw)
         kwargs["meta_app_secrets"] = _split(get("META_APP_SECRET"))
@@ -171,6 +174,7 @@ _PLAIN = {
     "LOG_FORMAT": "log_format",
     "LOG_LEVEL": "log_level",
 }
+_FLAGS = {"POLL_ENABLED": "poll_enabled", "WEBHOOKS_ALLOW_PRIVATE": "webhooks_allow_private"}
 _DAY_S = 86_400.0
 _NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
     "PORT": ("port", int, 0, 65535),

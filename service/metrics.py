@@ -24,7 +24,7 @@ SYNC_TRIGGERS = ("api", "cli", "poller")
 SYNC_STATUSES = ("succeeded", "partial", "failed")
 POLL_OUTCOMES = ("succeeded", "partial", "failed", "no_pending", "error")
 PRUNED_KINDS = ("deliveries", "dedupe_keys", "sync_runs", "outbox_rows")
-OUTBOX_KINDS = ("relay",)
+OUTBOX_KINDS = ("relay", "notification")
 OUTBOX_RESULTS = ("sent", "retry", "failed")
 
 
@@ -92,8 +92,9 @@ class Metrics:
         self.outbox_attempts = labelled_counter(
             registry,
             "template_sync_outbox_attempts",
-            "Outbound deliveries attempted, by kind and result (sent; retry: failed, tried "
-            "again later; failed: failed for good, past OUTBOX_MAX_AGE_S).",
+            "Outbound deliveries attempted, by kind (relay, notification) and result (sent; "
+            "retry: failed, tried again later; failed: failed for good, past its retries or "
+            "OUTBOX_MAX_AGE_S).",
             kind=OUTBOX_KINDS,
             result=OUTBOX_RESULTS,
         )

@@ -8,6 +8,7 @@ from functools import cached_property
 from starlette.requests import Request
 
 from .config import Settings
+from .crypto import TokenCipher
 from .dispatch import Dispatcher
 from .logs import LogLimiter
 from .metrics import Metrics
@@ -22,6 +23,7 @@ class Services:
     metrics: Metrics
     syncer: Syncer
     dispatcher: Dispatcher  # nudged when a delivery is queued for relays
+    cipher: TokenCipher  # encrypts webhook subscriptions' secrets
 
     @cached_property  # read on every webhook: encoded once
     def app_secrets(self) -> tuple[bytes, ...]:

@@ -24,9 +24,12 @@ from aiohttp import web
 
 from service import meta_webhooks
 from service.config import ConfigError, Settings
-from service.dispatch import FIRST_RETRY_S, MAX_RETRY_S, Dispatcher, DispatchReport, retry_at
+from service.crypto import TokenCipher
+from service.dispatch import Dispatcher, DispatchReport
 from service.metrics import Metrics
+from service.relays import FIRST_RETRY_S, MAX_RETRY_S, retry_at
 from service.retention import DAY_MS, prune
+from service.safe_urls import safe_session_connector
 from service.simulator import bound_port
 from service.storage import DeliveryResult, RelaySummary, Store, open_store
 from service.times import now_ms
@@ -75,8 +78,8 @@ class Receiver:
         return [r for r in self.receipts if r.path == path]
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
+@pytest.fixture(name="receiver")
+async def receiver_fixture() -> AsyncIterator[Receiver]:
     found = Receiver()
     found.gate.set()
     app = web.Application()
@@ -110,14 +113,31 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def dispatcher(
-    store: Store, session: aiohttp.ClientSession, clock: Clock
+@pytest.fixture(name="webhooks")
+async def webhooks_fixture() -> AsyncIterator[aiohttp.ClientSession]:
+    """The notifications' session as assembly.py builds it, internal addresses allowed (the
+    receivers of tests are on loopback)."""
+    connector = safe_session_connector(allow_private=True)
+    async with aiohttp.ClientSession(connector=connector, trust_env=False) as client:
+        yield client
+
+
+@pytest.fixture(name="dispatcher")
+def dispatcher_fixture(
+    store: Store,
+    session: aiohttp.ClientSession,
+    webhooks: aiohttp.ClientSession,
+    settings: Settings,
+    clock: Clock,
 ) -> Callable[..., Dispatcher]:
     """Builds a dispatcher over `store` (or another connection), jitter fixed at none."""
 
     def build(on: Store | None = None, **options: Any) -> Dispatcher:
-        options = {"owner": "replica-a", "max_age_s": 7 * DAY_S, "tick_s": 0.01, **options}
+        options = {
+            "owner": "replica-a", "max_age_s": 7 * DAY_S, "tick_s": 0.01,
+            "webhook_session": webhooks, "cipher": TokenCipher(settings.encryption_keys),
+            **options,
+        }  # fmt: skip
         metrics = options.pop("metrics", None) or Metrics()
         return Dispatcher(on or store, session, metrics, clock=clock, jitter=lambda: 0.5, **options)
 

@@ -204,16 +204,13 @@ class TemplateEvent:
 
 
 @dataclass(frozen=True)
-class Notification:
-    """An event as a subscription receives it: the history row, what it changed from, the
-    template as it is now, and the subscription's URL and secret."""
+class Notification(TemplateEvent):
+    """An event as a subscription receives it, with the subscription's URL, health and
+    secret."""
 
-    event: HistoryEvent
-    previous: Previous | None  # None for a template's CREATED row
-    template: Template
     url: str
     failing_since: int | None  # the subscription's first failure since its last success
-    secret_enc: str = field(repr=False)
+    secret_enc: str = field(repr=False)  # its signing secret, encrypted like Meta tokens
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,13 @@ class NotificationQueries(Queries):
         )  # fmt: skip
 
     @read
+    def latest_event_id(self) -> Transaction[int]:
+        """The newest history id (0 for none): every event committed later has a larger one,
+        so a stream that starts now resumes after it."""
+        row = yield fetchrow("SELECT COALESCE(MAX(id), 0) AS newest FROM template_events")
+        return int(row["newest"])
+
+    @read
     def workspace_events(
         self, workspace_id: str, after_id: int, template_id: int | None, limit: int
     ) -> Transaction[list[TemplateEvent]]:
