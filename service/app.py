@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import api, webhooks
+from . import api, api_events, api_webhooks, webhooks
 from .assembly import StoreOpener, assembled
 from .config import PREFIX, Settings
 from .errors import ApiError
@@ -65,6 +65,7 @@ def by_method(name: str, **handlers: Endpoint) -> Endpoint:
 
 
 TEMPLATES = "/api/v3/workspaces/{workspace}/templates"
+WEBHOOKS = "/api/v3/workspaces/{workspace}/webhooks"
 # Routes are tried in order, each a regular expression: the busiest go first (the webhook,
 # then a template's GET; bench/RESULTS.md, "Why the code is as it is"), and /sync before
 # /{id}, which would match it too.
@@ -82,6 +83,15 @@ ROUTES = [
     Route(TEMPLATES + "/{id}", api.get_template, methods=["GET"]),
     Route(TEMPLATES, api.list_templates, methods=["GET"]),
     Route(TEMPLATES + "/{id}/history", api.template_history, methods=["GET"]),
+    Route(
+        WEBHOOKS,
+        by_method("webhooks", GET=api_webhooks.list_webhooks, POST=api_webhooks.create_webhook),
+        methods=["GET", "POST"],
+    ),
+    Route(WEBHOOKS + "/{id}", api_webhooks.delete_webhook, methods=["DELETE"]),
+    Route(WEBHOOKS + "/{id}/deliveries", api_webhooks.webhook_deliveries, methods=["GET"]),
+    Route(WEBHOOKS + "/{id}/enable", api_webhooks.enable_webhook, methods=["POST"]),
+    Route("/api/v3/workspaces/{workspace}/events", api_events.stream_events, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
@@ -164,7 +174,9 @@ def create_app(settings: Settings, store_opener: StoreOpener = open_store) -> St
             pruning(parts.store, settings, app_metrics),
         ):
             announce(settings)
-            svc = Services(settings, parts.store, parts.metrics, parts.syncer, parts.dispatcher)
+            svc = Services(
+                settings, parts.store, parts.metrics, parts.syncer, parts.dispatcher, parts.cipher
+            )
             yield {"services": svc}
 
     app = Starlette(

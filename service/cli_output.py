@@ -1,4 +1,4 @@
-"""What the operator's commands print and ask: tables, JSON lists, confirmations."""
+"""What the operator's commands print and ask: tables, JSON lists, masked URLs, confirmations."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 
@@ -28,6 +29,19 @@ def print_json(items: Sequence[dict[str, Any]]) -> None:
 def when(ms: int | None) -> str:
     """A time for a table cell: ISO 8601, or `-` when there is none."""
     return iso(ms) or "-"
+
+
+def masked(url: str) -> str:
+    """The URL as output shows it: a password in it and the query's values (often a token)
+    become ***, since lists get pasted into tickets."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    pairs = (pair.partition("=") for pair in parts.query.split("&")) if parts.query else ()
+    query = "&".join(f"{name}=***" if equals else name for name, equals, _ in pairs)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def confirm(question: str, yes: bool) -> None:

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import click
 
 from .cli_common import emit, json_flag, load_settings, with_store
-from .cli_output import confirm, json_list_flag, print_json, print_table, yes_flag
+from .cli_output import confirm, json_list_flag, masked, print_json, print_table, yes_flag
 from .storage import NotFound, RelaySummary, Store
 from .times import iso, now_ms
 
@@ -52,19 +52,6 @@ def field_list(ctx: click.Context, param: click.Parameter, value: str | None) ->
             "(leave --fields out to relay every delivery)"
         )
     return tuple(dict.fromkeys(names))
-
-
-def masked(url: str) -> str:
-    """The URL as output shows it: a password in it and the query's values (often a token)
-    become ***, since lists get pasted into tickets."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, host = netloc.rsplit("@", 1)
-        netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
-    pairs = (pair.partition("=") for pair in parts.query.split("&")) if parts.query else ()
-    query = "&".join(f"{name}=***" if equals else name for name, equals, _ in pairs)
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 async def find_relay(store: Store, relay_id: str) -> RelaySummary:

@@ -9,11 +9,16 @@ from .api import (
     DEFAULT_WAIT_S,
     FILTER_STATUSES,
     LIST_PARAMS,
+    MAX_ID,
     MAX_PAGE,
     MAX_TEXT_PARAM,
     MAX_WAIT_S,
 )
+from .api_events import KEEP_ALIVE_S
+from .api_webhooks import MAX_BODY_BYTES, MAX_DELIVERIES
 from .events import EVENT_TYPES
+from .safe_urls import MAX_URL_LENGTH
+from .subscriptions import EVENT_CHOICES, MAX_PER_WORKSPACE
 
 
 def _status_list_pattern(at_least_one: bool = False) -> str:
@@ -123,13 +128,23 @@ def _success(data: dict[str, Any], **extra: Any) -> dict[str, Any]:
 def _api_get(
     summary: str, params: list[dict[str, Any]], ok: dict[str, Any], **extra: Any
 ) -> dict[str, Any]:
+    return {"get": _operation(summary, params, ok, AUTH_ERRORS, **extra)}
+
+
+def _operation(
+    summary: str,
+    params: list[dict[str, Any]],
+    ok: dict[str, Any],
+    errors: dict[str, Any],
+    status: str = "200",
+    **extra: Any,
+) -> dict[str, Any]:
+    """A bearer-token operation answering `ok` with `status`, `errors` and `extra`."""
     return {
-        "get": {
-            "summary": summary,
-            "security": [{"bearer": []}],
-            "parameters": params,
-            "responses": {"200": _json(ok, "OK"), **AUTH_ERRORS, **extra},
-        }
+        "summary": summary,
+        "security": [{"bearer": []}],
+        "parameters": params,
+        "responses": {status: _json(ok, "OK"), **errors, **extra},
     }
 
 
@@ -168,6 +183,7 @@ WAIT_QUERY = [
     ),
 ]
 BASE = "/api/v3/workspaces/{workspace}/templates"
+WEBHOOKS = "/api/v3/workspaces/{workspace}/webhooks"
 UNPROCESSABLE = (
     "A query parameter is out of range, a status is not one of the statuses above, or a "
     f"parameter is unknown (only {', '.join(LIST_PARAMS)} are accepted); `errors` names it"
@@ -266,6 +282,156 @@ def _sync_paths() -> dict[str, Any]:
     }
 
 
+EVENT_LIST = {
+    "type": ["array", "null"],
+    "items": {"type": "string", "enum": list(EVENT_CHOICES)},
+    "minItems": 1,
+    "description": "The event types sent; null (or left out): every type",
+}
+WEBHOOK_FIELDS = {
+    "id": STRING,
+    "url": STRING,
+    "events": EVENT_LIST,
+    "enabled": {"type": "boolean"},
+    "created_at": TIME,
+}
+WEBHOOK = _object(
+    {
+        **WEBHOOK_FIELDS,
+        "disabled_reason": NULLABLE_STRING,
+        "last_success_at": NULLABLE_TIME,
+        "failing_since": {**NULLABLE_TIME, "description": "The first failure since a success"},
+    }
+)
+NEW_WEBHOOK = _object(
+    {**WEBHOOK_FIELDS, "secret": {"type": "string", "description": "Shown only here"}}
+)
+WEBHOOK_DELIVERY = _object(
+    {
+        "event_id": {"type": "string", "description": "evt_<history id>, the webhook-id header"},
+        "type": {"type": "string", "enum": list(EVENT_CHOICES)},
+        "attempt": {"type": "integer"},
+        "status_code": {"type": ["integer", "null"]},
+        "error": NULLABLE_STRING,
+        "at": TIME,
+        "next_attempt_at": NULLABLE_TIME,
+    }
+)
+WEBHOOK_BODY = {
+    "type": "object",
+    "required": ["url"],
+    "additionalProperties": False,
+    "properties": {
+        "url": {
+            "type": "string",
+            "maxLength": MAX_URL_LENGTH,
+            "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]",
+        },
+        "events": EVENT_LIST,
+    },
+}
+WEBHOOK_UNPROCESSABLE = (
+    "The body is not a JSON object of `url` and `events`; the URL is not http(s), has a user "
+    "or password, or its host resolves to an internal address (unless "
+    "TEMPLATE_SYNC_WEBHOOKS_ALLOW_PRIVATE); an event type is unknown or the list is empty; or "
+    f"the workspace has {MAX_PER_WORKSPACE} webhooks already. `errors` names the field"
+)
+WEBHOOK_ID = {"name": "id", "in": "path", "required": True, "schema": STRING}
+WEBHOOK_ERRORS = {
+    "401": _error("Missing, invalid or revoked token"),
+    "404": _error("Workspace not found, or webhook not found"),
+}
+
+
+def _webhooks_paths() -> dict[str, Any]:
+    """Design section 11's signed outbound webhooks; the 201 links to what takes its id."""
+    one = [WORKSPACE, WEBHOOK_ID]
+    listed = _success({"type": "array", "items": _ref("Webhook")})
+    attempts = _success({"type": "array", "items": _ref("WebhookDelivery")})
+    removed = _object({"success": {"const": True}})
+    others = {
+        "deleteWebhook": ("delete", "", _operation(
+            "Remove a webhook; its queued events are dropped", one, removed, WEBHOOK_ERRORS,
+        )),
+        "webhookDeliveries": ("get", "/deliveries", _operation(
+            f"Latest delivery attempts, newest first (at most {MAX_DELIVERIES})", one, attempts,
+            WEBHOOK_ERRORS,
+        )),
+        "enableWebhook": ("post", "/enable", _operation(
+            "Enable a disabled webhook; the events it missed are sent", one,
+            _success(_ref("Webhook")), WEBHOOK_ERRORS,
+        )),
+    }  # fmt: skip
+    paths: dict[str, Any] = {
+        WEBHOOKS: {
+            "get": _operation("Webhooks, without secrets", [WORKSPACE], listed, WEBHOOK_ERRORS),
+            "post": _create_webhook(list(others)),
+        }
+    }
+    for operation_id, (method, suffix, operation) in others.items():
+        paths[f"{WEBHOOKS}/{{id}}{suffix}"] = {method: {"operationId": operation_id, **operation}}
+    return paths
+
+
+def _create_webhook(linked: list[str]) -> dict[str, Any]:
+    created = _operation(
+        "Register a webhook; its signing secret is in this answer only",
+        [WORKSPACE],
+        _success(NEW_WEBHOOK),
+        WEBHOOK_ERRORS,
+        "201",
+        **{
+            "400": _error("Invalid Content-Length, or incomplete body"),
+            "413": _error(f"Body over {MAX_BODY_BYTES} bytes"),
+            "422": _error(WEBHOOK_UNPROCESSABLE),
+        },
+    )
+    ids = {"workspace": "$request.path.workspace", "id": "$response.body#/data/id"}
+    created["responses"]["201"]["links"] = {
+        name: {"operationId": name, "parameters": ids} for name in linked
+    }
+    body = {"application/json": {"schema": WEBHOOK_BODY}}
+    return {
+        "operationId": "createWebhook",
+        **created,
+        "requestBody": {"required": True, "content": body},
+    }
+
+
+EVENTS = "/api/v3/workspaces/{workspace}/events"
+EVENT_ID = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
+EVENTS_UNPROCESSABLE = (
+    "`after`, `template_id` or `Last-Event-ID` is not a non-negative integer; `errors` names it"
+)
+
+
+def _events_path() -> dict[str, Any]:
+    """Design section 11's server-sent events."""
+    params = [
+        WORKSPACE,
+        _query("after", EVENT_ID, "Replay the events after this id first; default: from now"),
+        _query("template_id", EVENT_ID, "Only this template's events"),
+        {"name": "Last-Event-ID", "in": "header", "required": False,
+         "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+         "description": "The last id received (an EventSource sends it when it reconnects); "
+         "wins over `after`"},
+    ]  # fmt: skip
+    stream = {
+        "description": "Server-sent events, without end: each `id: <history id>`, `event: "
+        "<type>` and `data: <the signed webhooks' payload, one line of JSON>`, then a blank "
+        f"line; a comment `: keep-alive` after {KEEP_ALIVE_S:g} s without an event",
+        "content": {"text/event-stream": {"schema": STRING}},
+    }
+    return {
+        "get": {
+            "summary": "The workspace's events as they happen",
+            "security": [{"bearer": []}],
+            "parameters": params,
+            "responses": {"200": stream, **AUTH_ERRORS, "422": _error(EVENTS_UNPROCESSABLE)},
+        }
+    }
+
+
 def _probe(summary: str, *extra: str) -> dict[str, Any]:
     responses: dict[str, Any] = {"200": {"description": "OK"}}
     responses.update({code: {"description": "Not ready"} for code in extra})
@@ -285,6 +451,8 @@ def openapi_document() -> dict[str, Any]:
                 "PageMeta": PAGE_META,
                 "Error": ERROR,
                 "SyncResult": SYNC_DATA,
+                "Webhook": WEBHOOK,
+                "WebhookDelivery": WEBHOOK_DELIVERY,
             },
         },
         "paths": {
@@ -304,6 +472,8 @@ def openapi_document() -> dict[str, Any]:
             BASE + "/{id}/history": _api_get(
                 "Status history, oldest first", [WORKSPACE, TEMPLATE_ID], history
             ),
+            **_webhooks_paths(),
+            EVENTS: _events_path(),
             "/webhooks/meta": _webhook_paths(),
             "/healthz": _probe("Process alive"),
             "/readyz": _probe("Store reachable", "503"),

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import socket
 from typing import Any
 
 import uvicorn
@@ -41,6 +42,11 @@ from .logs import LogLimiter
 logger = logging.getLogger(__name__)
 
 LINGER_S = 2.0  # how long a refused connection is drained before it is closed
+# Key, in the lifespan state every request's scope copies, of an asyncio.Event set when the
+# server begins to shut down. uvicorn tells a response under way nothing until its grace
+# period is over (then it cancels it), so one that never ends by itself (the event stream)
+# watches this and ends at once.
+STOPPING = "server_stopping"
 
 _REFUSALS = {
     431: ("Request Header Fields Too Large", f"request header over {PREFIX}MAX_HEADER_BYTES"),
@@ -66,6 +72,19 @@ class ServerConfig(uvicorn.Config):
         self.refusal_log = LogLimiter()  # clients cause refusals at any rate
 
 
+class Server(uvicorn.Server):
+    """uvicorn's Server that says, through the lifespan state's STOPPING, when it stops."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self.stopping = asyncio.Event()
+        self.lifespan.state[STOPPING] = self.stopping  # before any request copies the state
+        await super().startup(sockets)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.stopping.set()
+        await super().shutdown(sockets)
+
+
 def build_server(app: ASGIApp, settings: Settings) -> uvicorn.Server:
     """The server `serve` runs: `app` on settings' address, with the limits above."""
     config = ServerConfig(
@@ -80,7 +99,7 @@ def build_server(app: ASGIApp, settings: Settings) -> uvicorn.Server:
         forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
     )
-    return uvicorn.Server(config)
+    return Server(config)
 
 
 class GuardedProtocol(HttpToolsProtocol):

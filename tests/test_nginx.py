@@ -43,6 +43,7 @@ from service.storage import open_store
 from .certificates import issue
 from .conftest import VERIFY_TOKEN, WABA_ID, add_template, make_tenant, sign
 from .service_process import service_env
+from .test_events_stream import Stream
 from .waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -738,3 +739,26 @@ async def test_compose_nginx_refuses_metrics_to_everyone(
         ("127.0.0.1", "/metrics"): 403, ("127.0.0.1", "/healthz"): 200,
     }  # fmt: skip
     assert len(recorder.requests) == 2
+
+
+async def test_an_event_reaches_a_stream_through_nginx_within_a_second(
+    client: aiohttp.ClientSession, nginx: Nginx, service: Service
+) -> None:
+    path = f"/api/v3/workspaces/{service.workspace_id}/events"
+    headers = {"Authorization": f"Bearer {service.api_token}"}
+    async with client.get(nginx.url + path, headers=headers) as response:
+        assert response.status == 200 and response.content_type == "text/event-stream"
+        body = meta_webhooks.status_delivery(
+            waba_id=WABA_ID, template_id="990000000000042", event="APPROVED", name="streamed",
+            language="en_US", entry_time=1_780_000_400,
+        )  # fmt: skip
+        assert (await post_webhook(client, nginx.url, body))[0] == 200
+        delivered_at = time.monotonic()
+        events = await Stream(response).events(2)  # nginx buffers none of it
+        assert time.monotonic() - delivered_at < 1.0
+        assert response.connection is not None and response.connection.transport is not None
+        # Gone without TLS's goodbye: nginx answers one only when it next writes (the next
+        # keep-alive comment), after this test's event loop has closed.
+        response.connection.transport.abort()
+    assert [e["event"] for e in events] == ["template.created", "template.status_changed"]
+    assert json.loads(events[1]["data"])["data"]["template"]["provider_id"] == "990000000000042"

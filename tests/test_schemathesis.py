@@ -59,7 +59,9 @@ async def graph() -> Any:
 
 @pytest.fixture
 def settings(settings: Settings, graph: tuple[Simulator, str]) -> Settings:
-    return replace(settings, graph_url=graph[1])
+    """Graph is the simulator; webhooks may be on loopback, so the ones registered here point
+    at a closed local port and no event (a sync can make some) is ever sent off the machine."""
+    return replace(settings, graph_url=graph[1], webhooks_allow_private=True)
 
 
 @pytest.fixture
@@ -113,8 +115,25 @@ parameters."query.status" = {{ dictionary = "statuses", probability = 0.5 }}
 include-name = "GET /api/v3/workspaces/{{workspace}}/templates/{{id}}"
 parameters."query.timeout" = 1
 
+# The event stream answers without end (text/event-stream): every request would wait out
+# --request-timeout. tests/test_events_stream.py checks it, and its refusals, instead.
+[[operations]]
+include-name = "GET /api/v3/workspaces/{{workspace}}/events"
+enabled = false
+
 [dictionaries.statuses]
 values = ["PENDING", "pending,in_appeal", "APPROVED, REJECTED", ""]
+
+# A webhook's URL is refused (422) when its host does not resolve, which no schema can say:
+# offline, every generated host name is one. A URL that works often, so the webhook exists and
+# the stateful phase follows the 201's links to it (port 9, discard: nothing listens there).
+[[operations]]
+include-name = "POST /api/v3/workspaces/{{workspace}}/webhooks"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "404", "422"]
+parameters."body.url" = {{ dictionary = "webhook_urls", probability = 0.5 }}
+
+[dictionaries.webhook_urls]
+values = ["http://127.0.0.1:9/hook", "http://localhost:9/a?b=c"]
 """
 
 
@@ -175,7 +194,8 @@ async def test_schemathesis_finds_no_failure(
     summary = output[output.find("=== FAILURES") :] if "=== FAILURES" in output else output
     assert code == 0, summary[-12_000:]
     selected = re.search(r"Operations:\s+(\d+) selected / (\d+) total", output)
-    assert selected and selected[1] == selected[2], output[-4000:]
+    # Every operation but the event stream, which config() leaves out: it never ends.
+    assert selected and int(selected[1]) == int(selected[2]) - 1, output[-4000:]
     assert checks_run(tmp_path) >= REQUIRED_CHECKS
 
 
