@@ -67,7 +67,7 @@ INTERNAL = [
     ("http://[::]/", "unspecified"),
     ("http://255.255.255.255/", "reserved"),
     ("http://240.0.0.1/", "reserved"),
-    ("http://100.64.0.1/", "shared"),
+    ("http://100.64.0.1/", "a shared address"),
     ("http://[::ffff:127.0.0.1]/", "loopback"),
     ("http://[::ffff:169.254.169.254]/", "link-local"),
     ("http://[::ffff:10.0.0.1]/", "private"),
