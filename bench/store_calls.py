@@ -1,12 +1,15 @@
 """CPU per call of the store's hot paths, in-process: no HTTP, no load generator.
 
-    .venv/bin/python bench/store_calls.py [--postgres-url URL]
+    .venv/bin/python bench/store_calls.py [--postgres-url URL] [--outbox]
 
 Ingest (64 concurrent deliveries of one change each, grouped as the webhook route's are),
 a template GET's read (`find_token_and_template`) and a page of 100 templates, on a fresh
 store of 300 templates: a temporary SQLite file, or with --postgres-url a database of its
-own on that server, created and dropped. Each figure is the best of three runs: CPU time of this
-process (its database thread included) per call, and wall time. To compare two commits,
+own on that server, created and dropped. With --outbox, a relay and a webhook subscription
+are configured first, so each delivery also queues a relay row (the fan-out to
+subscriptions runs in the dispatcher, not here). Each figure is the best of three runs:
+CPU time of this process (its database thread included) per call, and wall time. To
+compare two commits,
 run this file from a worktree of each (`git worktree add /tmp/before REV`), alternating:
 it imports the `service` package next to it.
 """
@@ -57,9 +60,12 @@ async def seeded(store: Store) -> tuple[str, list[int]]:
     return workspace.id, ids
 
 
-async def main(url: str) -> None:
+async def main(url: str, outbox: bool) -> None:
     store = await open_store(url)
     workspace_id, ids = await seeded(store)
+    if outbox:
+        await store.add_relay("http://127.0.0.1:9/app", [], None, 0)
+        await store.add_subscription(workspace_id, "http://127.0.0.1:9/hook", [], "secret", 0)
     sent = 0
 
     async def ingest() -> None:
@@ -70,7 +76,9 @@ async def main(url: str) -> None:
             change = Change("1", STATUS_FIELD, "APPROVED" if sent % 2 else "PAUSED",
                             f"p{sent % TEMPLATES}", None, None, None, None,
                             1_700_000_000 + sent)  # fmt: skip
-            calls.append(store.record_delivery(f'{{"n":{sent}}}'.encode(), sent, [change], None))
+            body = f'{{"n":{sent}}}'.encode()
+            fields = frozenset({STATUS_FIELD})
+            calls.append(store.record_delivery(body, sent, [change], None, "sha256=x", fields))
         await asyncio.gather(*calls)
 
     async def get_one() -> None:
@@ -94,7 +102,7 @@ async def main(url: str) -> None:
 SCRATCH = "template_sync_bench_store_calls"
 
 
-async def on_scratch_database(server_url: str) -> None:
+async def on_scratch_database(server_url: str, outbox: bool) -> None:
     """`main` on a database of its own on the server `server_url` names, dropped after."""
     import asyncpg  # only here: the store connects through service.storage
 
@@ -103,7 +111,7 @@ async def on_scratch_database(server_url: str) -> None:
     try:
         await admin.execute(f"DROP DATABASE IF EXISTS {SCRATCH}")
         await admin.execute(f"CREATE DATABASE {SCRATCH}")
-        await main(f"{server}/{SCRATCH}")
+        await main(f"{server}/{SCRATCH}", outbox)
     finally:
         await admin.execute(f"DROP DATABASE IF EXISTS {SCRATCH}")
         await admin.close()
@@ -112,8 +120,9 @@ async def on_scratch_database(server_url: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--postgres-url", help="measure PostgreSQL on this server instead")
+    parser.add_argument("--outbox", action="store_true", help="with a relay and a subscription")
     args = parser.parse_args()
     if args.postgres_url:
-        asyncio.run(on_scratch_database(args.postgres_url))
+        asyncio.run(on_scratch_database(args.postgres_url, args.outbox))
     else:
-        asyncio.run(main(f"sqlite:///{tempfile.mkdtemp()}/bench.db"))
+        asyncio.run(main(f"sqlite:///{tempfile.mkdtemp()}/bench.db", args.outbox))
