@@ -71,10 +71,14 @@ def _check(request: Request, token: str, found: ApiToken | None) -> str:
 
 def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
     raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not _digits(raw, maximum) or not 1 <= int(raw) <= maximum:
-        message = f"The {name} field must be an integer between 1 and {maximum}."
+    return default if raw is None else int_value(raw, name, 1, maximum)
+
+
+def int_value(raw: str, name: str, minimum: int, maximum: int) -> int:
+    """`raw` (a query parameter's or a header's text) as an integer in range; else 422
+    naming `name`."""
+    if not _digits(raw, maximum) or not minimum <= int(raw) <= maximum:
+        message = f"The {name} field must be an integer between {minimum} and {maximum}."
         raise ApiError(422, message, errors={name: [message]})
     return int(raw)
 

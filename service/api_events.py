@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from .api import MAX_ID, authorise
+from .api import MAX_ID, authorise, int_value
 from .errors import ApiError
 from .events import EVENT_TYPES
 from .logs import LogLimiter
@@ -37,7 +36,6 @@ KEEP_ALIVE = b": keep-alive\n\n"
 # No caching anywhere, and no buffering in nginx (it honours this header), so each event
 # leaves the proxy as it arrives.
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-EVENT_ID = re.compile(r"[0-9]{1,19}")  # MAX_ID has 19 digits
 
 
 async def stream_events(request: Request) -> StreamingResponse:
@@ -68,10 +66,7 @@ def _cursor(request: Request) -> int | None:
 
 
 def _event_id(raw: str, name: str) -> int:
-    if not EVENT_ID.fullmatch(raw) or int(raw) > MAX_ID:
-        message = f"The {name} field must be a non-negative integer of at most {MAX_ID}."
-        raise ApiError(422, message, errors={name: [message]})
-    return int(raw)
+    return int_value(raw, name, 0, MAX_ID)
 
 
 async def _stream(
