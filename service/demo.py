@@ -1,6 +1,8 @@
 """Offline demo: signed test webhooks, the Graph simulator, and the whole loop on one machine.
 
 Plain coroutines for the CLI to wire to commands; progress goes through `say`, never a secret.
+The service runs as a child process (demo_process.py); the application it relays to and
+notifies is stood in for by loopback receivers (demo_receivers.py).
 """
 
 from __future__ import annotations
@@ -8,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import secrets
-import socket
 import ssl
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,25 +20,22 @@ from typing import Any
 
 import aiohttp
 
-from .crypto import generate_key
+from .demo_process import TOKEN_ENV, VERIFY_TOKEN, DemoError, ServiceProcess, prepare, service_env
+from .demo_receivers import Apps, Notified, check_notification, check_relayed, receiving
+from .events import API, EVENT_TYPES, STATUS, SYNC, WEBHOOK
 from .meta_webhooks import signed_headers, status_delivery
 from .simulator import Simulator, base_url, make_templates, serve
+
+# DemoError is the CLI's to catch; it lives with the service process, which raises it too.
+__all__ = ["DemoError", "post_delivery", "run_demo", "run_simulator", "send_webhook"]
 
 Say = Callable[[str], None]
 DEMO_WABA_ID = "102290129340398"
 DEMO_TEMPLATES = 300
-VERIFY_TOKEN = "demo-verify"  # noqa: S105 (the demo's published handshake token)
-TOKEN_ENV = "DEMO_META_ACCESS_TOKEN"  # noqa: S105 (a variable name)
-START_TIMEOUT_S = 20.0
-STOP_TIMEOUT_S = 5.0
-CLI_TIMEOUT_S = 30.0
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30)
+STATUS_CHANGED = EVENT_TYPES[STATUS]
 # How the demo says where a template's status came from (its `status_source`).
-SOURCES = {"webhook": "from the webhook", "sync": "from the sync", "api": "as registered"}
-
-
-class DemoError(Exception):
-    """A demo step got an answer other than the one it expects (the message says both)."""
+SOURCES = {WEBHOOK: "from the webhook", SYNC: "from the sync", API: "as registered"}
 
 
 async def send_webhook(
@@ -55,10 +51,18 @@ async def send_webhook(
         waba_id=waba_id, template_id=template_id, event=event, name=name,
         language=language, entry_time=entry_time, reason=reason,
     )  # fmt: skip
-    headers = signed_headers(app_secret, body)
+    return await post_delivery(url, app_secret, body, session=session, tls=tls)
+
+
+async def post_delivery(
+    url: str, app_secret: str, body: bytes, *, session: aiohttp.ClientSession | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> tuple[int, str]:  # fmt: skip
+    """POST `body` signed as Meta signs it; the status and the response text."""
     async with contextlib.AsyncExitStack() as stack:
         if session is None:
             session = await stack.enter_async_context(aiohttp.ClientSession(timeout=HTTP_TIMEOUT))
+        headers = signed_headers(app_secret, body)
         async with session.post(url, data=body, headers=headers, ssl=tls or True) as response:
             return response.status, await response.text()
 
@@ -101,13 +105,15 @@ def _explain_simulator(graph_url: str, checks_proof: bool, say: Say) -> None:
 
 @dataclass
 class _Demo:
-    """What the steps share: the HTTP client, both servers and the tenant being built."""
+    """What the steps share: the HTTP client, the servers and the tenant being built."""
 
     say: Say
     http: aiohttp.ClientSession
     sim_root: str
     url: str
     secret: str
+    service: ServiceProcess
+    apps: Apps
     workspace: str = ""
     bearer: str = ""
 
@@ -149,114 +155,23 @@ def _expect(step: str, status: int, body: Any, want: int, /, **fields: Any) -> N
         raise DemoError(f"{step}: expected {want} with {fields}, got {status}: {str(body)[:500]}")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _service_env(workdir: Path, secret: str, graph_url: str, meta_token: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPLATE_SYNC_")}
-    source_root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [source_root, env.get("PYTHONPATH")]))
-    env.update(
-        TEMPLATE_SYNC_DATABASE_URL=f"sqlite:///{workdir}/demo.db",
-        TEMPLATE_SYNC_META_APP_SECRET=secret,
-        TEMPLATE_SYNC_META_VERIFY_TOKEN=VERIFY_TOKEN,
-        TEMPLATE_SYNC_GRAPH_URL=graph_url,
-        TEMPLATE_SYNC_ENCRYPTION_KEYS=generate_key(),
-        TEMPLATE_SYNC_POLL_ENABLED="false",
-        TEMPLATE_SYNC_LOG_FORMAT="json",
-    )
-    env[TOKEN_ENV] = meta_token
-    return env
-
-
-def _prepare(workdir: Path) -> Path:
-    """The working directory, created and absolute (the service runs inside it); each run
-    starts from an empty database."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    for leftover in workdir.glob("demo.db*"):
-        leftover.unlink()
-    return workdir.resolve()
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-async def _cli(workdir: Path, env: dict[str, str], *args: str) -> str:
-    """Run `python -m service ARGS` as a user would; its stdout, stripped."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service", *args, cwd=workdir, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise DemoError(f"template-sync {args[0]} took over {CLI_TIMEOUT_S:.0f} s") from None
-    if proc.returncode != 0:
-        tail = err.decode(errors="replace").strip()[-800:]
-        raise DemoError(f"template-sync {' '.join(args[:2])} failed ({proc.returncode}): {tail}")
-    return out.decode().strip()
-
-
-async def _start_service(
-    workdir: Path, env: dict[str, str], port: int, log: Path
-) -> asyncio.subprocess.Process:
-    with log.open("ab") as handle:  # the child keeps its own copy of the descriptor
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service", "serve", "--port", str(port), cwd=workdir, env=env,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=handle,
-        )  # fmt: skip
-
-
-async def _wait_healthy(demo: _Demo, proc: asyncio.subprocess.Process, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.returncode is not None:
-            raise DemoError(f"service exited with {proc.returncode}; log tail:\n{_tail(log)}")
-        try:
-            if (await demo.call("GET", demo.url + "/healthz"))[0] == 200:
-                return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise DemoError(f"service not healthy after {START_TIMEOUT_S:.0f} s; log tail:\n{_tail(log)}")
-
-
-async def _stop_service(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-        except TimeoutError:
-            proc.kill()
-    await proc.wait()
-
-
-async def _create_tenant(
-    demo: _Demo, workdir: Path, env: dict[str, str], pair: list[dict[str, Any]]
-) -> list[str]:
+async def _create_tenant(demo: _Demo, pair: list[dict[str, Any]]) -> list[str]:
     """Workspace, channel, token and the two templates, made with the CLI; local ids."""
-    demo.workspace = await _cli(workdir, env, "workspace", "create", "Demo")
+    cli = demo.service.cli
+    demo.workspace = await cli("workspace", "create", "Demo")
     demo.say(f"created workspace {demo.workspace}")
     ws = ("--workspace", demo.workspace)
-    await _cli(workdir, env, "channel", "add", *ws, "--waba-id", DEMO_WABA_ID,
-               "--access-token-env", TOKEN_ENV, "--subscribe")  # fmt: skip
+    await cli("channel", "add", *ws, "--waba-id", DEMO_WABA_ID, "--access-token-env", TOKEN_ENV,
+              "--subscribe")  # fmt: skip
     demo.say(f"added WABA {DEMO_WABA_ID}: token checked with Meta, app subscribed to its "
              "webhooks, token encrypted at rest")  # fmt: skip
-    demo.bearer = await _cli(workdir, env, "token", "create", *ws, "--name", "demo")
+    demo.bearer = await cli("token", "create", *ws, "--name", "demo")
     demo.say("created an API bearer token (shown once; kept in memory by the demo)")
     local_ids = []
     for t in pair:
-        local_ids.append(await _cli(
-            workdir, env, "template", "add", *ws, "--waba-id", DEMO_WABA_ID,
-            "--provider-id", t["id"], "--name", t["name"], "--language", t["language"],
-            "--category", t["category"],
+        local_ids.append(await cli(
+            "template", "add", *ws, "--waba-id", DEMO_WABA_ID, "--provider-id", t["id"],
+            "--name", t["name"], "--language", t["language"], "--category", t["category"],
         ))  # fmt: skip
         demo.say(f"registered template {t['name']} (Meta id {t['id']}) as PENDING")
     return local_ids
@@ -270,6 +185,20 @@ async def _handshake(demo: _Demo) -> None:
     demo.say("Meta's subscription handshake: the service echoed the challenge")
 
 
+async def _connect_apps(demo: _Demo) -> None:
+    """Relay Meta's deliveries to the app's handler; subscribe the other app to changes."""
+    apps = demo.apps
+    await demo.service.cli("relay", "add", apps.handler.url, "--name", "existing handler")
+    demo.say(f"relay added: Meta's deliveries go on, unchanged, to {apps.handler.url}, "
+             "standing for your existing webhook handler")  # fmt: skip
+    apps.secret = await demo.service.cli(
+        "webhook", "add", "--workspace", demo.workspace, apps.subscriber.url,
+        "--events", STATUS_CHANGED,
+    )  # fmt: skip
+    demo.say(f"webhook added: {apps.subscriber.url}, standing for an app, subscribes to "
+             f"{STATUS_CHANGED} (its secret, shown once, kept in memory by the demo)")  # fmt: skip
+
+
 async def _set_at_meta(demo: _Demo, template: dict[str, Any], status: str, **extra: str) -> None:
     url = f"{demo.sim_root}/_sim/templates/{template['id']}/status"
     code, body = await demo.call("POST", url, json={"status": status, **extra})
@@ -280,16 +209,23 @@ async def _set_at_meta(demo: _Demo, template: dict[str, Any], status: str, **ext
 async def _approve_by_webhook(demo: _Demo, template: dict[str, Any], local_id: str) -> None:
     demo.say(f"A) {template['name']}: approved at Meta, and Meta delivers the webhook")
     await _set_at_meta(demo, template, "APPROVED")
-    status, text = await send_webhook(
-        demo.url + "/webhooks/meta", demo.secret, waba_id=DEMO_WABA_ID, template_id=template["id"],
-        event="APPROVED", name=template["name"], language=template["language"], reason="NONE",
-        session=demo.http,
+    body = status_delivery(
+        waba_id=DEMO_WABA_ID, template_id=template["id"], event="APPROVED",
+        name=template["name"], language=template["language"], reason="NONE",
     )  # fmt: skip
+    status, text = await post_delivery(demo.url + "/webhooks/meta", demo.secret, body,
+                                       session=demo.http)  # fmt: skip
     if status != 200:
         raise DemoError(f"signed webhook: expected 200, got {status}: {text[:300]}")
     demo.say("  signed APPROVED webhook delivered: 200, stored before acknowledged")
     await demo.template("template A after webhook", local_id, status="APPROVED",
                         status_source="webhook")  # fmt: skip
+    delivery = check_relayed(await demo.apps.handler.next(), body, demo.secret)
+    demo.say(f"  relay: your handler got Meta's exact {len(body)} bytes (delivery {delivery}), "
+             "and their X-Hub-Signature-256 verifies with the app secret")  # fmt: skip
+    await _notified(
+        demo, Notified(STATUS_CHANGED, template["name"], "PENDING", "APPROVED", WEBHOOK)
+    )
 
 
 async def _repair_by_sync(demo: _Demo, template: dict[str, Any], local_id: str) -> None:
@@ -305,6 +241,7 @@ async def _repair_by_sync(demo: _Demo, template: dict[str, Any], local_id: str) 
     if result.get("updated") != 1:
         raise DemoError(f"sync: expected 1 updated template, got {json.dumps(result)}")
     await demo.template("template B after sync", local_id, status="REJECTED", status_source="sync")
+    await _notified(demo, Notified(STATUS_CHANGED, template["name"], "PENDING", "REJECTED", SYNC))
     status, body = await demo.call("POST", sync_url)
     _expect("second sync", status, body, 404, success=False, message="No pending templates found")
     demo.say("  a second sync answers 404 'No pending templates found': nothing left to repair")
@@ -312,32 +249,44 @@ async def _repair_by_sync(demo: _Demo, template: dict[str, Any], local_id: str) 
     demo.say(f"the sync made {used} Graph API call{'s' * (used != 1)} (simulator call log)")
 
 
+async def _notified(demo: _Demo, want: Notified) -> None:
+    """Take the subscribed app's next notification, check it tells what `want` says, and say
+    so."""
+    got = check_notification(await demo.apps.subscriber.next(), demo.apps.secret, time.time())
+    if got != want:
+        raise DemoError(f"notification: expected {want}, got {got}")
+    change = f"{got.name} {got.before} -> {got.after} ({SOURCES[got.source]})"
+    demo.say(f"  notification: the app got {got.type}, {change}; its webhook-signature "
+             "verifies with the subscription's secret")  # fmt: skip
+
+
 async def run_demo(workdir: Path, say: Say) -> None:
-    """The whole loop offline: simulator, service, CLI set-up, webhook, lost webhook, sync."""
-    workdir = await asyncio.to_thread(_prepare, workdir)
+    """The whole loop offline: simulator, service, CLI set-up, a relay and a subscribed app,
+    webhook, lost webhook, sync."""
+    workdir = await asyncio.to_thread(prepare, workdir)
     secret, meta_token = secrets.token_hex(16), "EAAG" + secrets.token_urlsafe(24)
     sim = Simulator(app_secret=secret)
     sim.add_waba(DEMO_WABA_ID, meta_token, name="Demo WABA")
     seeded = make_templates(DEMO_WABA_ID, DEMO_TEMPLATES, pending=2)
     sim.add_templates(DEMO_WABA_ID, seeded)
-    runner = await serve(sim, "127.0.0.1", 0)
-    proc: asyncio.subprocess.Process | None = None
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        runner = await serve(sim, "127.0.0.1", 0)
+        stack.push_async_callback(runner.cleanup)
         graph_url = base_url(runner)
         say(f"Graph simulator on {graph_url}: WABA {DEMO_WABA_ID}, {len(seeded)} templates")
-        env = _service_env(workdir, secret, graph_url, meta_token)
-        port, log = _free_port(), workdir / "service.log"
-        proc = await _start_service(workdir, env, port, log)
-        async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
-            demo = _Demo(say, http, graph_url.rsplit("/", 1)[0], f"http://127.0.0.1:{port}", secret)
-            await _wait_healthy(demo, proc, log)
-            say(f"service running on {demo.url} (log: {log})")
-            local_ids = await _create_tenant(demo, workdir, env, seeded[-2:])
-            await _handshake(demo)
-            await _approve_by_webhook(demo, seeded[-2], local_ids[0])
-            await _repair_by_sync(demo, seeded[-1], local_ids[1])
-        say("demo complete: the webhook was applied at once, the lost one was repaired by sync")
-    finally:
-        if proc is not None:
-            await _stop_service(proc)
-        await runner.cleanup()
+        apps = Apps(
+            await stack.enter_async_context(receiving("your webhook handler", "/webhook")),
+            await stack.enter_async_context(receiving("the subscribed app", "/template-events")),
+        )
+        service = ServiceProcess(workdir, service_env(workdir, secret, graph_url, meta_token))
+        http = await stack.enter_async_context(aiohttp.ClientSession(timeout=HTTP_TIMEOUT))
+        url = await stack.enter_async_context(service.serving(http))
+        say(f"service running on {url} (log: {service.log})")
+        demo = _Demo(say, http, graph_url.rsplit("/", 1)[0], url, secret, service, apps)
+        local_ids = await _create_tenant(demo, seeded[-2:])
+        await _handshake(demo)
+        await _connect_apps(demo)
+        await _approve_by_webhook(demo, seeded[-2], local_ids[0])
+        await _repair_by_sync(demo, seeded[-1], local_ids[1])
+    say("demo complete: the webhook was applied at once and relayed, the lost one was repaired "
+        "by sync, and the subscribed app was notified of both")  # fmt: skip

@@ -1,23 +1,32 @@
-"""The demo helpers: signed webhooks sent to the service, the simulator command, the whole loop."""
+"""The demo helpers: signed webhooks sent to the service, the simulator command, the receivers
+standing for the application, and the whole loop as `make demo` runs it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
 import re
 import socket
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from standardwebhooks import Webhook
 
-from service import demo
-from service.demo import DemoError, run_demo, run_simulator, send_webhook
+from service import demo, demo_receivers
+from service.demo import DemoError, post_delivery, run_demo, run_simulator, send_webhook
+from service.demo_receivers import Notified, check_notification, check_relayed, receiving
+from service.meta_webhooks import status_delivery
+from service.signing import new_secret
 from service.simulator import make_templates
 from service.storage import Store
 from tests.conftest import APP_SECRET, WABA_ID, Server, Tenant, add_template
+from tests.service_process import REPO, run_cli
 from tests.waiting import eventually
 
 TEMPLATE_ID = "1689556908129832"
@@ -111,12 +120,12 @@ async def _printed_graph_url(lines: list[str], task: asyncio.Task[None]) -> str:
 
 
 @pytest.mark.timeout(60)
-async def test_run_demo_runs_the_whole_loop(tmp_path: Path) -> None:
-    lines: list[str] = []
-    try:
-        await run_demo(tmp_path, say=lines.append)
-    finally:
-        print("\n".join(lines))  # shown by pytest when the test fails
+async def test_make_demo_runs_the_whole_loop(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    code, out, err = await run_cli(env, tmp_path, "demo", "--workdir", str(tmp_path / "demo"))
+    print(out, err)  # shown by pytest when the test fails
+    assert code == 0
+    lines = out.splitlines()
     text = "\n".join(lines)
     assert "is PENDING (status as registered)" in text
     assert "is APPROVED (status from the webhook)" in text
@@ -124,27 +133,91 @@ async def test_run_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     assert re.search(r'templates/sync -> 200 \{.*"updated": 1', text)
     assert "No pending templates found" in text
     assert re.search(r"the sync made (1 Graph API call|[2-9][0-9]* Graph API calls) ", text)
+    assert re.search(r"relay added: .* to http://127\.0\.0\.1:\d+/webhook, standing for", text)
+    assert re.search(r"webhook added: http://127\.0\.0\.1:\d+/\S+, standing for an app", text)
+    assert re.search(
+        r"relay: your handler got Meta's exact \d+ bytes \(delivery \d+\), and their "
+        r"X-Hub-Signature-256 verifies with the app secret", text,
+    )  # fmt: skip
+    signed = "; its webhook-signature verifies with the subscription's secret"
+    approved = r"template\.status_changed, \w+ PENDING -> APPROVED \(from the webhook\)"
+    rejected = r"template\.status_changed, \w+ PENDING -> REJECTED \(from the sync\)"
+    assert re.search(f"notification: the app got {approved}{re.escape(signed)}", text)
+    assert re.search(f"notification: the app got {rejected}{re.escape(signed)}", text)
     assert [line for line in lines if "None" in line] == []  # Python's None is not an answer
+    assert "whsec_" not in text  # the subscription's secret is never shown
     assert lines[-1].startswith("demo complete")
-    assert (tmp_path / "demo.db").exists()
-    log = (tmp_path / "service.log").read_text()
+    assert (tmp_path / "demo" / "demo.db").exists()
+    log = (tmp_path / "demo" / "service.log").read_text()
     assert "Finished server process" in log  # stopped gracefully
     assert "EAAG" not in log  # the Meta token never reaches the log
-    port = int(re.findall(r"service running on http://127.0.0.1:(\d+)", text)[0])
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    assert "whsec_" not in log
+    for port in re.findall(r"http://127\.0\.0\.1:(\d+)[/ ]", text):  # service and receivers
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", int(port)), timeout=1).close()
 
 
 async def test_run_demo_reports_a_service_that_does_not_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_env = demo._service_env
+    real_env = demo.service_env
 
     def broken_env(*args: Any) -> dict[str, str]:
         return {**real_env(*args), "TEMPLATE_SYNC_DATABASE_URL": "mysql://nowhere/db"}
 
-    monkeypatch.setattr(demo, "_service_env", broken_env)
+    monkeypatch.setattr(demo, "service_env", broken_env)
     lines: list[str] = []
     with pytest.raises(DemoError, match=r"(?s)service exited with 1.*DATABASE_URL must start"):
         await run_demo(tmp_path, say=lines.append)
     assert not any("service running" in line for line in lines)
+
+
+# --- the receivers standing for the application ----------------------------------------------
+
+
+async def test_relay_receiver_accepts_meta_bytes_signed_with_the_app_secret() -> None:
+    body = status_delivery(
+        waba_id=WABA_ID, template_id=TEMPLATE_ID, event="APPROVED", name="café", language="fr"
+    )
+    async with receiving("the handler", "/webhook") as handler:
+        status, _ = await post_delivery(handler.url, APP_SECRET, body)
+        assert status == 200
+        receipt = await handler.next()
+        assert check_relayed(receipt, body, APP_SECRET) == "-"  # no relay header: not relayed
+        with pytest.raises(DemoError, match="X-Hub-Signature-256 does not verify"):
+            check_relayed(receipt, body, "another-app-secret")
+        with pytest.raises(DemoError, match="not the"):
+            check_relayed(receipt, body + b" ", APP_SECRET)
+
+
+async def test_subscriber_verifies_what_the_reference_library_signs() -> None:
+    secret = new_secret()
+    sent = {
+        "type": "template.status_changed",
+        "data": {"source": "sync", "previous": {"status": "PENDING"},
+                 "template": {"name": "bestätigung", "status": "REJECTED"}},
+    }  # fmt: skip
+    body = json.dumps(sent)
+    stamp = datetime.now(UTC)
+    headers = {
+        "webhook-id": "evt_7",
+        "webhook-timestamp": str(int(stamp.timestamp())),
+        "webhook-signature": Webhook(secret).sign("evt_7", stamp, body),
+    }
+    async with receiving("the app", "/events") as app, aiohttp.ClientSession() as http:
+        async with http.post(app.url, data=body.encode(), headers=headers) as response:
+            assert response.status == 200
+        receipt = await app.next()
+    got = check_notification(receipt, secret, time.time())
+    assert got == Notified("template.status_changed", "bestätigung", "PENDING", "REJECTED", "sync")
+    with pytest.raises(DemoError, match="does not verify with the secret"):
+        check_notification(receipt, new_secret(), time.time())
+    with pytest.raises(DemoError, match="not within 5 min"):
+        check_notification(receipt, secret, time.time() + 301)
+
+
+async def test_receiver_says_when_nothing_arrives(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(demo_receivers, "RECEIVE_TIMEOUT_S", 0.05)
+    async with receiving("your webhook handler", "/webhook") as handler:
+        with pytest.raises(DemoError, match="your webhook handler received nothing"):
+            await handler.next()
