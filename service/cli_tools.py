@@ -23,17 +23,26 @@ from .logs import configure
 @click.option("--templates", default=0, show_default=True, help="...and this many templates,")
 @click.option("--pending", default=0, show_default=True, help="...the last N of them PENDING.")
 @click.option("--app-secret", help="Require appsecret_proof made with this secret.")
+@click.option("--webhook-url", help="POST review verdicts there, signed with --app-secret.")
+@click.option("--review-delay", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds before a new or edited template is reviewed.")  # fmt: skip
+@click.option("--drop-webhooks", is_flag=True, help="Review, but send no webhook.")
 def simulator(
     host: str, port: int, waba_id: str | None, token: str | None, templates: int, pending: int,
-    app_secret: str | None,
+    app_secret: str | None, webhook_url: str | None, review_delay: float, drop_webhooks: bool,
 ) -> None:  # fmt: skip
     """Run a fake Meta Graph API (offline) to point TEMPLATE_SYNC_GRAPH_URL at."""
     from .demo import run_simulator
 
+    if webhook_url and not app_secret:
+        raise click.UsageError("--webhook-url needs --app-secret to sign the webhooks with")
+    if webhook_url and not webhook_url.startswith(("http://", "https://")):
+        raise click.UsageError("--webhook-url must be an http:// or https:// URL")
     configure("text", "INFO")
     coroutine = run_simulator(
         host, port, waba_id=waba_id, token=token, templates=templates, pending=pending,
         app_secret=app_secret, say=lambda line: click.echo(line, err=True),
+        webhook_url=webhook_url, review_delay_s=review_delay, drop_webhooks=drop_webhooks,
     )  # fmt: skip
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(coroutine)

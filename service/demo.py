@@ -69,10 +69,10 @@ async def post_delivery(
 
 async def run_simulator(
     host: str, port: int, *, waba_id: str | None, token: str | None, templates: int,
-    pending: int, app_secret: str | None, say: Say,
+    pending: int, app_secret: str | None, say: Say, **options: Any,
 ) -> None:  # fmt: skip
     """Serve the Graph simulator, optionally seeded with one WABA, until cancelled."""
-    sim = Simulator(app_secret=app_secret)
+    sim = Simulator(app_secret=app_secret, **options)  # options: its reviewer's settings
     if waba_id is not None:
         sim.add_waba(waba_id, token)
         seeded = make_templates(waba_id, templates, pending=min(pending, templates))

@@ -1,12 +1,16 @@
-"""Offline fake of Meta's Graph API (templates, subscribed apps) with fault injection.
+"""Offline fake of Meta's Graph API (templates and their writes, subscribed apps) with fault
+injection, and Meta's reviewer, which sends signed status webhooks.
 
 Graph routes live under `/{version}/...`; a JSON control API under `/_sim/...` lets another
-process (CLI, demo) seed WABAs and templates, change statuses, inject faults and read the
-call log. The control API is unauthenticated: bind the simulator to loopback only.
+process (CLI, demo) seed WABAs and templates, change statuses, inject faults, read the call
+log, set the webhook URL and choose verdicts. The control API is unauthenticated: bind the
+simulator to loopback only.
 
-This module holds the Simulator (its Python and HTTP control API, and the middleware every
-Graph call passes), and serves it; simulator_graph holds the Graph endpoints,
-simulator_faults Meta's errors, throttling and usage headers, simulator_state what Meta knows.
+This module holds the Simulator (its Python control API, and the middleware every Graph call
+passes), and serves it; simulator_graph holds the Graph reads, simulator_writes the template
+writes and simulator_rules their rules, simulator_review the reviewer, simulator_control the
+HTTP control API, simulator_faults Meta's errors, throttling and usage headers,
+simulator_state what Meta knows.
 
 It imports nothing from the client it tests (header names, appsecret_proof): written from
 Meta's documentation on its own, it catches a client that misreads it.
@@ -16,12 +20,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from dataclasses import asdict, fields
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
+from .simulator_control import ControlEndpoints, Handler, control
 from .simulator_faults import (
     Fault,
     GraphFailure,
@@ -31,13 +36,17 @@ from .simulator_faults import (
     usage_headers,
 )
 from .simulator_graph import GraphEndpoints
-from .simulator_state import CallRecord, State, make_templates
+from .simulator_review import Reviewer
+from .simulator_state import CallRecord, State, Verdict, WebhookRecord, make_templates
+from .simulator_writes import WriteEndpoints
 
 __all__ = [
     "CallRecord",
     "Fault",
     "Handler",
     "Simulator",
+    "Verdict",
+    "WebhookRecord",
     "base_url",
     "bound_port",
     "make_templates",
@@ -46,18 +55,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-# The keys each control API body takes (`Simulator.fail` and `set_status`); others are a 400.
-FAULT_OPTIONS = tuple(
-    f.name for f in fields(Fault) if f.name not in ("kind", "target", "remaining")
-)
-FAULT_KEYS = ("kind", "target", "times", "sticky", *FAULT_OPTIONS)
-STATUS_KEYS = ("status", "rejected_reason", "quality_score", "category")
-
 
 class Simulator:
-    """State and behaviour of the fake Graph API; see the module docstring."""
+    """State and behaviour of the fake Graph API; see the module docstring.
+
+    Reviews: each created (when `create_status` is PENDING) or edited template gets its
+    verdict `review_delay_s` seconds later (None: only through `set_status`), and the signed
+    status webhook goes to `webhook_url`, signed with `webhook_secret` (default: the app
+    secret); `drop_webhooks` keeps them from being sent (the poller must repair the status).
+    """
 
     def __init__(
         self,
@@ -68,19 +74,38 @@ class Simulator:
         budget_per_hour: int = 200,
         next_version: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        review_delay_s: float | None = 1.0,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        drop_webhooks: bool = False,
+        create_status: str = "PENDING",
     ) -> None:
         self.app_secret = app_secret
         self.app_id = app_id
         self.app_name = app_name
         self.budget_per_hour = budget_per_hour
         self.next_version = next_version  # version string used in paging.next links
+        self.review_delay_s = review_delay_s
+        self.create_status = create_status
+        self.webhook_url: str | None = None
+        self._webhook_secret: str | None = None
+        self.drop_webhooks = drop_webhooks
         self._clock = clock
         self._state = State()
+        self.reviews = Reviewer(self)
+        if webhook_url is not None or webhook_secret is not None:
+            self.set_webhook(webhook_url, app_secret=webhook_secret)
+
+    def now(self) -> float:
+        """The simulator's clock (monotonic seconds unless a test injects one)."""
+        return self._clock()
 
     # --- Python control API -------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget all WABAs, tokens, templates, subscriptions, faults and calls."""
+        """Forget all WABAs, tokens, templates, subscriptions, faults, calls, queued verdicts,
+        sent webhooks and the reviews still waiting (not the webhook or review settings)."""
+        self.reviews.forget()
         self._state = State()
 
     def add_waba(self, waba_id: str, token: str | None = None, *, name: str | None = None) -> None:
@@ -131,6 +156,37 @@ class Simulator:
     def calls(self) -> list[CallRecord]:
         return list(self._state.calls)
 
+    def set_webhook(
+        self, url: str | None, *, app_secret: str | None = None, drop_webhooks: bool | None = None
+    ) -> None:
+        """Where reviews send their status webhooks (None: nowhere), signed with `app_secret`
+        (kept when None; the simulator's app secret when never given)."""
+        if url is not None and URL(url).scheme not in ("http", "https"):
+            raise ValueError("url must be an http or https URL")
+        if app_secret is not None and not app_secret:
+            raise ValueError("app_secret must not be empty")
+        secret = app_secret or self.webhook_secret
+        if url is not None and secret is None:
+            raise ValueError("set app_secret (or the simulator's) to sign the webhooks with")
+        if drop_webhooks is not None and not isinstance(drop_webhooks, bool):
+            raise ValueError("drop_webhooks must be true or false")
+        self.webhook_url, self._webhook_secret = url, app_secret or self._webhook_secret
+        self.drop_webhooks = self.drop_webhooks if drop_webhooks is None else drop_webhooks
+
+    @property
+    def webhook_secret(self) -> str | None:
+        """The secret status webhooks are signed with: Meta signs with the app secret."""
+        return self._webhook_secret or self.app_secret
+
+    @property
+    def webhooks(self) -> list[WebhookRecord]:
+        """The status webhooks sent or dropped, oldest first."""
+        return list(self._state.webhooks)
+
+    def queue_verdicts(self, *verdicts: Verdict) -> None:
+        """The reviewer's next verdicts, in order, before its rules (see simulator_review)."""
+        self._state.verdicts.extend(verdicts)
+
     @property
     def state(self) -> State:
         """What Meta knows now; `reset` replaces it, so read it afresh."""
@@ -140,21 +196,20 @@ class Simulator:
 
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
-        app.router.add_post("/_sim/reset", self._ctl_reset)
-        app.router.add_post("/_sim/wabas/{waba_id}", self._ctl_add_waba)
-        app.router.add_get("/_sim/wabas/{waba_id}/templates", self._ctl_templates)
-        app.router.add_post("/_sim/wabas/{waba_id}/templates", self._ctl_add_templates)
-        app.router.add_post("/_sim/templates/{template_id}/status", self._ctl_set_status)
-        app.router.add_post("/_sim/faults", self._ctl_add_fault)
-        app.router.add_delete("/_sim/faults", self._ctl_clear_faults)
-        app.router.add_get("/_sim/calls", self._ctl_calls)
-        GraphEndpoints(self).add_routes(app)
+        ControlEndpoints(self).add_routes(app)
+        graph = GraphEndpoints(self)
+        WriteEndpoints(self, graph, self.reviews).add_routes(app)
+        graph.add_routes(app)
+        app.on_cleanup.append(self._close)
         return app
+
+    async def _close(self, app: web.Application) -> None:
+        await self.reviews.close()
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/_sim/"):
-            return await _control(request, handler)
+            return await control(request, handler)
         target = request.match_info.get("waba_id") or request.match_info.get("object_id")
         waba_id = self._state.waba_of(target)
         status = 499  # recorded if the client goes away mid-request
@@ -191,79 +246,6 @@ class Simulator:
         for name, value in usage.items():
             response.headers.setdefault(name, value)
         return response
-
-    # --- control handlers ---------------------------------------------------------------
-
-    async def _ctl_reset(self, request: web.Request) -> web.Response:
-        self.reset()
-        return web.json_response({"ok": True})
-
-    async def _ctl_add_waba(self, request: web.Request) -> web.Response:
-        body = await _json_object(request, ("token", "name"))
-        self.add_waba(request.match_info["waba_id"], body.get("token"), name=body.get("name"))
-        return web.json_response({"ok": True})
-
-    async def _ctl_templates(self, request: web.Request) -> web.Response:
-        return web.json_response({"data": self.templates(request.match_info["waba_id"])})
-
-    async def _ctl_add_templates(self, request: web.Request) -> web.Response:
-        waba_id = request.match_info["waba_id"]
-        body = await request.json()
-        if isinstance(body, dict):
-            _only(body, ("count", "pending") if "count" in body else ("templates",))
-        if isinstance(body, dict) and "count" in body:
-            body = make_templates(waba_id, int(body["count"]), pending=int(body.get("pending", 0)))
-        elif isinstance(body, dict):
-            body = body.get("templates")
-        if not isinstance(body, list) or not all(isinstance(t, dict) for t in body):
-            raise ValueError("expected a list of template objects")
-        return web.json_response({"count": self.add_templates(waba_id, body)})
-
-    async def _ctl_set_status(self, request: web.Request) -> web.Response:
-        body = await _json_object(request, STATUS_KEYS)
-        status = body.pop("status", None)
-        if not isinstance(status, str):
-            raise ValueError("status must be a string")
-        return web.json_response(self.set_status(request.match_info["template_id"], status, **body))
-
-    async def _ctl_add_fault(self, request: web.Request) -> web.Response:
-        body = await _json_object(request, FAULT_KEYS)
-        fault = self.fail(body.pop("target", None), body.pop("kind", None), **body)
-        return web.json_response(asdict(fault))
-
-    async def _ctl_clear_faults(self, request: web.Request) -> web.Response:
-        self.clear_faults()
-        return web.json_response({"ok": True})
-
-    async def _ctl_calls(self, request: web.Request) -> web.Response:
-        target = request.query.get("object_id")
-        calls = [asdict(c) for c in self._state.calls if target in (None, c.object_id)]
-        return web.json_response({"calls": calls})
-
-
-async def _json_object(request: web.Request, accepted: Collection[str]) -> dict[str, Any]:
-    body = await request.json() if request.can_read_body else {}
-    if not isinstance(body, dict):
-        raise ValueError("expected a JSON object")
-    _only(body, accepted)
-    return body
-
-
-def _only(body: Mapping[str, Any], accepted: Collection[str]) -> None:
-    """A ValueError (so a 400) naming the first key of a control body that is not accepted."""
-    unknown = [key for key in body if key not in accepted]
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r}; accepted: {', '.join(sorted(accepted))}")
-
-
-async def _control(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map bad control input to 400 and unknown ids to 404, as JSON."""
-    try:
-        return await handler(request)
-    except LookupError as exc:
-        return web.json_response({"error": f"not found: {exc}"}, status=404)
-    except (ValueError, TypeError) as exc:
-        return web.json_response({"error": str(exc)}, status=400)
 
 
 async def serve(sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> web.AppRunner:

@@ -63,13 +63,19 @@ def meta_error(
     error_type: str = "OAuthException",
     is_transient: bool | None = None,
     headers: Mapping[str, str] | None = None,
+    user_title: str | None = None,
+    user_msg: str | None = None,
 ) -> web.Response:
-    """A response shaped like Graph's error body."""
+    """A response shaped like Graph's error body; `user_title` and `user_msg` are the
+    `error_user_title` and `error_user_msg` Meta adds when a person should read the reason."""
     error: dict[str, Any] = {"message": message, "type": error_type, "code": code}
-    if subcode is not None:
-        error["error_subcode"] = subcode
-    if is_transient is not None:
-        error["is_transient"] = is_transient
+    optional = {
+        "error_subcode": subcode,
+        "is_transient": is_transient,
+        "error_user_title": user_title,
+        "error_user_msg": user_msg,
+    }
+    error.update((key, value) for key, value in optional.items() if value is not None)
     error["fbtrace_id"] = "A" + secrets.token_urlsafe(16)
     return web.json_response({"error": error}, status=http_status, headers=headers)
 

@@ -22,7 +22,9 @@ from .simulator_state import State
 DEFAULT_LIMIT = 25  # Meta's default page size
 MAX_LIMIT = 1000  # Meta documents no maximum; larger limits are silently capped here
 DEFAULT_FIELDS = ("id", "name", "language", "status", "category")
-READABLE_FIELDS = frozenset({*DEFAULT_FIELDS, "rejected_reason", "quality_score"})
+READABLE_FIELDS = frozenset(
+    {*DEFAULT_FIELDS, "rejected_reason", "quality_score", "components", "parameter_format"}
+)
 QUALITY_DATE = 1758754645
 VERSION = "/{version:v[0-9]+\\.[0-9]+}"
 
@@ -51,7 +53,7 @@ class GraphEndpoints:
         app.router.add_post(VERSION + "/{waba_id}/subscribed_apps", self._apps)
         app.router.add_get(VERSION + "/{object_id}", self._get_object)
 
-    def _token(self, request: web.Request) -> str:
+    def token(self, request: web.Request) -> str:
         """The caller's token, checked for existence and appsecret_proof."""
         auth = request.headers.get("Authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
@@ -64,18 +66,19 @@ class GraphEndpoints:
             _check_proof(request.query.get("appsecret_proof"), token, self._account.app_secret)
         return token
 
-    def _authorize(self, request: web.Request, waba_id: str) -> str:
-        token = self._token(request)
+    def authorize(self, request: web.Request, waba_id: str) -> str:
+        """The caller's token, checked as `token` does and for access to the WABA."""
+        token = self.token(request)
         state = self._account.state
         if waba_id not in state.wabas:
-            raise _unsupported(waba_id)
+            raise unsupported(waba_id, request.method)
         if waba_id not in state.tokens[token]:
             raise GraphFailure(meta_error(403, 200, "(#200) Permissions error"))
         return token
 
     async def _list_templates(self, request: web.Request) -> web.Response:
         waba_id = request.match_info["waba_id"]
-        token = self._authorize(request, waba_id)
+        token = self.authorize(request, waba_id)
         limit = _parse_limit(request.query.get("limit"))
         offset = _decode_cursor(request.query.get("after"))
         templates = self._account.state.templates[waba_id].values()
@@ -102,17 +105,17 @@ class GraphEndpoints:
         object_id = request.match_info["object_id"]
         state = self._account.state
         if object_id in state.wabas:
-            self._authorize(request, object_id)
+            self.authorize(request, object_id)
             return web.json_response({"id": object_id, "name": state.wabas[object_id]})
-        self._token(request)
+        self.token(request)
         if object_id not in state.owner:
-            raise _unsupported(object_id)
-        self._authorize(request, state.owner[object_id])
+            raise unsupported(object_id)
+        self.authorize(request, state.owner[object_id])
         return web.json_response(_render(state.template(object_id), _fields(request.query)))
 
     async def _apps(self, request: web.Request) -> web.Response:
         waba_id = request.match_info["waba_id"]
-        self._authorize(request, waba_id)
+        self.authorize(request, waba_id)
         subscribed = self._account.state.subscribed
         if request.method == "POST":
             subscribed.add(waba_id)
@@ -144,12 +147,13 @@ def _check_proof(proof: str | None, token: str, app_secret: str) -> None:
         )
 
 
-def _unsupported(object_id: str) -> GraphFailure:
+def unsupported(object_id: str, method: str = "GET") -> GraphFailure:
+    """Graph's answer for an object that does not exist (or is not this caller's)."""
     return GraphFailure(
         meta_error(
             400,
             100,
-            f"Unsupported get request. Object with ID '{object_id}' does not exist, "
+            f"Unsupported {method.lower()} request. Object with ID '{object_id}' does not exist, "
             "cannot be loaded due to missing permissions, or does not support this operation.",
             subcode=33,
             error_type="GraphMethodException",

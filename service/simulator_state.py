@@ -1,6 +1,7 @@
 """What Meta knows in the simulator: WABAs, tokens, templates, subscriptions, queued faults,
-usage windows and the call log; the Graph endpoints and the control API both change it.
-Also deterministic templates to seed it with.
+usage windows, the call log and what template writes leave behind (creation times, edit
+times, names held after a delete, verdicts queued for the reviewer, webhooks sent); the Graph
+endpoints and the control API both change it. Also deterministic templates to seed it with.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 from .simulator_faults import Fault
 
 MAX_CALL_LOG = 10_000  # oldest calls are dropped so a long demo does not grow without bound
+MAX_WEBHOOK_LOG = 1_000
+FIRST_CREATED_ID = 9 * 10**15  # created ids: 16 digits, above make_templates' default range
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,32 @@ class CallRecord:
     path: str
     object_id: str | None
     status: int
+    at: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What Meta's reviewer decides about a new or edited template.
+
+    `category`: the category Meta moves the template to (only if it allows a change; else
+    the template is REJECTED with INCORRECT_CATEGORY, as Meta does).
+    """
+
+    status: str = "APPROVED"
+    reason: str = "NONE"  # the template's rejected_reason and the webhook's reason
+    category: str | None = None
+
+
+@dataclass(frozen=True)
+class WebhookRecord:
+    """One status webhook the reviewer sent (or dropped): no body, no signature."""
+
+    template_id: str
+    event: str
+    url: str
+    status: int | None  # the receiver's HTTP status; None when dropped or not delivered
+    error: str | None
+    dropped: bool
     at: float
 
 
@@ -39,6 +68,13 @@ class State:
     faults: list[Fault] = field(default_factory=list)
     windows: dict[str, deque[float]] = field(default_factory=dict)  # WABA -> call times
     calls: deque[CallRecord] = field(default_factory=lambda: deque(maxlen=MAX_CALL_LOG))
+    created: dict[str, deque[float]] = field(default_factory=dict)  # WABA -> creation times
+    edits: dict[str, list[float]] = field(default_factory=dict)  # template id -> edit times
+    held: dict[tuple[str, str, str], float] = field(default_factory=dict)  # name key -> until
+    fixed_category: set[str] = field(default_factory=set)  # allow_category_change: false
+    verdicts: deque[Verdict] = field(default_factory=deque)  # the reviewer's next verdicts
+    webhooks: deque[WebhookRecord] = field(default_factory=lambda: deque(maxlen=MAX_WEBHOOK_LOG))
+    next_id: int = FIRST_CREATED_ID
 
     def add_waba(self, waba_id: str, token: str | None = None, *, name: str | None = None) -> None:
         """Register a WABA and optionally a token valid for it (tokens may cover many)."""
@@ -65,6 +101,17 @@ class State:
         """The stored template (not a copy); KeyError for an unknown id."""
         return self.templates[self.owner[template_id]][template_id]
 
+    def create_template(
+        self, waba_id: str, fields: Mapping[str, Any], status: str
+    ) -> dict[str, Any]:
+        """Store a template created through the Graph API under a new id; returns it."""
+        while str(self.next_id) in self.owner:
+            self.next_id += 1
+        template = _normalise({**fields, "id": str(self.next_id), "status": status})
+        self.next_id += 1
+        self.add_templates(waba_id, [template])
+        return self.template(template["id"])
+
     def waba_of(self, object_id: str | None) -> str | None:
         """The WABA a Graph path's object is, or owns it; None for anything else."""
         return object_id if object_id in self.wabas else self.owner.get(object_id or "")
@@ -87,6 +134,8 @@ def _normalise(raw: Mapping[str, Any]) -> dict[str, Any]:
         "category": raw.get("category", "UTILITY"),
         "rejected_reason": raw.get("rejected_reason") or "NONE",
         "quality_score": quality.get("score") if isinstance(quality, Mapping) else quality,
+        "components": list(raw.get("components") or []),
+        "parameter_format": raw.get("parameter_format") or "POSITIONAL",
     }
 
 
