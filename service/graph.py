@@ -1,4 +1,5 @@
-"""Async client for Meta's Graph API: template listing with paging, errors, throttling.
+"""Async client for Meta's Graph API: template listing with paging, template writes, errors,
+throttling.
 
 The client never logs access tokens, `appsecret_proof` values or full URLs (Meta's
 `paging.next` links carry the access token); log lines name the WABA or template id only.
@@ -14,101 +15,35 @@ import hmac
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 from yarl import URL
 
+from .graph_answers import (
+    GRAPH_FIELDS,
+    CreatedTemplate,
+    GraphScope,
+    GraphTemplate,
+    live_match,
+    next_link,
+    page_templates,
+    require_success,
+)
 from .graph_errors import (
     GraphError,
     Usage,
     decode_json,
     error_from_response,
+    is_template_not_found,
     parse_usage,
     redact,
 )
 
+__all__ = ["CreatedTemplate", "GraphClient", "GraphTemplate", "appsecret_proof"]
+
 logger = logging.getLogger(__name__)
-
-GRAPH_FIELDS = "id,name,language,status,category,rejected_reason,quality_score"
-
-
-@dataclass(frozen=True)
-class GraphTemplate:
-    """One message template as reported by Graph."""
-
-    id: str
-    name: str
-    language: str
-    status: str
-    category: str | None
-    rejected_reason: str | None
-    quality_score: str | None
-
-    @classmethod
-    def from_graph(cls, data: Any) -> GraphTemplate:
-        """Build from a Graph object; raises GraphError(kind="invalid_response")."""
-        if not isinstance(data, Mapping):
-            raise GraphError("invalid_response", "template is not a JSON object")
-        template_id = _id_string(data.get("id"))
-        name, language, status = (_text(data.get(key)) for key in ("name", "language", "status"))
-        if template_id is None or name is None or language is None or status is None:
-            raise GraphError("invalid_response", "template lacks id, name, language or status")
-        reason = _text(data.get("rejected_reason"))
-        return cls(
-            id=template_id,
-            name=name,
-            language=language,
-            status=status,
-            category=_text(data.get("category")),
-            rejected_reason=None if reason == "NONE" else reason,
-            quality_score=_quality_score(data.get("quality_score")),
-        )
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _id_string(value: Any) -> str | None:
-    """Graph ids are documented as numbers and sent as strings; floats would lose digits."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return _text(value)
-
-
-def _quality_score(value: Any) -> str | None:
-    if isinstance(value, Mapping):
-        return _text(value.get("score"))
-    return _text(value)
-
-
-@dataclass(frozen=True)
-class GraphScope:
-    """Where the token may go: the base URL's scheme, host and port, and its path without
-    the last segment (the API version, which Meta's `paging.next` links may change)."""
-
-    scheme: str
-    host: str
-    port: int | None
-    path_prefix: str
-
-    @classmethod
-    def of(cls, base_url: URL) -> GraphScope:
-        prefix = base_url.path.rstrip("/").rsplit("/", 1)[0] + "/"
-        return cls(base_url.scheme, base_url.host or "", base_url.port, prefix)
-
-    def admits(self, url: URL) -> bool:
-        """Same origin, under the prefix, no credentials of its own, no dot segments."""
-        return (
-            (url.scheme, url.host, url.port) == (self.scheme, self.host, self.port)
-            and url.path.startswith(self.path_prefix)
-            and url.user is None
-            and url.password is None
-            and not {".", ".."} & set(url.path.split("/"))
-        )
 
 
 def appsecret_proof(app_secret: str, access_token: str) -> str:
@@ -155,21 +90,15 @@ class GraphClient:
 
     async def list_templates(self, waba_id: str, access_token: str) -> list[GraphTemplate]:
         """All templates of a WABA, following `paging.next` until it is absent."""
-        url = self._url(f"{quote(waba_id, safe='')}/message_templates")
-        params = {"fields": GRAPH_FIELDS, "limit": str(self._page_limit)}
-        templates: list[GraphTemplate] = []
-        seen: set[URL] = set()
-        while True:
-            page = await self._request("GET", url, access_token, params, label=waba_id)
-            templates.extend(_page_templates(page))
-            next_url = _next_url(page)
-            if next_url is None:
-                return templates
-            self._check_scope(next_url, waba_id)
-            if next_url in seen:
-                raise GraphError("invalid_response", "paging.next repeats a page")
-            seen.add(next_url)
-            url, params = next_url, {}
+        return await self._list(waba_id, access_token, {})
+
+    async def find_template(
+        self, waba_id: str, access_token: str, name: str, language: str
+    ) -> GraphTemplate | None:
+        """The WABA's template with exactly this name and language that is not DELETED, or
+        None: how a caller learns whether a create whose answer was lost took effect."""
+        found = await self._list(waba_id, access_token, {"name": name, "language": language})
+        return live_match(found, name, language)
 
     async def get_template(self, template_id: str, access_token: str) -> GraphTemplate:
         """One template by id."""
@@ -178,6 +107,51 @@ class GraphClient:
             "GET", url, access_token, {"fields": GRAPH_FIELDS}, label=template_id
         )
         return GraphTemplate.from_graph(data)
+
+    async def create_template(
+        self, waba_id: str, access_token: str, template: Mapping[str, Any]
+    ) -> CreatedTemplate:
+        """Create a template (`name`, `language`, `category`, `components`, optional
+        `parameter_format`, `allow_category_change`), sent as Meta's JSON body.
+
+        One attempt only: a create is not idempotent, and a retry of one that took effect
+        would meet "name in use". After a "network" error (`timed_out` or not) the template
+        may exist: look it up with `find_template` before creating again."""
+        url = self._url(f"{quote(waba_id, safe='')}/message_templates")
+        answer = await self._send("POST", url, access_token, {}, waba_id, json_body=template)
+        return CreatedTemplate.from_graph(answer)
+
+    async def edit_template(
+        self, template_id: str, access_token: str, changes: Mapping[str, Any]
+    ) -> None:
+        """Edit a template's `components` and/or `category` (Meta reviews it again).
+
+        One attempt only: an approved template may be edited once a day, and a retry of an
+        edit that took effect would meet a template now PENDING, which Meta refuses."""
+        url = self._url(quote(template_id, safe=""))
+        require_success(
+            await self._send("POST", url, access_token, {}, template_id, json_body=changes)
+        )
+
+    async def delete_template(
+        self, waba_id: str, access_token: str, name: str, hsm_id: str
+    ) -> None:
+        """Delete one language of a template (`hsm_id` with `name`; `name` alone would
+        delete every language).
+
+        Retried like a read: deleting is idempotent but for its answer, so "not found" on a
+        retry means an earlier attempt deleted it (or it was gone anyway) and counts as
+        done. "Not found" on the first attempt is raised (`is_template_not_found`)."""
+        url = self._url(f"{quote(waba_id, safe='')}/message_templates")
+        params = {"name": name, "hsm_id": hsm_id}
+        try:
+            answer = await self._request("DELETE", url, access_token, params, label=waba_id)
+        except GraphError as exc:
+            if exc.attempts > 1 and is_template_not_found(exc):
+                logger.info("graph DELETE %s: template %s gone on a retry", waba_id, hsm_id)
+                return
+            raise
+        require_success(answer)
 
     async def get(
         self, path: str, access_token: str, params: dict[str, str] | None = None
@@ -191,6 +165,26 @@ class GraphClient:
         """Generic JSON POST of `{base}/{path}`; retried on transient errors, so idempotent
         calls only (e.g. subscribing an app)."""
         return await self._request("POST", self._url(path), access_token, params or {}, label=path)
+
+    async def _list(
+        self, waba_id: str, access_token: str, filters: dict[str, str]
+    ) -> list[GraphTemplate]:
+        """The WABA's templates matching Graph's `filters`, every page of them."""
+        url = self._url(f"{quote(waba_id, safe='')}/message_templates")
+        params = {**filters, "fields": GRAPH_FIELDS, "limit": str(self._page_limit)}
+        templates: list[GraphTemplate] = []
+        seen: set[URL] = set()
+        while True:
+            page = await self._request("GET", url, access_token, params, label=waba_id)
+            templates.extend(page_templates(page))
+            next_url = next_link(page)
+            if next_url is None:
+                return templates
+            self._check_scope(next_url, waba_id)
+            if next_url in seen:
+                raise GraphError("invalid_response", "paging.next repeats a page")
+            seen.add(next_url)
+            url, params = next_url, {}
 
     def _check_scope(self, url: URL, label: str) -> None:
         """Refuse a link the access token must not follow (logged without its query)."""
@@ -211,6 +205,7 @@ class GraphClient:
             try:
                 return await self._send(method, url, access_token, params, label)
             except GraphError as exc:
+                exc.attempts = attempt
                 if not exc.retryable or attempt >= self._max_attempts:
                     raise
                 delay_s = self._backoff_delay(attempt)
@@ -231,7 +226,14 @@ class GraphClient:
         return random.uniform(nominal / 2, nominal)
 
     async def _send(
-        self, method: str, url: URL, access_token: str, params: dict[str, str], label: str
+        self,
+        method: str,
+        url: URL,
+        access_token: str,
+        params: dict[str, str],
+        label: str,
+        *,
+        json_body: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         query = dict(params)
         if self._app_secret:
@@ -242,13 +244,21 @@ class GraphClient:
             self._on_call()
         try:
             async with self._session.request(
-                method, url.update_query(query), headers=headers, timeout=self._timeout
+                method,
+                url.update_query(query),
+                headers=headers,
+                json=json_body,
+                timeout=self._timeout,
             ) as response:
                 status, body = response.status, await response.read()
                 usage = parse_usage(response.headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
             logger.info("graph %s %s failed: %s", method, label, type(exc).__name__)
-            raise GraphError("network", _network_message(exc, access_token)) from None
+            raise GraphError(
+                "network",
+                _network_message(exc, access_token),
+                timed_out=isinstance(exc, TimeoutError),
+            ) from None
         if usage is not None:
             self.last_usage = usage
         return self._handle(method, label, status, body, usage, access_token)
@@ -288,28 +298,3 @@ def _network_message(exc: BaseException, access_token: str) -> str:
     if isinstance(exc, TimeoutError):
         return "request timed out"
     return redact(f"{type(exc).__name__}: {exc}", access_token)
-
-
-def _page_templates(page: dict[str, Any]) -> list[GraphTemplate]:
-    data = page.get("data")
-    if not isinstance(data, list):
-        raise GraphError("invalid_response", "page lacks a data list")
-    return [GraphTemplate.from_graph(item) for item in data]
-
-
-def _next_url(page: dict[str, Any]) -> URL | None:
-    paging = page.get("paging")
-    if paging is None:
-        return None
-    if not isinstance(paging, dict):
-        raise GraphError("invalid_response", "paging is not an object")
-    next_url = paging.get("next")
-    if next_url is None:
-        return None
-    try:
-        url = URL(next_url) if isinstance(next_url, str) else None
-    except ValueError:
-        url = None
-    if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise GraphError("invalid_response", "paging.next is not an absolute http(s) URL")
-    return url

@@ -9,7 +9,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 BUSINESS_USAGE_HEADER = "X-Business-Use-Case-Usage"
 APP_USAGE_HEADER = "X-App-Usage"
@@ -26,29 +26,44 @@ TOKEN_CODES = frozenset({102, 190})
 PERMISSION_CODES = frozenset({3, 10, *range(200, 300)})
 TRANSIENT_CODES = frozenset({1, 2})
 RETRYABLE_KINDS = frozenset({"transient", "network"})
+# Template subcodes under code 100. Meta publishes no table: these are the ones seen from Meta.
+NAME_IN_USE = 2388023  # the name and language are taken
+NAME_BEING_DELETED = 2388024  # a deleted approved template still holds them (~30 days)
+TEMPLATE_NOT_FOUND = 2593002
+MAX_META_TEXT_CHARS = 1000  # Meta's texts are untrusted input kept in errors and API answers
 _SECRET_QUERY = re.compile(r"(access_token|appsecret_proof)=[^&\s\"']*", re.IGNORECASE)
 
 
-class GraphError(Exception):
-    """A failed Graph call, classified by Meta's error `code` rather than HTTP status."""
+class Details(TypedDict, total=False):
+    """What a GraphError carries besides its kind and message; Meta's texts come redacted."""
 
-    def __init__(
-        self,
-        kind: ErrorKind,
-        message: str,
-        *,
-        code: int | None = None,
-        subcode: int | None = None,
-        fbtrace_id: str | None = None,
-        http_status: int | None = None,
-    ) -> None:
+    code: int | None
+    subcode: int | None
+    fbtrace_id: str | None
+    http_status: int | None
+    user_title: str | None  # Meta's `error_user_title` and `error_user_msg`: for people
+    user_message: str | None
+    timed_out: bool  # kind "network": no answer in time, so the call may have taken effect
+
+
+class GraphError(Exception):
+    """A failed Graph call, classified by Meta's error `code` rather than HTTP status.
+
+    `attempts` is how many requests were made before giving up (retries included)."""
+
+    def __init__(self, kind: ErrorKind, message: str, **details: Unpack[Details]) -> None:
+        code = details.get("code")
         super().__init__(f"{kind}: {message}" + (f" (code {code})" if code is not None else ""))
         self.kind: ErrorKind = kind
         self.message = message
         self.code = code
-        self.subcode = subcode
-        self.fbtrace_id = fbtrace_id
-        self.http_status = http_status
+        self.subcode = details.get("subcode")
+        self.fbtrace_id = details.get("fbtrace_id")
+        self.http_status = details.get("http_status")
+        self.user_title = details.get("user_title")
+        self.user_message = details.get("user_message")
+        self.timed_out = details.get("timed_out", False)
+        self.attempts = 1
 
     @property
     def retryable(self) -> bool:
@@ -58,6 +73,7 @@ class GraphError(Exception):
         """JSON-ready summary for API responses and stored sync errors."""
         return {
             "code": self.code,
+            "subcode": self.subcode,
             "kind": self.kind,
             "detail": self.message,
             "fbtrace_id": self.fbtrace_id,
@@ -68,21 +84,20 @@ class ThrottledError(GraphError):
     """Meta throttles the caller (kind "throttled"). Calling again within `regain_access_s`
     extends the block; service.throttle stores the window and keeps every caller out of it."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        regain_access_s: float,
-        code: int | None = None,
-        subcode: int | None = None,
-        fbtrace_id: str | None = None,
-        http_status: int | None = None,
-    ) -> None:
-        super().__init__(
-            "throttled", message, code=code, subcode=subcode, fbtrace_id=fbtrace_id,
-            http_status=http_status,
-        )  # fmt: skip
+    def __init__(self, message: str, *, regain_access_s: float, **details: Unpack[Details]) -> None:
+        super().__init__("throttled", message, **details)
         self.regain_access_s = regain_access_s
+
+
+def is_name_taken(error: GraphError) -> bool:
+    """Meta's "this name and language exist, or are still being deleted": a conflict (409),
+    also for a name deleted in the last ~30 days. Look the name up before creating again."""
+    return error.code == 100 and error.subcode in (NAME_IN_USE, NAME_BEING_DELETED)
+
+
+def is_template_not_found(error: GraphError) -> bool:
+    """Meta's answer to a delete that matched no template."""
+    return error.code == 100 and error.subcode == TEMPLATE_NOT_FOUND
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,13 @@ def redact(text: str, access_token: str) -> str:
     if access_token:
         text = text.replace(access_token, "***")
     return _SECRET_QUERY.sub(r"\1=***", text)
+
+
+def meta_text(value: Any, access_token: str) -> str | None:
+    """A text from Meta's answer, redacted and cut short; None unless a non-empty string."""
+    if not isinstance(value, str) or not value:
+        return None
+    return redact(value, access_token)[:MAX_META_TEXT_CHARS]
 
 
 def classify(code: int | None, is_transient: bool = False) -> ErrorKind:
@@ -191,18 +213,18 @@ def error_from_response(
         return GraphError("other", f"HTTP {status} without a Graph error body", http_status=status)
     code = _int_or_none(error.get("code"))
     kind = classify(code, error.get("is_transient") is True)
-    message = redact(str(error.get("message") or "Graph error"), access_token)
-    subcode = _int_or_none(error.get("error_subcode"))
-    fbtrace = error.get("fbtrace_id")
-    fbtrace_id = fbtrace if isinstance(fbtrace, str) else None
+    message = meta_text(error.get("message"), access_token) or "Graph error"
+    details: Details = {
+        "code": code,
+        "subcode": _int_or_none(error.get("error_subcode")),
+        "fbtrace_id": meta_text(error.get("fbtrace_id"), access_token),
+        "http_status": status,
+        "user_title": meta_text(error.get("error_user_title"), access_token),
+        "user_message": meta_text(error.get("error_user_msg"), access_token),
+    }
     if kind == "throttled":
-        return ThrottledError(
-            message, regain_access_s=_regain(usage), code=code, subcode=subcode,
-            fbtrace_id=fbtrace_id, http_status=status,
-        )  # fmt: skip
-    return GraphError(
-        kind, message, code=code, subcode=subcode, fbtrace_id=fbtrace_id, http_status=status
-    )
+        return ThrottledError(message, regain_access_s=_regain(usage), **details)
+    return GraphError(kind, message, **details)
 
 
 def _regain(usage: Usage | None) -> float:

@@ -20,11 +20,21 @@ from cryptography import x509
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.graph import GraphClient, GraphTemplate, appsecret_proof
-from service.graph_errors import DEFAULT_REGAIN_ACCESS_S, GraphError, classify, parse_usage
-from service.simulator import Simulator, base_url, bound_port, make_templates, serve
+from service.graph import CreatedTemplate, GraphClient, GraphTemplate, appsecret_proof
+from service.graph_errors import (
+    DEFAULT_REGAIN_ACCESS_S,
+    MAX_META_TEXT_CHARS,
+    GraphError,
+    ThrottledError,
+    classify,
+    is_name_taken,
+    is_template_not_found,
+    parse_usage,
+)
+from service.simulator import Handler, Simulator, base_url, bound_port, make_templates, serve
 from tests.certificates import issue
 from tests.conftest import FIXTURES
+from tests.waiting import eventually
 
 WABA = "102290129340398"
 OTHER_WABA = "200000000000001"
@@ -43,9 +53,32 @@ class Sleeps:
         self.delays.append(delay_s)
 
 
+class LateSimulator(Simulator):
+    """The simulator; its next `late` Graph calls take effect, then answer `late_s` later
+    (Meta that did the work but whose answer the client gave up on)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.late = 0
+        self.late_s = 2.0
+
+    def build_app(self) -> web.Application:
+        app = super().build_app()
+        app.middlewares.insert(0, self._answer_late)
+        return app
+
+    @web.middleware
+    async def _answer_late(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if self.late and not request.path.startswith("/_sim/"):
+            self.late -= 1
+            await asyncio.sleep(self.late_s)  # latency past the client's timeout, not a wait
+        return response
+
+
 @pytest.fixture
-def sim() -> Simulator:
-    sim = Simulator(app_secret=SECRET)
+def sim() -> LateSimulator:
+    sim = LateSimulator(app_secret=SECRET, review_delay_s=None)
     sim.add_waba(WABA, TOKEN, name="Acme")
     sim.add_waba(OTHER_WABA, OTHER_TOKEN)
     return sim
@@ -328,6 +361,7 @@ async def test_expired_token_is_token_invalid_and_not_retried(
     assert err.fbtrace_id and client.calls == 1
     assert err.to_detail() == {
         "code": 190,
+        "subcode": 463,
         "kind": "token_invalid",
         "detail": err.message,
         "fbtrace_id": err.fbtrace_id,
@@ -583,3 +617,443 @@ async def test_no_token_in_logs_or_errors(
     assert any(WABA in m for m in messages)
     for message in messages:
         assert TOKEN not in message and "access_token=" not in message and proof not in message
+
+
+# --- template writes --------------------------------------------------------------------
+
+
+def new_template(
+    name: str = "order_update", language: str = "en_US", **extra: Any
+) -> dict[str, Any]:
+    """A create body as the service sends it."""
+    body = [{"type": "BODY", "text": "Your order {{1}} has shipped."}]
+    return {"name": name, "language": language, "category": "UTILITY", "components": body, **extra}
+
+
+def stored(sim: Simulator, template_id: str) -> dict[str, Any]:
+    """The simulator's copy of a template (Meta's side)."""
+    return next(t for t in sim.templates(WABA) if str(t["id"]) == template_id)
+
+
+def graph_calls(sim: Simulator, method: str) -> list[str]:
+    return [c.path for c in sim.calls if c.method == method]
+
+
+async def test_create_template_answers_id_status_and_category(
+    sim: Simulator, client: GraphClient
+) -> None:
+    created = await client.create_template(
+        WABA, TOKEN, new_template(allow_category_change=False, parameter_format="POSITIONAL")
+    )
+
+    assert created == CreatedTemplate(id=created.id, status="PENDING", category="UTILITY")
+    assert created.id.isdigit()
+    meta = stored(sim, created.id)
+    assert (meta["name"], meta["language"], meta["status"]) == ("order_update", "en_US", "PENDING")
+    assert meta["components"] == new_template()["components"]
+    assert created.id in sim.state.fixed_category  # a JSON false reached Meta as false
+    assert graph_calls(sim, "POST") == [f"/v25.0/{WABA}/message_templates"]
+
+
+async def test_create_answer_with_an_int_id_keeps_every_digit(
+    sim: Simulator, client: GraphClient
+) -> None:
+    sim.fail(WABA, "malformed", body='{"id": 9007199254740993, "status": "APPROVED"}')
+    created = await client.create_template(WABA, TOKEN, new_template())
+    assert created == CreatedTemplate(id="9007199254740993", status="APPROVED", category=None)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "[]",
+        '{"status": "PENDING", "category": "UTILITY"}',
+        '{"id": 1.387e15, "status": "PENDING"}',
+        '{"id": true, "status": "PENDING"}',
+        '{"id": "../1", "status": "PENDING"}',
+        '{"id": "1", "status": ""}',
+        '{"id": "1", "status": 5}',
+        '{"id": "1", "status": "pending"}',
+        '{"id": "1", "status": "PENDING", "category": ["UTILITY"]}',
+    ],
+)
+async def test_odd_create_answers_are_invalid_and_not_retried(
+    sim: Simulator, client: GraphClient, answer: str
+) -> None:
+    sim.fail(WABA, "malformed", body=answer)
+    with pytest.raises(GraphError) as info:
+        await client.create_template(WABA, TOKEN, new_template())
+    assert info.value.kind == "invalid_response"
+    assert client.calls == 1
+
+
+async def test_name_in_use_or_being_deleted_is_a_conflict(
+    sim: Simulator, client: GraphClient
+) -> None:
+    first = await client.create_template(WABA, TOKEN, new_template())
+    with pytest.raises(GraphError) as in_use:
+        await client.create_template(WABA, TOKEN, new_template())
+    sim.set_status(first.id, "APPROVED")
+    await client.delete_template(WABA, TOKEN, "order_update", first.id)
+    with pytest.raises(GraphError) as held:
+        await client.create_template(WABA, TOKEN, new_template())
+
+    for info, subcode in ((in_use, 2388023), (held, 2388024)):
+        error = info.value
+        assert (error.kind, error.code, error.subcode, error.http_status) == (
+            "other", 100, subcode, 400,
+        )  # fmt: skip
+        assert is_name_taken(error)
+        assert error.user_title and error.user_message and error.fbtrace_id
+        assert error.to_detail()["subcode"] == subcode
+    assert "being deleted" in held.value.user_title.lower()
+    assert len([t for t in sim.templates(WABA) if t["name"] == "order_update"]) == 1
+
+
+async def test_template_meta_refuses_is_other_with_its_reason(client: GraphClient) -> None:
+    header_only = new_template(components=[{"type": "HEADER", "format": "TEXT", "text": "Hi"}])
+    with pytest.raises(GraphError) as info:
+        await client.create_template(WABA, TOKEN, header_only)
+    error = info.value
+    assert (error.kind, error.code, error.subcode) == ("other", 100, 2388044)
+    assert error.user_message == "A template has exactly one BODY and at most one BODY."
+    assert not is_name_taken(error) and not is_template_not_found(error)
+    assert error.to_detail() == {
+        "code": 100,
+        "subcode": 2388044,
+        "kind": "other",
+        "detail": "Invalid parameter",
+        "fbtrace_id": error.fbtrace_id,
+    }
+
+
+async def test_hourly_create_limit_is_throttled_with_its_regain_time(
+    sim: Simulator, client: GraphClient, sleeps: Sleeps
+) -> None:
+    for i in range(100):  # Meta's limit per WABA per hour
+        await client.create_template(WABA, TOKEN, new_template(f"bulk_{i}"))
+    with pytest.raises(ThrottledError) as info:
+        await client.create_template(WABA, TOKEN, new_template("one_more"))
+    assert (info.value.kind, info.value.code) == ("throttled", 80008)
+    assert info.value.regain_access_s == 60 * 60  # the oldest create leaves the hour then
+    assert client.calls == 101 and sleeps.delays == []
+    assert len(sim.templates(WABA)) == 100
+
+
+@pytest.mark.parametrize(
+    ("token", "fault", "kind", "code"),
+    [
+        (TOKEN, "190", "token_invalid", 190),
+        ("not-a-token", None, "token_invalid", 190),
+        (OTHER_TOKEN, None, "permission", 200),
+    ],
+)
+async def test_create_with_a_bad_token_is_refused(
+    sim: Simulator, client: GraphClient, token: str, fault: str | None, kind: str, code: int
+) -> None:
+    if fault is not None:
+        sim.fail(WABA, fault)
+    with pytest.raises(GraphError) as info:
+        await client.create_template(WABA, token, new_template())
+    assert (info.value.kind, info.value.code) == (kind, code)
+    assert sim.templates(WABA) == [] and client.calls == 1
+
+
+@pytest.mark.parametrize("meta_body", [False, True])
+async def test_create_is_not_retried_on_5xx(
+    sim: Simulator, client: GraphClient, sleeps: Sleeps, meta_body: bool
+) -> None:
+    sim.fail(WABA, "5xx", http_status=503, meta_body=meta_body)
+    with pytest.raises(GraphError) as info:
+        await client.create_template(WABA, TOKEN, new_template())
+    assert (info.value.kind, info.value.http_status, info.value.attempts) == ("transient", 503, 1)
+    assert client.calls == 1 and sleeps.delays == []
+    assert len(graph_calls(sim, "POST")) == 1
+
+
+async def test_create_with_meta_unreachable_is_network_not_timeout(
+    session: aiohttp.ClientSession, sleeps: Sleeps
+) -> None:
+    client = GraphClient(session, "http://127.0.0.1:9/v25.0", SECRET, sleep=sleeps)
+    with pytest.raises(GraphError) as info:
+        await client.create_template(WABA, TOKEN, new_template())
+    assert (info.value.kind, info.value.timed_out) == ("network", False)
+    assert client.calls == 1 and sleeps.delays == []
+
+
+async def test_create_that_times_out_is_not_retried(
+    sim: Simulator, session: aiohttp.ClientSession, url: str, sleeps: Sleeps
+) -> None:
+    sim.fail(WABA, "slow", delay_s=2.0)
+    client = GraphClient(session, url, SECRET, timeout_s=0.1, sleep=sleeps)
+
+    with pytest.raises(GraphError) as info:
+        await client.create_template(WABA, TOKEN, new_template())
+
+    error = info.value
+    assert (error.kind, error.timed_out, error.message) == ("network", True, "request timed out")
+    assert client.calls == 1 and sleeps.delays == []
+    await eventually(lambda: graph_calls(sim, "POST"), message="Meta never saw the create")
+    assert len(sim.calls) == 1
+
+
+async def test_create_whose_answer_was_lost_is_found_by_name_and_language(
+    sim: LateSimulator, session: aiohttp.ClientSession, url: str, sleeps: Sleeps
+) -> None:
+    sim.late = 1
+    client = GraphClient(session, url, SECRET, timeout_s=0.2, sleep=sleeps)
+    with pytest.raises(GraphError) as info:
+        await client.create_template(WABA, TOKEN, new_template())
+    assert info.value.timed_out and client.calls == 1
+
+    found = await client.find_template(WABA, TOKEN, "order_update", "en_US")
+
+    (meta,) = sim.templates(WABA)
+    assert found is not None and (found.id, found.status) == (str(meta["id"]), "PENDING")
+    with pytest.raises(GraphError) as again:  # what a retry of the create would have met
+        await client.create_template(WABA, TOKEN, new_template())
+    assert is_name_taken(again.value)
+
+
+@pytest.mark.parametrize("operation", ["create", "edit", "delete"])
+async def test_writes_carry_appsecret_proof(
+    sim: Simulator, session: aiohttp.ClientSession, url: str, operation: str
+) -> None:
+    (existing,) = make_templates(WABA, 1)
+    sim.add_templates(WABA, [existing])
+    before = sim.templates(WABA)
+    client = GraphClient(session, url, "wrong-secret", sleep=Sleeps())
+    writes = {
+        "create": lambda: client.create_template(WABA, TOKEN, new_template()),
+        "edit": lambda: client.edit_template(existing["id"], TOKEN, {"category": "MARKETING"}),
+        "delete": lambda: client.delete_template(WABA, TOKEN, existing["name"], existing["id"]),
+    }
+    with pytest.raises(GraphError) as info:
+        await writes[operation]()
+    assert info.value.code == 100
+    assert info.value.message == "Invalid appsecret_proof provided in the API argument"
+    assert sim.templates(WABA) == before
+
+
+async def test_edit_template_sends_the_changes(sim: Simulator, client: GraphClient) -> None:
+    sim.create_status = "APPROVED"
+    created = await client.create_template(WABA, TOKEN, new_template())
+    components = [{"type": "BODY", "text": "Order {{1}} is on its way."}]
+
+    assert await client.edit_template(created.id, TOKEN, {"components": components}) is None
+
+    meta = stored(sim, created.id)
+    assert (meta["components"], meta["status"]) == (components, "PENDING")
+    assert graph_calls(sim, "POST")[-1] == f"/v25.0/{created.id}"
+
+
+async def test_edit_refused_by_meta_keeps_its_reason(sim: Simulator, client: GraphClient) -> None:
+    created = await client.create_template(WABA, TOKEN, new_template())  # PENDING
+    with pytest.raises(GraphError) as info:
+        await client.edit_template(created.id, TOKEN, {"category": "MARKETING"})
+    assert (info.value.kind, info.value.code, info.value.subcode) == ("other", 100, 2388045)
+    assert info.value.user_title == "Template can't be edited"
+    assert stored(sim, created.id)["category"] == "UTILITY"
+
+
+@pytest.mark.parametrize(
+    ("fault", "options", "kind"),
+    [
+        ("5xx", {}, "transient"),
+        ("slow", {"delay_s": 2.0}, "network"),
+        ("malformed", {"body": '{"success": false}'}, "invalid_response"),
+        ("malformed", {"body": "{}"}, "invalid_response"),
+    ],
+)
+async def test_edit_is_not_retried_and_needs_meta_to_confirm(
+    sim: Simulator,
+    session: aiohttp.ClientSession,
+    url: str,
+    sleeps: Sleeps,
+    fault: str,
+    options: dict[str, Any],
+    kind: str,
+) -> None:
+    sim.create_status = "APPROVED"
+    client = GraphClient(session, url, SECRET, timeout_s=0.2, sleep=sleeps)
+    created = await client.create_template(WABA, TOKEN, new_template())
+    sim.fail(created.id, fault, **options)
+    with pytest.raises(GraphError) as info:
+        await client.edit_template(created.id, TOKEN, {"category": "MARKETING"})
+    assert info.value.kind == kind
+    assert client.calls == 2 and sleeps.delays == []
+
+
+async def test_delete_template_removes_one_language(sim: Simulator, client: GraphClient) -> None:
+    english = await client.create_template(WABA, TOKEN, new_template(language="en_US"))
+    portuguese = await client.create_template(WABA, TOKEN, new_template(language="pt_BR"))
+
+    assert await client.delete_template(WABA, TOKEN, "order_update", english.id) is None
+
+    assert stored(sim, english.id)["status"] == "DELETED"
+    assert stored(sim, portuguese.id)["status"] == "PENDING"
+    assert graph_calls(sim, "DELETE") == [f"/v25.0/{WABA}/message_templates"]
+
+
+async def test_delete_is_retried_on_5xx(
+    sim: Simulator, client: GraphClient, sleeps: Sleeps
+) -> None:
+    created = await client.create_template(WABA, TOKEN, new_template())
+    sim.fail(WABA, "5xx", times=2)
+    await client.delete_template(WABA, TOKEN, "order_update", created.id)
+    assert stored(sim, created.id)["status"] == "DELETED"
+    assert len(graph_calls(sim, "DELETE")) == 3 and len(sleeps.delays) == 2
+
+
+async def test_delete_whose_answer_was_lost_is_done_when_the_retry_finds_nothing(
+    sim: LateSimulator, session: aiohttp.ClientSession, url: str, sleeps: Sleeps
+) -> None:
+    client = GraphClient(session, url, SECRET, timeout_s=0.2, sleep=sleeps)
+    created = await client.create_template(WABA, TOKEN, new_template())
+    sim.late = 1
+
+    await client.delete_template(WABA, TOKEN, "order_update", created.id)
+
+    assert stored(sim, created.id)["status"] == "DELETED"
+    assert client.calls == 3 and len(sleeps.delays) == 1  # create, delete, delete again
+
+
+@pytest.mark.parametrize("answer", ['{"success": false}', '{"success": "true"}', "{}"])
+async def test_delete_needs_meta_to_confirm(
+    sim: Simulator, client: GraphClient, answer: str
+) -> None:
+    sim.fail(WABA, "malformed", body=answer)
+    with pytest.raises(GraphError) as info:
+        await client.delete_template(WABA, TOKEN, "order_update", "1387372356726668")
+    assert info.value.kind == "invalid_response" and client.calls == 1
+
+
+async def test_delete_of_an_unknown_template_is_not_found(
+    client: GraphClient, sleeps: Sleeps
+) -> None:
+    with pytest.raises(GraphError) as info:
+        await client.delete_template(WABA, TOKEN, "order_update", "1387372356726668")
+    assert is_template_not_found(info.value) and info.value.attempts == 1
+    assert (info.value.kind, info.value.subcode) == ("other", 2593002)
+    assert client.calls == 1 and sleeps.delays == []
+
+
+async def test_delete_that_keeps_failing_gives_up_with_the_error(
+    sim: Simulator, client: GraphClient
+) -> None:
+    sim.fail(WABA, "5xx", sticky=True)
+    with pytest.raises(GraphError) as info:
+        await client.delete_template(WABA, TOKEN, "order_update", "1387372356726668")
+    assert (info.value.kind, info.value.attempts) == ("transient", 3)
+
+
+# --- find_template ----------------------------------------------------------------------
+
+
+def named(template_id: str, name: str, language: str, status: str = "APPROVED") -> dict[str, Any]:
+    return {"id": template_id, "name": name, "language": language, "status": status}
+
+
+@pytest.mark.parametrize(
+    ("name", "language", "expected"),
+    [
+        ("order", "en_US", "2"),  # not the DELETED one, nor order_update or reorder
+        ("order", "pt_BR", "3"),
+        ("order_update", "en_US", "4"),
+        ("order", "en", None),  # languages match exactly
+        ("orde", "en_US", None),  # Graph's name filter matches parts of names: we do not
+        ("reorder", "pt_BR", None),
+    ],
+)
+async def test_find_template_matches_name_and_language_exactly(
+    sim: Simulator,
+    session: aiohttp.ClientSession,
+    url: str,
+    name: str,
+    language: str,
+    expected: str | None,
+) -> None:
+    sim.add_templates(
+        WABA,
+        [
+            named("1", "order", "en_US", "DELETED"),
+            named("4", "order_update", "en_US"),
+            named("5", "reorder", "en_US"),
+            named("3", "order", "pt_BR", "REJECTED"),
+            named("6", "order", "en_GB"),
+            named("2", "order", "en_US", "PENDING"),
+        ],
+    )
+    client = GraphClient(session, url, SECRET, page_limit=2)  # the match is on a later page
+
+    found = await client.find_template(WABA, TOKEN, name, language)
+
+    assert (found.id if found else None) == expected
+
+
+async def test_find_template_asks_graph_to_filter_by_name(
+    sim: Simulator, client: GraphClient
+) -> None:
+    sim.add_templates(WABA, [*make_templates(WABA, 250), named("7", "order", "es")])
+    found = await client.find_template(WABA, TOKEN, "order", "es")
+    assert found is not None and found.id == "7"
+    assert client.calls == 1  # 251 templates, but one page: Graph filtered them
+
+
+async def test_find_template_refuses_two_live_matches(sim: Simulator, client: GraphClient) -> None:
+    sim.add_templates(WABA, [named("1", "order", "en_US"), named("2", "order", "en_US")])
+    with pytest.raises(GraphError) as info:
+        await client.find_template(WABA, TOKEN, "order", "en_US")
+    assert info.value.kind == "invalid_response"
+
+
+# --- Meta's error details ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "subcode", "taken", "not_found"),
+    [
+        (100, 2388023, True, False),
+        (100, 2388024, True, False),
+        (100, 2593002, False, True),
+        (100, 2388044, False, False),
+        (100, None, False, False),
+        (200, 2388023, False, False),
+        (None, 2388024, False, False),
+    ],
+)
+def test_name_taken_and_not_found_key_on_code_and_subcode(
+    code: int | None, subcode: int | None, taken: bool, not_found: bool
+) -> None:
+    error = GraphError("other", "Invalid parameter", code=code, subcode=subcode)
+    assert (is_name_taken(error), is_template_not_found(error)) == (taken, not_found)
+
+
+async def test_meta_texts_in_write_errors_are_redacted_and_bounded(
+    sim: Simulator, client: GraphClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    error = {
+        "message": f"Invalid parameter access_token={TOKEN}",
+        "type": "OAuthException",
+        "code": 100,
+        "error_subcode": "2388023",
+        "error_user_title": f"Token {TOKEN} used",
+        "error_user_msg": f"appsecret_proof={appsecret_proof(SECRET, TOKEN)} " + "x" * 5000,
+        "fbtrace_id": f"A{TOKEN}",
+    }
+    sim.fail(WABA, "malformed", http_status=400, body=json.dumps({"error": error}))
+
+    with pytest.raises(GraphError) as info:
+        await client.create_template(WABA, TOKEN, new_template())
+
+    err = info.value
+    assert is_name_taken(err)  # a subcode sent as a string still counts
+    assert err.user_title == "Token *** used" and err.fbtrace_id == "A***"
+    assert err.user_message is not None and len(err.user_message) == MAX_META_TEXT_CHARS
+    assert err.user_message.startswith("appsecret_proof=*** x")
+    texts = [err.message, str(err), json.dumps(err.to_detail()), err.user_message]
+    texts += [r.getMessage() for r in caplog.records]
+    proof = appsecret_proof(SECRET, TOKEN)
+    for text in texts:
+        assert TOKEN not in text and proof not in text
