@@ -18,10 +18,11 @@ from .crypto import token_id_of, token_matches
 from .errors import ApiError
 from .events import STATUS_EVENTS, UNKNOWN_STATUS
 from .state import services
-from .storage import ApiToken, HistoryEvent, SyncRun, Template, TemplateFilter
+from .storage import ApiToken, HistoryEvent, SyncRun, Template, TemplateEvent, TemplateFilter
 from .sync import NoPendingTemplates, report_json
 from .template_json import template_json
 from .times import iso
+from .watch import closed_when
 
 MAX_PER_PAGE = 100
 STATUS_LIST = re.compile(r"[A-Za-z_]+")  # one status of a comma-separated list, any case
@@ -32,10 +33,10 @@ MAX_PAGE = MAX_ID // MAX_PER_PAGE
 LIST_PARAMS = ("page", "per_page", "status", "name", "language", "provider_id")
 FILTER_STATUSES = tuple(sorted(STATUS_EVENTS | {UNKNOWN_STATUS}))  # statuses templates have
 # GET of one template with `wait_for`: the longest and the default wait, and how often the
-# template is read again meanwhile (a change committed by any replica is seen within ~1 s).
+# template is read again without an event of it (a removal writes none: it deletes history).
 MAX_WAIT_S = 60
 DEFAULT_WAIT_S = 30
-WAIT_POLL_S = 0.5
+RECHECK_S = 5.0
 
 
 def history_json(event: HistoryEvent) -> dict[str, Any]:
@@ -48,9 +49,25 @@ def history_json(event: HistoryEvent) -> dict[str, Any]:
 
 async def authorise(request: Request) -> str:
     """The workspace of the request's bearer token; 401 without one, 404 for another tenant's."""
+    return (await _authorised(request)).workspace_id
+
+
+async def authorise_write(request: Request) -> str:
+    """`authorise` for an endpoint that writes (all but the sync endpoint, which a read-only
+    token may call: design section 12); then 403 for a read-only token."""
+    found = await _authorised(request)
+    if found.read_only:
+        raise ApiError(403, "This token is read-only")
+    return found.workspace_id
+
+
+async def _authorised(request: Request) -> ApiToken:
+    """The request's bearer token after `_check`'s checks."""
     token, token_id = _bearer(request)
     found = await services(request).store.find_token(token_id) if token_id else None
-    return _check(request, token, found)
+    _check(request, token, found)
+    assert found is not None  # _check refused it otherwise
+    return found
 
 
 def _bearer(request: Request) -> tuple[str, str | None]:
@@ -175,7 +192,7 @@ async def get_template(request: Request) -> JSONResponse:
         wait_for, timeout_s = _wait_params(request)
         if wait_for and template.status not in wait_for:
             read = partial(_read_template, request, token, token_id, template_id)
-            template = await _wait_for(request, read, wait_for, timeout_s)
+            template = await _wait_for(request, read, template, wait_for, timeout_s)
     return JSONResponse({"success": True, "data": template_json(template)})
 
 
@@ -209,21 +226,39 @@ def _wait_params(request: Request) -> tuple[tuple[str, ...], int]:
 async def _wait_for(
     request: Request,
     read: Callable[[], Awaitable[Template]],
+    template: Template,
     statuses: tuple[str, ...],
     timeout_s: int,
 ) -> Template:
-    """`read()` every WAIT_POLL_S until the status is one of `statuses`, `timeout_s` passed
-    or the client went away. Polling the store, not an in-process signal, sees a change
-    whichever replica committed it."""
+    """`template` read again whenever the event watch brings one of its events (committed by
+    any replica), and every RECHECK_S, until its status is one of `statuses`, `timeout_s`
+    passed or the client went away; 404 once it was removed."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while True:
-        await asyncio.sleep(min(WAIT_POLL_S, max(0.0, deadline - loop.time())))
-        template = await read()
-        if template.status in statuses or loop.time() >= deadline:
-            return template
-        if await request.is_disconnected():
-            return template  # nobody reads the answer; sending it costs nothing
+    watch = services(request).watch
+    async with (
+        watch.follow(template.workspace_id) as feed,
+        closed_when(feed, partial(_disconnected, request)),
+    ):
+        template = await read()  # it may have changed before the feed began
+        check_at = loop.time() + RECHECK_S
+        while template.status not in statuses and not feed.closed and loop.time() < deadline:
+            await feed.wait(min(deadline, check_at) - loop.time())
+            missed = feed.overflowed
+            if missed or _of(template, feed.take()) or loop.time() >= check_at:
+                template = await read()
+                check_at = loop.time() + RECHECK_S
+    return template
+
+
+def _of(template: Template, events: list[TemplateEvent]) -> bool:
+    return any(found.template.id == template.id for found in events)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone: a GET's body is read, so the next message is that."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def template_history(request: Request) -> JSONResponse:

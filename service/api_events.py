@@ -1,10 +1,12 @@
 """The event stream (design section 11): a workspace's events as server-sent events, for
 applications that cannot expose a URL for webhooks.
 
-A stream replays the durable history after the client's last event id, then polls the store
-for newer events: polling, not an in-process signal, sees an event whichever replica
-committed it. The store hands events out in commit order, so a client that reconnects with
-`Last-Event-ID` misses none and receives none twice.
+A stream follows the process's event watch (watch.py), so a thousand streams cost one read
+of the history per pass, not one each. It first replays the durable history after the
+client's last event id, then sends what its feed brings: events committed by any replica,
+in commit order, so a client that reconnects with `Last-Event-ID` misses none and receives
+none twice. sse-starlette writes the protocol: the frames, the keep-alive comments, and the
+end of the response when the client goes or the server stops.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, nullcontext
 
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
 
 from .api import MAX_ID, authorise, int_value
 from .errors import ApiError
@@ -24,21 +27,21 @@ from .notifications import payload
 from .server import STOPPING
 from .state import services
 from .storage import Store, StoreUnavailable, TemplateEvent
+from .watch import Feed, closed_when
 
 logger = logging.getLogger(__name__)
 
-PAGE = 500  # events read per query, while replaying and when many arrive at once
-POLL_S = 0.5  # the store is asked this often: an event reaches the stream within ~1 s
-# A comment when nothing was written for this long, so proxies and clients see the stream
-# alive: well within design section 11's 15 s, whenever the poll that notices it comes.
+PAGE = 500  # events read per query while replaying
+RETRY_S = 1.0  # a replay that found the store out of reach tries again after this long
+# A comment this often, so proxies and clients see the stream alive: design section 11 says
+# at least every 15 s; deploy/nginx.conf's read timeout is longer.
 KEEP_ALIVE_S = 10.0
-KEEP_ALIVE = b": keep-alive\n\n"
 # No caching anywhere, and no buffering in nginx (it honours this header), so each event
 # leaves the proxy as it arrives.
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def stream_events(request: Request) -> StreamingResponse:
+async def stream_events(request: Request) -> EventSourceResponse:
     """Everything is checked before the first byte (the token, the parameters, the
     template), so a refusal is an ordinary JSON answer."""
     workspace_id = await authorise(request)
@@ -48,11 +51,11 @@ async def stream_events(request: Request) -> StreamingResponse:
     svc = services(request)
     if template_id is not None and await svc.store.get_template(workspace_id, template_id) is None:
         raise ApiError(404, "Template not found")
-    if after is None:
-        after = await svc.store.latest_event_id()
     stopping: asyncio.Event | None = request.scope.get("state", {}).get(STOPPING)
-    events = _stream(svc.store, svc.log_limiter, workspace_id, after, template_id, stopping)
-    return StreamingResponse(events, media_type="text/event-stream", headers=HEADERS)
+    events = _stream(request, workspace_id, after, template_id, stopping)
+    return EventSourceResponse(
+        events, headers=HEADERS, ping=KEEP_ALIVE_S, ping_message_factory=_keep_alive, sep="\n"
+    )
 
 
 def _cursor(request: Request) -> int | None:
@@ -70,43 +73,72 @@ def _event_id(raw: str, name: str) -> int:
 
 
 async def _stream(
-    store: Store,
-    log_limiter: LogLimiter,
+    request: Request,
     workspace_id: str,
-    after: int,
+    after: int | None,
     template_id: int | None,
     stopping: asyncio.Event | None,
-) -> AsyncIterator[bytes]:
-    """The events after `after`, then each new one within POLL_S, and a comment when
-    KEEP_ALIVE_S passed without a write. Ends when the server stops (the client can resume
-    elsewhere); the client's disconnect cancels it. While the store is out of reach it
-    keeps trying: an EventSource that gets an error answer on reconnecting gives up."""
-    loop = asyncio.get_running_loop()
-    written_at = loop.time()
-    while stopping is None or not stopping.is_set():
-        try:
-            page = await store.workspace_events(workspace_id, after, template_id, PAGE)
-        except StoreUnavailable as error:
-            page = []
-            held_back = log_limiter.admit("event stream: store unavailable")
-            if held_back is not None:
-                logger.warning(
-                    "event stream: store unavailable, retrying (%d such lines held back): %s",
-                    held_back, error,
-                )  # fmt: skip
-        if page:
-            after = page[-1].event.id
-            written_at = loop.time()
-            yield b"".join(_frame(found) for found in page)
-            if len(page) == PAGE:
-                continue  # more are waiting
-        elif loop.time() - written_at >= KEEP_ALIVE_S:
-            written_at = loop.time()
-            yield KEEP_ALIVE
-        await asyncio.sleep(POLL_S)
+) -> AsyncIterator[ServerSentEvent]:
+    """The events after `after` (None: from now on), read from the store until caught up,
+    then from the feed; from the store again whenever the feed overflowed. Ends when the
+    server stops (the client resumes elsewhere); while the store is out of reach the stream
+    stays open and tries again, as an EventSource that gets an error on reconnecting gives
+    up for good."""
+    svc = services(request)
+    async with svc.watch.follow(workspace_id) as feed, _closed_on_stop(feed, stopping):
+        after = feed.start if after is None else after
+        behind = after < feed.start  # committed before the feed began: in the store only
+        while not feed.closed:
+            if behind or feed.overflowed:
+                feed.take()  # what it held is in the store too: the replay reads it
+                page = await _replay(svc.store, svc.log_limiter, workspace_id, after, template_id)
+                if page is None:
+                    await feed.wait(RETRY_S)
+                    behind = True
+                    continue
+                behind = len(page) == PAGE
+            else:
+                await feed.wait()
+                if feed.overflowed:
+                    continue
+                page = [e for e in feed.take() if _wanted(e, after, template_id)]
+            for found in page:
+                yield _event(found)
+            after = page[-1].event.id if page else after
 
 
-def _frame(found: TemplateEvent) -> bytes:
+def _closed_on_stop(
+    feed: Feed, stopping: asyncio.Event | None
+) -> AbstractAsyncContextManager[None]:
+    return nullcontext() if stopping is None else closed_when(feed, stopping.wait)
+
+
+def _wanted(found: TemplateEvent, after: int, template_id: int | None) -> bool:
+    return found.event.id > after and template_id in (None, found.template.id)
+
+
+async def _replay(
+    store: Store, log_limiter: LogLimiter, workspace_id: str, after: int, template_id: int | None
+) -> list[TemplateEvent] | None:
+    """A page of the workspace's events after `after`; None while the store is out of reach
+    (one log line a minute says so)."""
+    try:
+        return await store.events_after(after, PAGE, workspace_id, template_id)
+    except StoreUnavailable as error:
+        held_back = log_limiter.admit("event stream: store unavailable")
+        if held_back is not None:
+            logger.warning(
+                "event stream: store unavailable, retrying (%d such lines held back): %s",
+                held_back, error,
+            )  # fmt: skip
+        return None
+
+
+def _event(found: TemplateEvent) -> ServerSentEvent:
     """One server-sent event: its id is the history id, its data one line of JSON."""
     kind = EVENT_TYPES[found.event.row.field]
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (found.event.id, kind.encode(), payload(found))
+    return ServerSentEvent(payload(found).decode(), event=kind, id=str(found.event.id), sep="\n")
+
+
+def _keep_alive() -> ServerSentEvent:
+    return ServerSentEvent(comment="keep-alive", sep="\n")

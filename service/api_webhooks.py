@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from .api import authorise
+from .api import authorise, authorise_write
 from .errors import ApiError
 from .state import services
 from .storage import NotFound, NotificationAttempt
@@ -29,7 +29,7 @@ CREATED_FIELDS = ("id", "url", "events", "enabled", "created_at")
 
 
 async def create_webhook(request: Request) -> JSONResponse:
-    workspace_id = await authorise(request)
+    workspace_id = await authorise_write(request)
     document = _json_object(await read_body(request, MAX_BODY_BYTES))
     svc = services(request)
     try:
@@ -73,7 +73,7 @@ async def list_webhooks(request: Request) -> JSONResponse:
 
 async def delete_webhook(request: Request) -> JSONResponse:
     """Its queued events are dropped with it."""
-    workspace_id = await authorise(request)
+    workspace_id = await authorise_write(request)
     try:
         await services(request).store.remove_subscription(workspace_id, _subscription_id(request))
     except NotFound:
@@ -84,7 +84,7 @@ async def delete_webhook(request: Request) -> JSONResponse:
 async def enable_webhook(request: Request) -> JSONResponse:
     """Deliver again after the subscription was disabled, including the events committed
     meanwhile."""
-    workspace_id = await authorise(request)
+    workspace_id = await authorise_write(request)
     try:
         enabled = await services(request).store.enable_subscription(
             workspace_id, _subscription_id(request)

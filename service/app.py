@@ -26,6 +26,7 @@ from .retention import pruning
 from .state import Services, services
 from .storage import StoreUnavailable, open_store
 from .times import now_ms
+from .watch import EventWatch
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 logger = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ class AccessLog:
 
 def create_app(settings: Settings, store_opener: StoreOpener = open_store) -> Starlette:
     """The ASGI app; its lifespan assembles the store, syncer, poller and dispatcher
-    (service.assembly) and runs the loops.
+    (service.assembly), adds the event watch, and runs the loops.
 
     `store_opener` lets a test wrap the store (for example to crash after a commit).
     """
@@ -167,17 +168,21 @@ def create_app(settings: Settings, store_opener: StoreOpener = open_store) -> St
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with (
-            assembled(settings, app_metrics, store_opener) as parts,
-            parts.poller.running() if settings.poll_enabled else nullcontext(),
-            parts.dispatcher.running(),
-            pruning(parts.store, settings, app_metrics),
-        ):
-            announce(settings)
-            svc = Services(
-                settings, parts.store, parts.metrics, parts.syncer, parts.dispatcher, parts.cipher
-            )
-            yield {"services": svc}
+        async with assembled(settings, app_metrics, store_opener) as parts:
+            watch = EventWatch(parts.store)
+            app_metrics.event_followers.set_function(lambda: watch.following)
+            async with (
+                parts.poller.running() if settings.poll_enabled else nullcontext(),
+                parts.dispatcher.running(),
+                watch.running(),
+                pruning(parts.store, settings, app_metrics),
+            ):
+                announce(settings)
+                svc = Services(
+                    settings, parts.store, parts.metrics, parts.syncer, parts.dispatcher,
+                    parts.cipher, watch,
+                )  # fmt: skip
+                yield {"services": svc}
 
     app = Starlette(
         routes=ROUTES,

@@ -107,4 +107,5 @@ def _dispatcher(
     return Dispatcher(
         store, session, metrics, webhook_session=webhooks, cipher=cipher, owner=default_owner(),
         max_age_s=settings.outbox_max_age_s, tick_s=settings.dispatch_tick_s,
+        lease_s=settings.dispatch_lease_s,
     )  # fmt: skip

@@ -109,34 +109,51 @@ def token_id_arg(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @token.command("create")
 @click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
 @click.option("--name", help="A label, e.g. the application using it.")
+@click.option(
+    "--read-only",
+    is_flag=True,
+    help="It can read, stream and call the sync endpoint; any other write is refused (403).",
+)
 @json_flag
-def token_create(workspace_id: str, name: str | None, as_json: bool) -> None:
+def token_create(workspace_id: str, name: str | None, read_only: bool, as_json: bool) -> None:
     """Create a bearer token; it is shown once (its id is the part before the dot)."""
     new = new_bearer_token()
     with_store(
         load_settings(),
         lambda store: store.create_token(
-            workspace_id, new.token_id, new.token_hash, name, now_ms()
+            workspace_id, new.token_id, new.token_hash, name, now_ms(), read_only=read_only
         ),
     )
-    emit(new.token, as_json, id=shown(new.token_id), token=new.token, workspace_id=workspace_id)
+    emit(
+        new.token, as_json, id=shown(new.token_id), token=new.token, workspace_id=workspace_id,
+        read_only=read_only,
+    )  # fmt: skip
+
+
+def access(read_only: bool) -> str:
+    return "read-only" if read_only else "read-write"
 
 
 @token.command("list")
 @click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
 @json_list_flag
 def token_list(workspace_id: str, as_json: bool) -> None:
-    """List a workspace's tokens, revoked ones too (ids only: secrets are never stored)."""
+    """List a workspace's tokens, revoked ones too, read-only or read-write (ids only:
+    secrets are never stored)."""
     found = with_store(load_settings(), lambda store: store.list_tokens(workspace_id))
     if as_json:
         print_json([
             {"id": shown(t.id), "name": t.name, "created_at": iso(t.created_at),
-             "revoked": t.revoked_at is not None, "revoked_at": iso(t.revoked_at)}
+             "revoked": t.revoked_at is not None, "revoked_at": iso(t.revoked_at),
+             "read_only": t.read_only}
             for t in found
         ])  # fmt: skip
         return
-    rows = [(shown(t.id), when(t.created_at), when(t.revoked_at), t.name or "-") for t in found]
-    print_table(("ID", "CREATED", "REVOKED", "NAME"), rows)
+    rows = [
+        (shown(t.id), when(t.created_at), when(t.revoked_at), access(t.read_only), t.name or "-")
+        for t in found
+    ]
+    print_table(("ID", "CREATED", "REVOKED", "ACCESS", "NAME"), rows)
 
 
 @token.command("revoke")

@@ -95,6 +95,9 @@ class Settings:
     outbox_max_age_s: float = 604_800.0  # 7 days of retries for an outbound delivery
     # How often the dispatcher looks for due rows; a row this process queues goes out at once.
     dispatch_tick_s: float = 1.0
+    # How long a replica holds the rows it claimed; a dead replica's rows wait this long
+    # before another (or its restart) sends them. Longer than the longest send (15 s).
+    dispatch_lease_s: float = 60.0
     # Notification URLs may resolve to loopback, private or link-local addresses (safe_urls).
     webhooks_allow_private: bool = False
     # Limits of the HTTP server itself (server.py), for clients that reach it directly.
@@ -187,6 +190,7 @@ _NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
     "MAX_BODY_BYTES": ("max_body_bytes", int, 1, 1 << 30),
     "OUTBOX_MAX_AGE_S": ("outbox_max_age_s", float, 1, 365 * _DAY_S),
     "DISPATCH_TICK_S": ("dispatch_tick_s", float, 0.01, 3600),
+    "DISPATCH_LEASE_S": ("dispatch_lease_s", float, 16, 3600),
     "MAX_HEADER_BYTES": ("max_header_bytes", int, 1024, 1 << 24),
     "REQUEST_TIMEOUT_S": ("request_timeout_s", float, 0.1, 3600),
     "LIMIT_CONCURRENCY": ("limit_concurrency", int, 2, 1_000_000),

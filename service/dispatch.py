@@ -7,6 +7,14 @@ come back later until they fail for good. A replica that dies mid-send leaves it
 another takes them over once the lease expires, so a receiver may see a row twice (at least
 once; `X-Template-Sync-Delivery` and `webhook-id` dedupe).
 
+The loop (`run()`, in `serve` and `template-sync dispatch`) is a pipeline: a pass starts its
+sends and goes, and the sends in flight are counted per target across passes (send_slots.py).
+A pass claims only what can be sent at once: rows of targets with a free slot, up to the free
+slots in all; a send that ends frees its slot and wakes the loop. So a target that hangs or
+answers slowly holds its own PER_TARGET slots for up to a send's timeout each, never the
+other targets' rows, and the rows in memory are bounded by BATCH. An answer's body is never
+read (attempts.py), however large.
+
 A relay attempt forwards the delivery's stored bytes with the signature header Meta sent,
 so the application verifies it with its app secret, unchanged; it is retried with a capped,
 jittered exponential backoff (`relays.retry_at`) until older than OUTBOX_MAX_AGE_S, then kept as
@@ -17,46 +25,49 @@ A notification attempt POSTs the event's payload, signed with the subscription's
 WEBHOOKS_ALLOW_PRIVATE; its retries, and when it disables its subscription, are
 notifications.py's.
 
-Shaped like the Poller: `run_once()` is one pass (and `template-sync dispatch --once`),
-`run()` loops every tick or as soon as `nudge()` says this process queued something, and
-`running()` runs the loop as a task for an application's lifespan.
+Shaped like the Poller: `run_once()` is one pass whose sends it awaits (and `template-sync
+dispatch --once`), `run()` loops every tick or as soon as `nudge()` says this process queued
+something or a slot frees, and `running()` runs the loop as a task for an application's
+lifespan. On stop, sends in flight get STOP_TIMEOUT_S and are then cancelled; their rows'
+leases expire and they are sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
+from functools import partial
 
 import aiohttp
 
 from . import notifications, relays
+from .attempts import FAILED, RETRY, SENT, Attempt, post
 from .crypto import DecryptionError, TokenCipher
 from .loops import Signals, in_background, repeat
 from .metrics import Metrics
-from .safe_urls import InternalAddressError
+from .send_slots import SendSlots
 from .signing import signature_headers
 from .storage import Notification, OutboxItem, Store
 
 logger = logging.getLogger(__name__)
 
-BATCH = 64  # rows claimed per pass
+BATCH = 64  # rows held at once: sends in flight, or claimed by `run_once` to send
 FAN_OUT = 1000  # events queued for subscriptions per pass, at most; the next pass goes on
-PER_TARGET = 4  # sends in flight to one relay or subscription at once
+PER_TARGET = 4  # sends in flight to one relay or subscription at once (per replica)
 SEND_TIMEOUT_S = 10.0  # a whole relay attempt: connect, send, status line
 NOTIFY_TIMEOUT_S = 15.0  # a whole notification attempt
 LEASE_S = 60.0  # longer than an attempt; a dead replica's rows wait this long
 # On shutdown, sends in flight get this long; one cut short is sent again (at least once).
+DEPTH_EVERY_S = 5.0  # how often a pass reads the outbox's depth for /metrics
 STOP_TIMEOUT_S = 5.0
-SENT, RETRY, FAILED = "sent", "retry", "failed"  # an attempt's result, as metrics label it
 RELAY, NOTIFICATION = "relay", "notification"  # the outbox's kinds of row
 NO_KEY = "the subscription's secret was encrypted under a key no longer configured"
+Send = asyncio.Task[None]
 
 
 @dataclass
@@ -75,20 +86,6 @@ class DispatchReport:
     def count(self, result: str) -> None:
         field = {SENT: "sent", RETRY: "retried", FAILED: "failed"}[result]
         setattr(self, field, getattr(self, field) + 1)
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """How one attempt went: the answer's status code if one came, and the error if it failed
-    (None: a 2xx in time); `next_at` is when to try again (None: sent, or failed for good)."""
-
-    status_code: int | None
-    error: str | None
-    next_at: int | None = None
-
-    @property
-    def result(self) -> str:
-        return SENT if self.error is None else RETRY if self.next_at is not None else FAILED
 
 
 class Dispatcher:
@@ -124,16 +121,16 @@ class Dispatcher:
         self._webhook_session = webhook_session
         self._cipher = cipher
         self._metrics = metrics
+        self._depth_read_at = -(10**15)  # the first pass reads it
         self.owner = owner
         self._max_age_ms = round(max_age_s * 1000)
         self._tick_s = tick_s
         self._clock = clock
         self._timeout_s = {RELAY: send_timeout_s, NOTIFICATION: notify_timeout_s}
         self._lease_ms = round(lease_s * 1000)
-        self._batch = batch
-        self._per_target = per_target
         self._jitter = jitter
         self._signals = Signals()
+        self._slots = SendSlots(per_target, batch, on_free=self._signals.wake)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -143,45 +140,72 @@ class Dispatcher:
         self._signals.wake()
 
     def stop(self) -> None:
-        """End `run()` after the current pass, which starts no more sends."""
+        """End `run()` after the current pass: no send starts after it, and those in flight
+        get `run()`'s stop timeout."""
         self._signals.stop()
 
     async def run_once(self) -> DispatchReport:
         """One pass: queue new events for subscriptions, claim the due rows this replica can
-        lease, send them, record each."""
+        lease (up to `batch`), send them, `per_target` at once to one target, and record each;
+        returns once every send of the pass has ended."""
+        report, sends = await self._pass(per_target=None)
+        await self._summary(report, sends)
+        return report
+
+    async def _start_pass(self) -> None:
+        """A pass of `run()`: claims only rows that can be sent at once (a slot free for
+        their target, and in all), and leaves their sends running."""
+        report, sends = await self._pass(per_target=self._slots.per_target)
+        self._summary(report, sends)
+
+    async def _pass(self, per_target: int | None) -> tuple[DispatchReport, list[Send]]:
+        """Queue new events, claim due rows up to the free slots (and `per_target` rows of
+        one target, counting its sends in flight) and start their sends."""
+        await self._read_depth()
         queued = await self._store.fan_out(self._now_ms(), FAN_OUT)
         if queued >= FAN_OUT:
             self.nudge()  # more events are waiting: the next pass queues them without a tick
-        claimed_ms = self._now_ms()
-        items = await self._store.claim_outbox(self.owner, claimed_ms, self._lease_ms, self._batch)
-        report = DispatchReport(claimed=len(items), queued=queued)
-        per_target: defaultdict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(self._per_target)
+        report = DispatchReport(queued=queued)
+        if not (limit := self._slots.free()):
+            return report, []
+        claimed_ms, busy = self._now_ms(), self._slots.busy()
+        items = await self._store.claim_outbox(
+            self.owner, claimed_ms, self._lease_ms, limit, per_target, busy
         )
+        self._slots.claimed(busy, limit, [item.target_id for item in items])
+        report.claimed = len(items)
+        start = self._slots.start
+        return report, [
+            start(item.target_id, partial(self._send, item, claimed_ms, report)) for item in items
+        ]
 
-        async def guarded(item: OutboxItem) -> None:
-            send_by_ms = claimed_ms + self._lease_ms - round(self._timeout(item) * 1000)
-            async with per_target[item.target_id]:
-                if self._signals.stopping or self._now_ms() > send_by_ms:
-                    report.deferred += 1  # its lease expires before a send could end
-                    return
-                try:
-                    await self._dispatch(item, report)
-                except Exception:  # the store failed: the lease expires, a later pass resends
-                    logger.exception("recording %s failed", describe(item))
+    def _summary(self, report: DispatchReport, sends: list[Send]) -> Awaitable[object]:
+        """Log what a pass did once its sends have ended (awaitable for that moment)."""
+        ended = asyncio.gather(*sends, return_exceptions=True)
+        ended.add_done_callback(lambda _: log_pass(report))
+        return ended
 
-        async with asyncio.TaskGroup() as group:
-            for item in items:
-                group.create_task(guarded(item))
-        if items:
-            level = logging.INFO if report.sent < report.claimed else logging.DEBUG
-            logger.log(
-                level,
-                "dispatch pass: %d claimed, %d sent, %d retried, %d failed, %d lost lease, "
-                "%d deferred", report.claimed, report.sent, report.retried, report.failed,
-                report.lost_lease, report.deferred,
-            )  # fmt: skip
-        return report
+    async def _read_depth(self) -> None:
+        """The outbox's gauges, read at most every DEPTH_EVERY_S."""
+        now_ms = self._now_ms()
+        if now_ms - self._depth_read_at < DEPTH_EVERY_S * 1000:
+            return
+        self._depth_read_at = now_ms
+        self._metrics.outbox_depth(await self._store.outbox_depth(), now_ms)
+
+    async def _send(self, item: OutboxItem, claimed_ms: int, report: DispatchReport) -> None:
+        """Send a claimed row and record the attempt, unless stopping or its lease would
+        expire before a send could end (it is due again once the lease has expired)."""
+        if self._signals.stopping or self._now_ms() > self._send_by_ms(item, claimed_ms):
+            report.deferred += 1
+            return
+        try:
+            await self._dispatch(item, report)
+        except Exception:  # the store failed: the lease expires, a later pass resends
+            logger.exception("recording %s failed", describe(item))
+
+    def _send_by_ms(self, item: OutboxItem, claimed_ms: int) -> int:
+        return claimed_ms + self._lease_ms - round(self._timeout(item) * 1000)
 
     def _timeout(self, item: OutboxItem) -> float:
         return self._timeout_s.get(item.kind, self._timeout_s[RELAY])
@@ -194,7 +218,9 @@ class Dispatcher:
 
     async def _relay(self, item: OutboxItem, report: DispatchReport) -> None:
         """Forward the delivery's exact bytes with the signature they came with."""
-        attempt = await self._post(self._session, item, item.body, relays.headers(item))
+        attempt = await post(
+            self._session, item.url, item.body, relays.headers(item), self._timeout(item)
+        )
         now_ms = self._now_ms()
         if attempt.error is not None:
             at = relays.retry_at(
@@ -204,7 +230,8 @@ class Dispatcher:
         recorded = await self._store.finish_outbox(
             item, self.owner, now_ms, attempt.error, attempt.next_at
         )
-        if self._recorded(item, attempt, recorded, report) and attempt.result == FAILED:
+        done = self._recorded(item, attempt, recorded, report, item.created_at)
+        if done and attempt.result == FAILED:
             logger.info(
                 "%s failed for good after %d attempts (older than the outbox's max age); "
                 "`template-sync relay retry %s` queues it again",
@@ -230,7 +257,8 @@ class Dispatcher:
         recorded = await self._store.record_notification(
             item, self.owner, now_ms, attempt.status_code, attempt.error, attempt.next_at, disable
         )
-        if self._recorded(item, attempt, recorded, report) and disable is not None:
+        committed_at = found.event.row.received_at if found is not None else None
+        if self._recorded(item, attempt, recorded, report, committed_at) and disable is not None:
             report.disabled += 1
             logger.warning(
                 "webhook subscription %s disabled: %s; POST .../webhooks/%s/enable enables "
@@ -249,16 +277,25 @@ class Dispatcher:
             "Content-Type": "application/json",
             **signature_headers(secret, message_id, self._now_ms() // 1000, body),
         }
-        return await self._post(self._webhook_session, item, body, headers)
+        return await post(self._webhook_session, item.url, body, headers, self._timeout(item))
 
     def _recorded(
-        self, item: OutboxItem, attempt: Attempt, recorded: bool, report: DispatchReport
+        self,
+        item: OutboxItem,
+        attempt: Attempt,
+        recorded: bool,
+        report: DispatchReport,
+        committed_at: int | None,
     ) -> bool:
-        """Count and log an attempt the store was asked to record; False if it could not
-        be, the lease having passed to another replica."""
+        """Count and log an attempt the store was asked to record (a sent one's delay since
+        `committed_at`, when what it reports was committed); False if it could not be, the
+        lease having passed to another replica."""
         if attempt.error is not None:
             logger.warning("%s, attempt %d: %s", describe(item), item.attempts + 1, attempt.error)
         self._metrics.outbox_attempts.labels(item.kind, attempt.result).inc()
+        if attempt.error is None and committed_at is not None:
+            delay_s = max(0, self._now_ms() - committed_at) / 1000
+            self._metrics.outbox_delivered_seconds.labels(item.kind).observe(delay_s)
         if not recorded:
             report.lost_lease += 1
             logger.warning("%s: lease lost before the attempt was recorded", describe(item))
@@ -266,33 +303,40 @@ class Dispatcher:
         report.count(attempt.result)
         return True
 
-    async def _post(
-        self, session: aiohttp.ClientSession, item: OutboxItem, body: bytes, headers: dict[str, str]
-    ) -> Attempt:
-        """POST to the row's URL, without following redirects; failed unless a 2xx answered
-        in time, with a short error that never shows the URL, body or signature."""
-        timeout_s = self._timeout(item)
+    async def run(self, stop_timeout_s: float | None = STOP_TIMEOUT_S) -> None:
+        """Pass after pass, `tick_s` apart or sooner when nudged or a slot frees, until
+        stopped; a failed pass is logged and the next tick tries again. Once stopped, sends
+        in flight get `stop_timeout_s` (None: as long as they take) to end, then are
+        cancelled, as they are at once when this is cancelled: their rows' leases expire
+        and they are sent again (at least once)."""
         try:
-            async with session.post(
-                item.url, data=body, headers=headers, allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-            ) as response:  # fmt: skip
-                status = response.status
-        except TimeoutError:  # aiohttp's timeouts are TimeoutErrors too
-            return Attempt(None, f"timeout after {timeout_s:g} s")
-        except (aiohttp.ClientError, OSError, ValueError) as error:
-            return Attempt(None, attempt_error(error))
-        return Attempt(status, None if 200 <= status < 300 else f"HTTP {status}")
-
-    async def run(self) -> None:
-        """Pass after pass, `tick_s` apart or sooner when nudged, until stopped; a failed
-        pass is logged and the next tick tries again."""
-        await repeat("dispatch", self.run_once, self._tick_s, self._signals)
+            await repeat("dispatch", self._start_pass, self._tick_s, self._signals)
+            await self._slots.wait(stop_timeout_s)
+        finally:
+            if cut := await self._slots.cancel():
+                logger.warning(
+                    "sends cut short by the stop: %d; their rows are sent again once their "
+                    "leases expire", cut,
+                )  # fmt: skip
 
     def running(self, stop_timeout_s: float = STOP_TIMEOUT_S) -> AbstractAsyncContextManager[None]:
-        """The loop as a task for the block's duration; a pass cut short leaves its rows'
-        leases to expire, and they are sent again (loops.in_background)."""
-        return in_background(f"dispatcher {self.owner}", self.run, self._signals, stop_timeout_s)
+        """The loop as a task for the block's duration; on exit its sends in flight get
+        `stop_timeout_s`, then are cancelled, and their rows are sent again later (`run`)."""
+        run = partial(self.run, None)  # in_background cancels it after stop_timeout_s
+        return in_background(f"dispatcher {self.owner}", run, self._signals, stop_timeout_s)
+
+
+def log_pass(report: DispatchReport) -> None:
+    """What a pass did, once its sends have ended: INFO when not all were sent."""
+    if not report.claimed:
+        return
+    level = logging.INFO if report.sent < report.claimed else logging.DEBUG
+    logger.log(
+        level,
+        "dispatch pass: %d claimed, %d sent, %d retried, %d failed, %d lost lease, "
+        "%d deferred", report.claimed, report.sent, report.retried, report.failed,
+        report.lost_lease, report.deferred,
+    )  # fmt: skip
 
 
 def describe(item: OutboxItem) -> str:
@@ -300,23 +344,3 @@ def describe(item: OutboxItem) -> str:
     if item.kind == NOTIFICATION:
         return f"webhook {item.target_id} of {notifications.event_id(item.item_id)}"
     return f"relay {item.target_id} of delivery {item.item_id}"
-
-
-def attempt_error(error: BaseException) -> str:
-    """A failed connection in a few words. aiohttp's own messages name the URL (its query
-    or userinfo may hold a secret), so only the error's kind and the OS's reason are used,
-    or safe_urls' refusal, which names the address it refused and the setting to change."""
-    refused = getattr(error, "os_error", None)
-    if isinstance(refused, InternalAddressError) and refused.strerror:
-        return str(refused.strerror)
-    if isinstance(error, aiohttp.ClientConnectorDNSError):
-        return "DNS lookup failed"
-    if isinstance(error, aiohttp.ClientSSLError):
-        return "TLS handshake failed"
-    if isinstance(error, OSError) and error.errno:  # refused, reset, unreachable...
-        return os.strerror(error.errno).lower()
-    if isinstance(error, aiohttp.ServerDisconnectedError):
-        return "disconnected before answering"
-    if isinstance(error, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, ValueError)):
-        return "invalid URL"
-    return f"connection error ({type(error).__name__})"

@@ -2,8 +2,10 @@
 
 Every observation of a template goes through one function here, which returns its new state
 and its history rows: a webhook change (`observe_change`), Meta's state read by a sync or an
-import (`observe_meta`, `meta_template`), a registration through the API (`registered`).
-The store only writes what they return (storage/template_rows.py).
+import (`observe_meta`, `meta_template`), a registration through the API or the CLI
+(`registered`: also a template the API created at Meta), an edit or a deletion the API made at
+Meta (`api_edit`, `api_delete`). The store only writes what they return
+(storage/template_rows.py).
 """
 
 from __future__ import annotations
@@ -233,15 +235,38 @@ def observe_meta(state: TemplateState, meta: MetaView, now_ms: int) -> Transitio
         quality_score=meta.quality_score or state.quality_score,
         category=meta.category or state.category,
     )
+    return _present(state, after, SYNC, now_ms)
+
+
+def api_edit(state: TemplateState, category: str | None, now_ms: int) -> Transition:
+    """An edit the API made at Meta at `now_ms`: Meta reviews every edit, so the template
+    is PENDING again (a rejection reason gone), in `category` when the edit asked for one.
+    Like a sync, it is the present and dates a status it moves: a webhook about the
+    template before the edit is stale."""
+    after = _take_status(state, "PENDING", None)
+    return _present(state, after._replace(category=category or state.category), API, now_ms)
+
+
+def api_delete(state: TemplateState, now_ms: int) -> Transition:
+    """A deletion the API made at Meta at `now_ms`: the template is DELETED, and stays here
+    with its history (Meta keeps the name taken for a while; design section 12)."""
+    return _present(state, _take_status(state, "DELETED", None), API, now_ms)
+
+
+def _present(before: TemplateState, after: TemplateState, source: str, now_ms: int) -> Transition:
+    """`after`, the template's state as `source` (a sync, an import or the API) knows it at
+    `now_ms`: one history row per field that changed, status (or its rejection reason),
+    quality_score, category; a status it moves dates from `now_ms`, one it keeps keeps its
+    time."""
     rows = []
-    if (after.status, after.rejected_reason) != (state.status, state.rejected_reason):
-        rows.append(_status_row(SYNC, state.status, after, now_ms))
-    for field, old, new in ((QUALITY, state.quality_score, after.quality_score),
-                            (CATEGORY, state.category, after.category)):  # fmt: skip
+    if (after.status, after.rejected_reason) != (before.status, before.rejected_reason):
+        rows.append(_status_row(source, before.status, after, now_ms))
+    for field, old, new in ((QUALITY, before.quality_score, after.quality_score),
+                            (CATEGORY, before.category, after.category)):  # fmt: skip
         if new is not None and new != old:
-            rows.append(HistoryRow(field, new, None, None, SYNC, now_ms, now_ms, None, True))
-    status_at = now_ms if after.status != state.status else state.status_event_at
-    return Transition(_settle(state, after, SYNC, now_ms, status_at), tuple(rows))
+            rows.append(HistoryRow(field, new, None, None, source, now_ms, now_ms, None, True))
+    status_at = now_ms if after.status != before.status else before.status_event_at
+    return Transition(_settle(before, after, source, now_ms, status_at), tuple(rows))
 
 
 def meta_template(meta: MetaView, now_ms: int) -> Transition:

@@ -11,6 +11,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+MAX_BACKOFF_S = 60.0  # failed passes back off exponentially from the tick up to this
+
 
 class Signals:
     """What a loop is told from outside: wake up now, or stop after the current pass."""
@@ -36,13 +38,28 @@ class Signals:
 async def repeat(
     what: str, one_pass: Callable[[], Awaitable[object]], tick_s: float, signals: Signals
 ) -> None:
-    """`one_pass` until `signals` says stop; a failed pass is logged and the next tick tries
-    again."""
+    """`one_pass` until `signals` says stop. A failed pass is tried again after twice the
+    previous wait, from `tick_s` up to MAX_BACKOFF_S (a store outage is not hammered, nor
+    the log flooded): the first failure is logged with its traceback, later ones in a line
+    each, and the first pass that works again says so."""
+    failures = 0
     while not signals.stopping:
         try:
             await one_pass()
         except Exception:
-            logger.exception("%s pass failed; next try in %.1f s", what, tick_s)
+            failures += 1
+            delay_s = min(tick_s * 2 ** min(failures - 1, 32), max(tick_s, MAX_BACKOFF_S))
+            if failures == 1:
+                logger.exception("%s pass failed; next try in %.1f s", what, delay_s)
+            else:
+                logger.warning(
+                    "%s pass failed %d times in a row; next try in %.1f s", what, failures, delay_s
+                )
+            await signals.sleep(delay_s)
+            continue
+        if failures:
+            logger.warning("%s passes resumed after %d failed", what, failures)
+            failures = 0
         await signals.sleep(tick_s)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .storage import DeliveryResult
+from .storage import DeliveryResult, OutboxDepth
 
 # The label values of each counter, in one place: a series exists for each from the start.
 DELIVERY_OUTCOMES = ("processed", "quarantined", "replayed")
@@ -23,9 +23,10 @@ GRAPH_CALL_REASONS = ("api", "cli", "import", "poller")
 SYNC_TRIGGERS = ("api", "cli", "poller")
 SYNC_STATUSES = ("succeeded", "partial", "failed")
 POLL_OUTCOMES = ("succeeded", "partial", "failed", "no_pending", "error")
-PRUNED_KINDS = ("deliveries", "dedupe_keys", "sync_runs", "outbox_rows")
+PRUNED_KINDS = ("deliveries", "dedupe_keys", "sync_runs", "outbox_rows", "idempotency_keys")
 OUTBOX_KINDS = ("relay", "notification")
 OUTBOX_RESULTS = ("sent", "retry", "failed")
+OUTBOX_STATES = ("queued", "failed")
 
 
 def labelled_counter(
@@ -98,11 +99,42 @@ class Metrics:
             kind=OUTBOX_KINDS,
             result=OUTBOX_RESULTS,
         )
+        self.outbox_rows = Gauge(
+            "template_sync_outbox_rows",
+            "Outbox rows by kind and state (queued: to send or retry; failed: for good), as the "
+            "dispatcher last read them (every few seconds; the same table in every replica).",
+            ["kind", "state"],
+            registry=registry,
+        )
+        self.outbox_oldest_age = Gauge(
+            "template_sync_outbox_oldest_age_seconds",
+            "Age of the oldest queued outbox row by kind (0 when none is queued).",
+            ["kind"],
+            registry=registry,
+        )
+        self.outbox_delivered_seconds = Histogram(
+            "template_sync_outbox_delivered_seconds",
+            "From the commit of what a row reports (a delivery, a template change) to its "
+            "receiver's 2xx, by kind.",
+            ["kind"],
+            registry=registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0, 3600.0),
+        )
+        for kind in OUTBOX_KINDS:
+            self.outbox_oldest_age.labels(kind)
+            self.outbox_delivered_seconds.labels(kind)
+            for state in OUTBOX_STATES:
+                self.outbox_rows.labels(kind, state)
+        self.event_followers = Gauge(
+            "template_sync_event_followers",
+            "Event streams and GETs waiting for a verdict open in this process.",
+            registry=registry,
+        )
         self.pruned = labelled_counter(
             registry,
             "template_sync_pruned",
-            "Rows pruned by retention: raw deliveries, sync runs and failed outbox rows "
-            "deleted, dedupe keys cleared.",
+            "Rows pruned by retention: raw deliveries, sync runs, failed outbox rows and "
+            "idempotency keys deleted, dedupe keys cleared.",
             kind=PRUNED_KINDS,
         )
         self.last_prune = Gauge(
@@ -129,6 +161,17 @@ class Metrics:
             count = getattr(result, name)
             if count:
                 counter.inc(count)
+
+    def outbox_depth(self, depths: Sequence[OutboxDepth], now_ms: int) -> None:
+        """Set the outbox gauges from a read of the table (kinds and states not in it: 0)."""
+        found = {(d.kind, d.state): d for d in depths}
+        for kind in OUTBOX_KINDS:
+            for state in OUTBOX_STATES:
+                depth = found.get((kind, state))
+                self.outbox_rows.labels(kind, state).set(depth.rows if depth else 0)
+            queued = found.get((kind, "queued"))
+            age_s = max(0, now_ms - queued.oldest_at) / 1000 if queued else 0
+            self.outbox_oldest_age.labels(kind).set(age_s)
 
     def request(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)

@@ -1,5 +1,5 @@
-"""Retention: raw deliveries, sync runs, failed outbox rows and old dedupe keys are pruned,
-so the store stays bounded.
+"""Retention: raw deliveries, sync runs, failed outbox rows, old dedupe keys and idempotency
+keys are pruned, so the store stays bounded.
 
 Raw deliveries are kept `RETENTION_DAYS` (30 by default) after they arrive: long enough to
 replay or inspect them. Sync runs are kept as long after they started, and each
@@ -9,7 +9,9 @@ received (and after its `entry.time`, which its key leads with; see
 SqlStore.forget_dedupe_keys): Meta stops retrying a delivery 7 days after its first attempt,
 so no copy can come later. Outbox rows that failed for good (dispatch.py) go as long after
 they were queued, before the deliveries, so their deliveries can go in the same pass: a
-delivery a relay still has to send, or failed to, is kept while its row is.
+delivery a relay still has to send, or failed to, is kept while its row is. An idempotency
+key goes 24 h after its first use, when it no longer names a request
+(storage/idempotency.py).
 
 `serve` prunes at start and then hourly; `template-sync prune` does it once, with progress.
 Work goes in chunks of a short transaction each, so webhooks are never held up for long.
@@ -26,6 +28,7 @@ from dataclasses import asdict, dataclass
 from .config import Settings
 from .metrics import Metrics
 from .storage import Store, StoreUnavailable
+from .storage.idempotency import KEY_TTL_MS
 from .times import now_ms
 
 logger = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ class Pruned:  # one field per kind of pruning
     dedupe_keys: int = 0
     sync_runs: int = 0
     outbox_rows: int = 0
+    idempotency_keys: int = 0
 
     def describe(self) -> str:
         counts = asdict(self).items()
@@ -55,7 +59,7 @@ async def prune(
     chunk: int = CHUNK,
 ) -> Pruned:
     """Delete failed outbox rows, deliveries and sync runs and clear dedupe keys older than
-    the settings allow, as of `at_ms`."""
+    the settings allow, and delete idempotency keys past their 24 h, as of `at_ms`."""
     pruned = Pruned()
     retained_from = at_ms - round(settings.retention_days * DAY_MS)
     keys_before = at_ms - round(settings.dedupe_days * DAY_MS)
@@ -64,6 +68,7 @@ async def prune(
         "deliveries": lambda: store.prune_deliveries(retained_from, chunk),
         "dedupe_keys": lambda: store.forget_dedupe_keys(keys_before, chunk),
         "sync_runs": lambda: store.prune_sync_runs(retained_from, chunk),
+        "idempotency_keys": lambda: store.prune_idempotency_keys(at_ms - KEY_TTL_MS, chunk),
     }
     for kind, step in steps.items():
         while count := await step():

@@ -14,6 +14,7 @@ from .logs import LogLimiter
 from .metrics import Metrics
 from .storage import Store
 from .sync import Syncer
+from .watch import EventWatch
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Services:
     syncer: Syncer
     dispatcher: Dispatcher  # nudged when a delivery is queued for relays
     cipher: TokenCipher  # encrypts webhook subscriptions' secrets
+    watch: EventWatch  # event streams and waiting GETs follow it; nudged on a webhook's change
 
     @cached_property  # read on every webhook: encoded once
     def app_secrets(self) -> tuple[bytes, ...]:

@@ -240,9 +240,12 @@ async def receive(request: Request) -> Response:
         ) from None
     svc.metrics.delivery(result)
     # Relays go at once; notifications at the dispatcher's next tick (DISPATCH_TICK_S): a
-    # pass per webhook would cost ingest two transactions each.
+    # pass per webhook would cost ingest two transactions each. Streams learn of a change
+    # at once too.
     if result.relayed:
         svc.dispatcher.nudge()
+    if result.applied:
+        svc.watch.nudge()
     request.scope[LOG_DETAIL] = lambda: (
         f"delivery {result.delivery_id} {result.outcome}: {len(changes)} changes, "
         f"{result.applied} applied, {result.stale} stale, {result.duplicate} duplicate, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from typing import Any
@@ -9,9 +10,13 @@ from typing import Any
 import pytest
 
 from service.config import Settings
+from service.crypto import new_bearer_token
 from service.storage import Store
 
 from .conftest import NOW_MS, Server, Tenant, add_template, make_tenant
+from .raw_sql import execute, run_sql
+from .test_api_webhooks import PUBLIC_URL
+from .test_events_stream import opened
 
 ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 TEMPLATE_KEYS = {
@@ -152,6 +157,18 @@ async def test_history_shape_and_order(server: Server, store: Store, tenant: Ten
 # --- tenant isolation: every endpoint x {own, other tenant's, nonexistent} x token states --
 
 ENDPOINTS = ["/templates", "/templates/{id}", "/templates/{id}/history"]
+READ_ONLY = {"success": False, "message": "This token is read-only"}
+
+
+async def read_only_token(store: Store, tenant: Tenant, revoked: bool = False) -> Tenant:
+    """`tenant` with a read-only token of its workspace instead of its own."""
+    new = new_bearer_token()
+    await store.create_token(
+        tenant.workspace_id, new.token_id, new.token_hash, "ro", NOW_MS, read_only=True
+    )
+    if revoked:
+        await store.revoke_token(new.token_id, NOW_MS)
+    return dataclasses.replace(tenant, token=new.token, token_id=new.token_id)
 
 
 @pytest.fixture
@@ -162,7 +179,8 @@ async def two_tenants(store: Store, settings: Settings, tenant: Tenant) -> dict[
     revoked = await make_tenant(store, settings, waba_id="555000222")
     await store.revoke_token(revoked.token_id, NOW_MS)
     return {"own": tenant, "other": other, "own_id": own_id, "other_id": other_id,
-            "revoked": revoked}  # fmt: skip
+            "revoked": revoked, "read_only": await read_only_token(store, tenant),
+            "revoked_read_only": await read_only_token(store, tenant, revoked=True)}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -181,7 +199,9 @@ async def test_isolation_matrix(
                     "nonexistent": "00000000-0000-4000-8000-000000000000"}[workspace]  # fmt: skip
     template_id = two_tenants[f"{template}_id"]
     path = f"/api/v3/workspaces/{workspace_id}" + endpoint.format(id=template_id)
-    for token, expected_status in [(own.token, None), (two_tenants["revoked"].token, 401),
+    for token, expected_status in [(own.token, None), (two_tenants["read_only"].token, None),
+                                   (two_tenants["revoked"].token, 401),
+                                   (two_tenants["revoked_read_only"].token, 401),
                                    (None, 401), (own.token + "x", 401),
                                    ("tsk_nothere.abc", 401)]:  # fmt: skip
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -226,23 +246,101 @@ async def test_bearer_scheme_is_case_insensitive(server: Server, tenant: Tenant)
 async def test_isolation_matrix_of_the_sync_endpoints(
     server: Server, two_tenants: dict[str, Any], method: str, workspace: str
 ) -> None:
-    """The sync endpoint and its last-run view: same tenancy rules, nothing of others shown."""
+    """The sync endpoint and its last-run view: same tenancy rules, nothing of others shown;
+    a read-only token may call both (design section 12)."""
     own: Tenant = two_tenants["own"]
     workspace_id = {"own": own.workspace_id, "other": two_tenants["other"].workspace_id,
                     "nonexistent": "00000000-0000-4000-8000-000000000000"}[workspace]  # fmt: skip
     path = f"/api/v3/workspaces/{workspace_id}/templates/sync"
-    for token in [two_tenants["revoked"].token, None, own.token + "x", "tsk_nothere.abc"]:
+    for token in [two_tenants["revoked"].token, two_tenants["revoked_read_only"].token, None,
+                  own.token + "x", "tsk_nothere.abc"]:  # fmt: skip
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         status, body, response_headers = await server.request(method, path, headers=headers)
         assert (status, body) == (401, {"success": False, "message": "Unauthenticated"})
         assert response_headers["WWW-Authenticate"] == "Bearer"
-    headers = {"Authorization": f"Bearer {own.token}"}
-    status, body, _ = await server.request(method, path, headers=headers)
-    if workspace != "own":
-        assert (status, body) == (404, {"success": False, "message": "Workspace not found"})
-    elif method == "POST":  # a pending template, and no Meta to reach in this test
-        assert (status, body["message"]) == (500, "Failed to sync the templates")
-        assert body["error"]["kind"] == "network"
-    else:
-        assert (status, body) == (200, {"success": True, "data": None})  # no sync ran yet
-    assert two_tenants["other"].workspace_id not in str(body)
+    for token in (own.token, two_tenants["read_only"].token):
+        headers = {"Authorization": f"Bearer {token}"}
+        status, body, _ = await server.request(method, path, headers=headers)
+        if workspace != "own":
+            assert (status, body) == (404, {"success": False, "message": "Workspace not found"})
+        elif method == "POST":  # a pending template, and no Meta to reach in this test
+            assert (status, body["message"]) == (500, "Failed to sync the templates")
+            assert body["error"]["kind"] == "network"
+        else:
+            assert (status, body) == (200, {"success": True, "data": None})  # no sync ran yet
+        assert two_tenants["other"].workspace_id not in str(body)
+
+
+async def test_a_read_only_token_streams_events(
+    server: Server, two_tenants: dict[str, Any]
+) -> None:
+    async with opened(server.session, server.base_url, two_tenants["read_only"]):
+        pass  # 200, text/event-stream: `opened` checks them
+
+
+# --- the webhooks API: reads for any token of the workspace, writes for read-write ones ----
+
+WEBHOOK_READS = [("GET", ""), ("GET", "/{id}/deliveries")]
+# Each write, and what it answers a read-write token of the workspace.
+WEBHOOK_WRITES = [("POST", "", 201), ("DELETE", "/{id}", 200), ("POST", "/{id}/enable", 200)]
+
+
+async def disabled_subscription(store: Store, tenant: Tenant) -> str:
+    """A subscription of `tenant`'s workspace, disabled (so `enable` would change it)."""
+    added = await store.add_subscription(tenant.workspace_id, PUBLIC_URL, [], "enc", NOW_MS)
+    await run_sql(store, execute(
+        "UPDATE webhook_subscriptions SET enabled = ?, disabled_reason = ? WHERE id = ?",
+        False, "410 Gone", added.id,
+    ))  # fmt: skip
+    return added.id
+
+
+def webhooks_path(workspace_id: str, suffix: str, subscription_id: str) -> str:
+    return f"/api/v3/workspaces/{workspace_id}/webhooks" + suffix.format(id=subscription_id)
+
+
+@pytest.mark.parametrize(("method", "suffix", "done"), WEBHOOK_WRITES)
+@pytest.mark.parametrize("workspace", ["own", "other", "nonexistent"])
+async def test_a_read_only_token_gets_403_on_every_write_and_changes_nothing(
+    server: Server, store: Store, two_tenants: dict[str, Any], method: str, suffix: str,
+    done: int, workspace: str,
+) -> None:  # fmt: skip
+    """401 first, then another workspace's 404, then 403: the order `authorise` has."""
+    own: Tenant = two_tenants["own"]
+    subscription_id = await disabled_subscription(store, own)
+    before = await store.list_subscriptions(own.workspace_id)
+    workspace_id = {"own": own.workspace_id, "other": two_tenants["other"].workspace_id,
+                    "nonexistent": "00000000-0000-4000-8000-000000000000"}[workspace]  # fmt: skip
+    path = webhooks_path(workspace_id, suffix, subscription_id)
+    document = {"url": PUBLIC_URL} if suffix == "" else None
+    expected = (403, READ_ONLY) if workspace == "own" else (
+        404, {"success": False, "message": "Workspace not found"}
+    )  # fmt: skip
+    for token, answer in [(two_tenants["revoked_read_only"].token, 401),
+                          (two_tenants["read_only"].token, expected)]:  # fmt: skip
+        headers = {"Authorization": f"Bearer {token}"}
+        status, body, _ = await server.request(method, path, headers=headers, json=document)
+        if answer == 401:
+            assert (status, body["message"]) == (401, "Unauthenticated")
+        else:
+            assert (status, body) == answer
+    assert await store.list_subscriptions(own.workspace_id) == before
+    if workspace == "own":  # the same write with a read-write token does change something
+        headers = {"Authorization": f"Bearer {own.token}"}
+        status, body, _ = await server.request(method, path, headers=headers, json=document)
+        assert status == done, body
+        assert await store.list_subscriptions(own.workspace_id) != before
+
+
+@pytest.mark.parametrize(("method", "suffix"), WEBHOOK_READS)
+async def test_a_read_only_token_reads_the_webhooks(
+    server: Server, store: Store, two_tenants: dict[str, Any], method: str, suffix: str
+) -> None:
+    own: Tenant = two_tenants["own"]
+    path = webhooks_path(own.workspace_id, suffix, await disabled_subscription(store, own))
+    answers = []
+    for tenant in (own, two_tenants["read_only"]):
+        headers = {"Authorization": f"Bearer {tenant.token}"}
+        status, body, _ = await server.request(method, path, headers=headers)
+        answers.append((status, body))
+    assert answers[0][0] == 200 and answers[1] == answers[0]

@@ -265,6 +265,7 @@ def test_token_create_and_revoke(cli: Cli, workspace_id: str) -> None:
     stored = with_store(cli.database_url, lambda store: store.find_token(token_id))
     assert stored.workspace_id == workspace_id and stored.name == "crm"
     assert stored.token_hash == hash_secret(token) and stored.revoked_at is None
+    assert stored.read_only is False  # read-write unless asked
 
     revoked = cli.ok(f"token revoke tsk_{token_id}")
     assert revoked.stdout == ""
@@ -281,7 +282,20 @@ def test_token_create_json(cli: Cli, workspace_id: str) -> None:
     assert TOKEN_LINE.fullmatch(document["token"] + "\n")
     assert document["id"] == "tsk_" + str(token_id_of(document["token"]))
     assert document["token"].startswith(document["id"] + ".")  # the id is the part before the dot
-    assert document["workspace_id"] == workspace_id
+    assert document["workspace_id"] == workspace_id and document["read_only"] is False
+
+
+def test_token_create_read_only(cli: Cli, workspace_id: str) -> None:
+    result = cli.ok(f"token create --workspace {workspace_id} --read-only --name dashboard")
+    assert TOKEN_LINE.fullmatch(result.stdout), result.stdout  # the token alone, as ever
+    token_id = token_id_of(result.stdout.strip())
+    assert token_id is not None
+    stored = with_store(cli.database_url, lambda store: store.find_token(token_id))
+    assert stored.read_only is True and stored.name == "dashboard"
+    document = json.loads(
+        cli.created(f"token create --workspace {workspace_id} --read-only --json")
+    )
+    assert document["read_only"] is True
 
 
 def test_token_create_for_an_unknown_workspace(cli: Cli) -> None:
@@ -515,23 +529,24 @@ def test_token_list_shows_ids_as_the_user_saw_them_and_never_a_secret(
     cli: Cli, workspace_id: str
 ) -> None:
     first = cli.ok(f"token create --workspace {workspace_id} --name crm").stdout.strip()
-    second = cli.ok(f"token create --workspace {workspace_id}").stdout.strip()
+    second = cli.ok(f"token create --workspace {workspace_id} --read-only").stdout.strip()
     first_id, second_id = first.split(".")[0], second.split(".")[0]  # tsk_<id>
     cli.ok(f"token revoke {first_id}")
     cli.ok(f"token create --workspace {cli.workspace('Other')}")  # not listed
     result = cli.ok(f"token list --workspace {workspace_id}")
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["ID", "CREATED", "REVOKED", "NAME"]
+    assert header.split() == ["ID", "CREATED", "REVOKED", "ACCESS", "NAME"]
     cells = {row.split()[0]: row.split()[1:] for row in rows}
     assert sorted(cells) == sorted([first_id, second_id])
-    assert ISO_TIME.fullmatch(cells[first_id][1]) and cells[first_id][2] == "crm"
-    assert ISO_TIME.fullmatch(cells[second_id][0]) and cells[second_id][1:] == ["-", "-"]
+    assert ISO_TIME.fullmatch(cells[first_id][1]) and cells[first_id][2:] == ["read-write", "crm"]
+    assert ISO_TIME.fullmatch(cells[second_id][0])
+    assert cells[second_id][1:] == ["-", "read-only", "-"]
     listed = json.loads(cli.ok(f"token list --workspace {workspace_id} --json").stdout)
-    assert {t["id"]: (t["name"], t["revoked"]) for t in listed} == {
-        first_id: ("crm", True),
-        second_id: (None, False),
+    assert {t["id"]: (t["name"], t["revoked"], t["read_only"]) for t in listed} == {
+        first_id: ("crm", True, False),
+        second_id: (None, False, True),
     }
-    assert set(listed[0]) == {"id", "name", "created_at", "revoked", "revoked_at"}
+    assert set(listed[0]) == {"id", "name", "created_at", "revoked", "revoked_at", "read_only"}
     shown = result.stdout + json.dumps(listed)
     for token in (first, second):
         assert token.split(".")[1] not in shown and hash_secret(token) not in shown

@@ -13,7 +13,9 @@ import logging
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,17 +27,25 @@ from aiohttp import web
 from service import meta_webhooks
 from service.config import ConfigError, Settings
 from service.crypto import TokenCipher
-from service.dispatch import Dispatcher, DispatchReport
+from service.dispatch import (
+    DEPTH_EVERY_S,
+    LEASE_S,
+    SEND_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    Dispatcher,
+    DispatchReport,
+)
 from service.metrics import Metrics
 from service.relays import FIRST_RETRY_S, MAX_RETRY_S, retry_at
 from service.retention import DAY_MS, prune
 from service.safe_urls import safe_session_connector
+from service.signing import new_secret
 from service.simulator import bound_port
 from service.storage import DeliveryResult, RelaySummary, Store, open_store
 from service.times import now_ms
 from service.webhooks import parse_delivery, verify_signature
 
-from .conftest import APP_SECRET, NOW_MS, WABA_ID, fixture_body, serving, sign
+from .conftest import APP_SECRET, NOW_MS, WABA_ID, Tenant, fixture_body, serving, sign
 from .service_process import run_cli, service_env
 from .test_app import CuttableProxy, proxied_settings  # noqa: F401 (a fixture used here)
 from .waiting import eventually
@@ -44,6 +54,8 @@ DAY_S = DAY_MS // 1000
 ATTEMPTS = "template_sync_outbox_attempts_total"
 MESSAGES_BODY = "webhook-batch-mixed.json"  # has a `messages` change besides template ones
 TEMPLATES_BODY = "webhook-status-approved.json"  # template changes only
+CHUNK = b"x" * 65_536
+ENDLESS_BYTES = 1 << 30  # an endless body stops here, should a client read it all
 
 
 # --- a receiver on loopback, and the parts a dispatcher runs on -----------------------------
@@ -54,32 +66,67 @@ class Receipt:
     path: str
     body: bytes
     headers: dict[str, str]
+    at_s: float = 0.0  # when it arrived (time.monotonic)
 
 
 @dataclass
 class Receiver:
     """An application's webhook endpoint: records each request, answers the statuses it is
-    told in turn (then 200); while `gate` is clear, requests wait before being answered."""
+    told in turn (then 200); while `gate` is clear, requests wait before being answered, and
+    each is answered `delay_s` after that, with a body that never ends if `endless`. Counts
+    the requests it holds at once, per path and in all, and notes when each ended."""
 
     url: str = ""
     receipts: list[Receipt] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
+    delay_s: float = 0.0
+    endless: bool = False
+    written: int = 0  # bytes of endless bodies written before the client went
+    ended_s: list[float] = field(default_factory=list)  # answered, or dropped by the client
+    in_flight: Counter[str] = field(default_factory=Counter)
+    most_in_flight: Counter[str] = field(default_factory=Counter)  # per path; "" in all
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         headers = {name: ", ".join(request.headers.getall(name)) for name in request.headers}
-        self.receipts.append(Receipt(request.path, await request.read(), headers))
-        await self.gate.wait()
-        status = self.statuses.pop(0) if self.statuses else 200
-        location = {"Location": "/moved"} if 300 <= status < 400 else None
-        return web.Response(status=status, headers=location)
+        arrived = Receipt(request.path, await request.read(), headers, time.monotonic())
+        self.receipts.append(arrived)
+        self._count(request.path, 1)
+        try:
+            await self.gate.wait()
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)  # a slow application, not a wait of the test
+            if self.endless:
+                return await self._stream(request)
+            status = self.statuses.pop(0) if self.statuses else 200
+            location = {"Location": "/moved"} if 300 <= status < 400 else None
+            return web.Response(status=status, headers=location)
+        finally:
+            self._count(request.path, -1)
+            self.ended_s.append(time.monotonic())
+
+    def _count(self, path: str, change: int) -> None:
+        for key in (path, ""):
+            self.in_flight[key] += change
+            self.most_in_flight[key] = max(self.most_in_flight[key], self.in_flight[key])
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        """200, then a body written until the client goes (or ENDLESS_BYTES, if it reads)."""
+        response = web.StreamResponse()
+        await response.prepare(request)
+        with suppress(ConnectionError):
+            while self.written < ENDLESS_BYTES:
+                await response.write(CHUNK)
+                self.written += len(CHUNK)
+        return response
 
     def at(self, path: str) -> list[Receipt]:
         return [r for r in self.receipts if r.path == path]
 
 
-@pytest.fixture(name="receiver")
-async def receiver_fixture() -> AsyncIterator[Receiver]:
+@asynccontextmanager
+async def receiving() -> AsyncIterator[Receiver]:
+    """A Receiver served on a loopback port for the block's duration."""
     found = Receiver()
     found.gate.set()
     app = web.Application()
@@ -93,6 +140,12 @@ async def receiver_fixture() -> AsyncIterator[Receiver]:
     finally:
         found.gate.set()
         await runner.cleanup()
+
+
+@pytest.fixture(name="receiver")
+async def receiver_fixture() -> AsyncIterator[Receiver]:
+    async with receiving() as found:
+        yield found
 
 
 class Clock:
@@ -244,6 +297,35 @@ async def test_a_failed_attempt_is_retried_after_its_backoff_with_the_same_deliv
     delivery = {r.headers["X-Template-Sync-Delivery"] for r in receiver.receipts}
     assert delivery == {str(result.delivery_id)}
     assert [r.headers["X-Template-Sync-Attempt"] for r in receiver.receipts] == ["1", "2"]
+
+
+async def test_metrics_show_the_outbox_depth_and_the_delay_from_commit_to_receipt(
+    store: Store, receiver: Receiver, dispatcher: Callable[..., Dispatcher], clock: Clock
+) -> None:
+    await store.add_relay(receiver.url + "/hook", [], None, NOW_MS)
+    await deliver(store, fixture_body(TEMPLATES_BODY), NOW_MS)
+    receiver.statuses = [500]
+    metrics = Metrics()
+    relays = dispatcher(metrics=metrics)
+    clock.advance(2)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(f"template_sync_outbox_{name}", labels)
+
+    assert (await relays.run_once()).retried == 1  # the pass read the depth before sending
+    assert sample("rows", kind="relay", state="queued") == 1
+    assert sample("rows", kind="relay", state="failed") == 0
+    assert sample("oldest_age_seconds", kind="relay") == 2.0
+    assert sample("oldest_age_seconds", kind="notification") == 0
+    clock.advance(FIRST_RETRY_S)
+    assert (await relays.run_once()).sent == 1
+    assert sample("delivered_seconds_count", kind="relay") == 1
+    assert sample("delivered_seconds_sum", kind="relay") == 2 + FIRST_RETRY_S
+    assert sample("rows", kind="relay", state="queued") == 1  # read within DEPTH_EVERY_S
+    clock.advance(DEPTH_EVERY_S)
+    await relays.run_once()
+    assert sample("rows", kind="relay", state="queued") == 0
+    assert sample("oldest_age_seconds", kind="relay") == 0
 
 
 async def test_after_the_max_age_a_row_is_failed_listed_and_requeued_by_retry(
@@ -405,6 +487,118 @@ async def test_a_pass_defers_what_it_could_not_send_within_its_lease(
     assert (await relays.run_once()).sent == 2
 
 
+# --- the loop's pipeline: a target's trouble stays its own ---------------------------------
+
+
+@pytest.mark.parametrize("fault", ["hangs", "slow"])
+async def test_a_target_that_hangs_or_is_slow_never_holds_up_the_others(
+    fault: str,
+    store: Store,
+    settings: Settings,
+    tenant: Tenant,
+    receiver: Receiver,
+    dispatcher: Callable[..., Dispatcher],
+) -> None:
+    """The stuck relay's 30 rows are due first: a loop that claimed a batch and awaited it
+    would have sent them alone, a few at a time, each wave taking the whole fault."""
+    async with receiving() as stuck:
+        if fault == "hangs":
+            stuck.gate.clear()  # never answers: each attempt ends at its timeout
+        else:
+            stuck.delay_s = 1.0
+        await store.add_relay(stuck.url + "/hook", [], None, NOW_MS)
+        for n in range(30):
+            await deliver(store, f'{{"entry":[],"n":{n}}}'.encode(), NOW_MS - 60_000)
+        await store.add_relay(receiver.url + "/relay", [], None, NOW_MS)
+        secret = TokenCipher(settings.encryption_keys).encrypt(new_secret())
+        await store.add_subscription(tenant.workspace_id, receiver.url + "/events", (), secret, 0)
+        for n in range(3):  # each makes a template known, then approves it: two events
+            await deliver(store, approval(tenant, n))
+        relays = dispatcher(batch=8, per_target=2, send_timeout_s=2.0)
+
+        def healthy() -> tuple[int, int]:
+            return len(receiver.at("/relay")), len(receiver.at("/events"))
+
+        async with relays.running(stop_timeout_s=0.1):
+            await eventually(lambda: healthy() == (3, 6), message=lambda: healthy())
+            await eventually(lambda: stuck.ended_s, 10, message="the stuck target never ended")
+        first_stuck_end_s = min(stuck.ended_s)
+
+    assert max(r.at_s for r in receiver.receipts) < first_stuck_end_s
+    assert stuck.most_in_flight[""] == 2
+
+
+def approval(tenant: Tenant, n: int) -> bytes:
+    """A signed status webhook that approves the tenant's template `n`, unknown before."""
+    return meta_webhooks.status_delivery(
+        waba_id=tenant.waba_id, template_id=str(n), event="APPROVED", name=f"t{n}",
+        language="en", entry_time=NOW_MS // 1000,
+    )  # fmt: skip
+
+
+async def test_the_loop_sends_per_target_at_once_to_a_target_and_batch_in_all(
+    store: Store, receiver: Receiver, dispatcher: Callable[..., Dispatcher]
+) -> None:
+    for path in ("/a", "/b"):
+        await store.add_relay(receiver.url + path, [], None, NOW_MS)
+    for n in range(20):
+        await deliver(store, f'{{"entry":[],"n":{n}}}'.encode())
+    receiver.delay_s = 0.05  # each request is held a while, so sends overlap
+
+    # A tick far longer than the wait: only the wakes of the sends that end can be in time.
+    async with dispatcher(batch=5, per_target=3, tick_s=60).running():
+        await eventually(lambda: len(receiver.receipts) == 40, 10)
+
+    most = receiver.most_in_flight
+    assert most["/a"] <= 3 and most["/b"] <= 3 and max(most["/a"], most["/b"]) == 3
+    assert most[""] == 5
+    assert [listed.queued for listed in await store.list_relays()] == [0, 0]
+
+
+async def test_stopping_mid_send_cuts_it_short_and_leaves_its_row_to_send_again(
+    store: Store,
+    receiver: Receiver,
+    dispatcher: Callable[..., Dispatcher],
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await store.add_relay(receiver.url + "/hook", [], None, NOW_MS)
+    for n in range(3):
+        await deliver(store, f'{{"entry":[],"n":{n}}}'.encode())
+    receiver.gate.clear()
+    relays = dispatcher()
+
+    async with relays.running(stop_timeout_s=0.2):
+        await eventually(lambda: receiver.in_flight[""] == 3)
+        stopped = time.monotonic()
+    assert time.monotonic() - stopped < 2  # the stop's timeout, not the send's 10 s
+    assert "sends cut short by the stop: 3;" in caplog.text
+    listed = await summary(store)
+    assert (listed.queued, listed.failed, listed.last_error) == (3, 0, None)  # not attempts
+
+    receiver.gate.set()
+    restarted = dispatcher()
+    assert await restarted.run_once() == DispatchReport()  # leased until the lease expires
+    clock.advance(LEASE_S)
+    assert await restarted.run_once() == DispatchReport(claimed=3, sent=3)
+    deliveries = Counter(r.headers["X-Template-Sync-Delivery"] for r in receiver.receipts)
+    assert sorted(deliveries.values()) == [2, 2, 2]  # each sent again, at least once
+    assert {r.headers["X-Template-Sync-Attempt"] for r in receiver.receipts} == {"1"}
+
+
+async def test_a_huge_answer_is_never_read(
+    store: Store, receiver: Receiver, dispatcher: Callable[..., Dispatcher]
+) -> None:
+    await store.add_relay(receiver.url + "/hook", [], None, NOW_MS)
+    await deliver(store, fixture_body(TEMPLATES_BODY))
+    receiver.endless = True  # 200, then a body that goes on until the client leaves
+
+    async with asyncio.timeout(5):
+        assert await dispatcher().run_once() == DispatchReport(claimed=1, sent=1)
+    await eventually(lambda: receiver.ended_s, message="the body was still being read")
+    assert receiver.written < ENDLESS_BYTES // 16  # the socket's buffers, not the body
+
+
 # --- what is relayed ----------------------------------------------------------------------
 
 
@@ -499,24 +693,59 @@ async def test_dispatch_once_prints_what_the_pass_did(
     assert len(receiver.receipts) == 1
 
 
+@dataclass
+class Stopped:
+    """How a `dispatch` process ended after SIGTERM."""
+
+    code: int | None = None
+    err: str = ""
+    took_s: float = 0.0  # from the signal to the exit
+
+
+@asynccontextmanager
+async def dispatching(settings: Settings, cwd: Path) -> AsyncIterator[Stopped]:
+    """`template-sync dispatch` as a process for the block's duration, then SIGTERM."""
+    env = service_env(settings, TEMPLATE_SYNC_DISPATCH_TICK_S="0.05")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service", "dispatch", env=env, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stopped = Stopped()
+    try:
+        yield stopped
+    finally:
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        async with asyncio.timeout(15):
+            _, err = await process.communicate()
+        stopped.code, stopped.err = process.returncode, err.decode()
+        stopped.took_s = time.monotonic() - signalled
+
+
 async def test_dispatch_runs_until_sigterm_and_sends_as_rows_come(
     store: Store, settings: Settings, receiver: Receiver, tmp_path: Path
 ) -> None:
     await store.add_relay(receiver.url + "/hook", [], None, now_ms())
-    env = service_env(settings, TEMPLATE_SYNC_DISPATCH_TICK_S="0.05")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service", "dispatch", env=env, cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
+    async with dispatching(settings, tmp_path) as stopped:
         await deliver(store, fixture_body(TEMPLATES_BODY), now_ms())
         await eventually(lambda: receiver.receipts, 15, message="`dispatch` sent nothing")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(15):
-            _, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    assert "dispatching every 0.05 s" in err.decode() and "Traceback" not in err.decode()
+    assert stopped.code == 0, stopped.err
+    assert "dispatching every 0.05 s" in stopped.err and "Traceback" not in stopped.err
+
+
+async def test_sigterm_gives_a_send_in_flight_the_stop_timeout_then_cuts_it_short(
+    store: Store, settings: Settings, receiver: Receiver, tmp_path: Path
+) -> None:
+    await store.add_relay(receiver.url + "/hook", [], None, now_ms())
+    receiver.gate.clear()  # the send would outlast the stop timeout (not its own)
+    async with dispatching(settings, tmp_path) as stopped:
+        await deliver(store, fixture_body(TEMPLATES_BODY), now_ms())
+        await eventually(lambda: receiver.receipts, 15, message="`dispatch` sent nothing")
+    assert stopped.code == 0, stopped.err
+    assert STOP_TIMEOUT_S <= stopped.took_s < SEND_TIMEOUT_S
+    assert "sends cut short by the stop: 1;" in stopped.err
+    listed = await summary(store)
+    assert (listed.queued, listed.last_error) == (1, None)  # sent again once its lease expires
 
 
 async def test_running_stops_the_loop_and_leaves_no_task(

@@ -16,6 +16,8 @@ from service.events import (
     Change,
     HistoryRow,
     TemplateState,
+    api_delete,
+    api_edit,
     apply_change,
     apply_status_event,
     created_row,
@@ -345,8 +347,59 @@ def test_every_history_field_is_one_event_type_of_its_own() -> None:
         *meta_template(meta("APPROVED", None, "GREEN", "UTILITY"), NOW).rows,
         *webhook_template(at(STATUS_FIELD, "APPROVED", T0), NOW).rows,
         *observe_meta(stored(), meta("REJECTED", "SCAM", "RED", "MARKETING"), NOW).rows,
+        *api_edit(stored("APPROVED", category="UTILITY"), "MARKETING", NOW).rows,
+        *api_delete(stored("APPROVED"), NOW).rows,
         *(observe_change(stored(), at(field, event, NOW, previous="UTILITY"), NOW).rows[0]
           for field, event in ((STATUS_FIELD, "APPROVED"), (QUALITY_FIELD, "RED"),
                                (CATEGORY_FIELD, "MARKETING"))),
     ]  # fmt: skip
     assert {row.field for row in rows} == fields  # every row any observation writes has a type
+
+
+# --- writes the API made at Meta (design section 12) ---------------------------------------
+
+
+def test_an_edit_makes_the_template_pending_now_by_the_api_in_the_category_asked() -> None:
+    before = stored("REJECTED", rejected_reason="SCAM", category="UTILITY", quality_score="RED")
+    done = api_edit(before, "MARKETING", NOW)
+    assert done.rows == (
+        HistoryRow("status", "PENDING", "REJECTED", "PENDING", "api", NOW, NOW, None, True),
+        HistoryRow("category", "MARKETING", None, None, "api", NOW, NOW, None, True),
+    )
+    assert done.state == before._replace(
+        status="PENDING", rejected_reason=None, category="MARKETING", status_event_at=NOW,
+        pending_since=NOW, status_source="api", status_updated_at=NOW, updated_at=NOW,
+    )  # fmt: skip
+    assert api_edit(before, None, NOW).state.category == "UTILITY"  # no category: kept
+
+
+def test_an_edit_of_a_pending_template_keeps_its_wait_and_writes_only_what_changed() -> None:
+    before = stored("PENDING", category="UTILITY")
+    same = api_edit(before, "UTILITY", NOW)
+    assert same.rows == () and same.state == before
+    recategorised = api_edit(before, "MARKETING", NOW)
+    assert [row[:2] for row in recategorised.rows] == [("category", "MARKETING")]
+    assert recategorised.state == before._replace(category="MARKETING", updated_at=NOW)
+
+
+def test_a_webhook_sent_before_an_edit_is_stale_and_one_after_applies() -> None:
+    edited = api_edit(stored("APPROVED"), None, NOW).state
+    before = observe_change(edited, at(STATUS_FIELD, "APPROVED", NOW - 1000), NOW + 5)
+    assert before.stale and before.state.status == "PENDING"
+    after = observe_change(edited, at(STATUS_FIELD, "APPROVED", NOW + 1000), NOW + 5)
+    assert not after.stale and after.state.status == "APPROVED"
+
+
+@pytest.mark.parametrize("status", ["APPROVED", "PENDING", "ARCHIVED"])
+def test_a_deletion_makes_the_template_deleted_once(status: str) -> None:
+    before = stored(status, status_before_archive="PAUSED" if status == "ARCHIVED" else None)
+    done = api_delete(before, NOW)
+    assert done.rows == (
+        HistoryRow("status", "DELETED", status, "DELETED", "api", NOW, NOW, None, True),
+    )
+    assert done.state == before._replace(
+        status="DELETED", status_before_archive=None, status_event_at=NOW, pending_since=None,
+        status_source="api", status_updated_at=NOW, updated_at=NOW,
+    )  # fmt: skip
+    again = api_delete(done.state, NOW + 1)
+    assert again.rows == () and again.state == done.state

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from service import api_events
+from service import api_events, watch
 from service.config import Settings
 from service.meta_webhooks import status_delivery
 from service.notifications import payload as webhook_payload
@@ -32,6 +32,7 @@ READ_TIMEOUT_S = 5.0
 QUIET_S = 1.2  # longer than two polls: an event that was coming would have come
 LIVE_WITHIN_S = 1.0  # design section 11: any replica's event reaches every stream within 1 s
 STOPS_WITHIN_S = 3.0  # a SIGTERM with a stream open: well inside the 20 s grace period
+FOLLOWERS = "template_sync_event_followers "
 
 
 def events_path(workspace_id: str) -> str:
@@ -107,7 +108,7 @@ async def deliver(server: Server, template_id: str, event: str, entry_time: int)
 
 
 async def history(store: Store, tenant: Tenant, template_id: int | None = None) -> list[Any]:
-    return await store.workspace_events(tenant.workspace_id, 0, template_id, 1000)
+    return await store.events_after(0, 1000, tenant.workspace_id, template_id)
 
 
 def expected(found: TemplateEvent) -> dict[str, str]:
@@ -264,34 +265,45 @@ async def make_other_template(server: Server, store: Store, other: Tenant) -> in
     return created.template.id
 
 
+async def followers(session: aiohttp.ClientSession, base_url: str) -> float:
+    async with session.get(f"{base_url}/metrics") as response:
+        text = await response.text()
+    [value] = [line.split()[1] for line in text.splitlines() if line.startswith(FOLLOWERS)]
+    return float(value)
+
+
 async def test_a_disconnect_ends_the_stream_on_the_server(
-    settings: Settings, store: Store, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    polls = 0
-    workspace_events = type(store).workspace_events
-
-    async def counted(self: Store, *args: Any) -> list[TemplateEvent]:
-        nonlocal polls
-        polls += 1
-        found: list[TemplateEvent] = await workspace_events(self, *args)
-        return found
-
-    monkeypatch.setattr(type(store), "workspace_events", counted)  # the server's store too
     monkeypatch.setattr(api_events, "KEEP_ALIVE_S", 0.1)
     uv_server, task, base_url = await start_server(settings)
     try:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession() as session, aiohttp.ClientSession() as scraper:
             async with opened(session, base_url, tenant) as stream:
                 assert await stream.block() == {"": "keep-alive"}
                 assert uv_server.server_state.tasks  # the stream's request, under way
+                assert await followers(scraper, base_url) == 1
+            await scraper.close()
             await eventually(lambda: not uv_server.server_state.tasks, 2.0)
             assert not uv_server.server_state.connections
-        after_disconnect = polls
-        await asyncio.sleep(3 * api_events.POLL_S)
-        assert polls == after_disconnect > 0  # nothing polls for a stream that is gone
+        async with aiohttp.ClientSession() as scraper:
+            assert await followers(scraper, base_url) == 0  # the watch reads for nobody
     finally:
         uv_server.should_exit = True
         await task
+
+
+async def test_a_thousand_events_at_once_reach_a_stream_in_order_past_its_feeds_limit(
+    server: Server, store: Store, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More events in one pass than a feed holds: the stream reads the rest from the store,
+    and still sends each event once, in order."""
+    monkeypatch.setattr(watch, "MAX_QUEUED", 5)
+    async with opened(server.session, server.base_url, tenant) as stream:
+        for n in range(12):  # each a new template: CREATED and a status event
+            await deliver(server, str(5000 + n), "APPROVED", 1_751_250_000 + n)
+        events = await stream.events(24)
+    assert [int(e["id"]) for e in events] == [e.event.id for e in await history(store, tenant)]
 
 
 async def test_sigterm_ends_open_streams_and_the_server_stops_at_once(

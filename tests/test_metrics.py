@@ -28,7 +28,9 @@ COUNTERS: dict[str, dict[str, tuple[str, ...]]] = {
         "status": ("succeeded", "partial", "failed"),
     },
     "template_sync_polls": {"outcome": ("succeeded", "partial", "failed", "no_pending", "error")},
-    "template_sync_pruned": {"kind": ("deliveries", "dedupe_keys", "sync_runs", "outbox_rows")},
+    "template_sync_pruned": {
+        "kind": ("deliveries", "dedupe_keys", "sync_runs", "outbox_rows", "idempotency_keys")
+    },
     "template_sync_outbox_attempts": {
         "kind": ("relay", "notification"),
         "result": ("sent", "retry", "failed"),

@@ -103,6 +103,23 @@ async def test_concurrent_claims_never_share_a_row(store: Store) -> None:
     assert len(ids) == len(set(ids)) == 40
 
 
+async def test_a_capped_claim_passes_over_a_busy_targets_rows_for_the_others(
+    store: Store,
+) -> None:
+    busy = await store.add_relay("http://127.0.0.1:9/busy", ["busy"], None, NOW_MS)
+    other = await store.add_relay("http://127.0.0.1:9/other", ["other"], None, NOW_MS)
+    for n in range(10):  # all due before the other target's
+        await relayed(store, f'{{"b":{n}}}'.encode(), frozenset({"busy"}), at=NOW_MS - 100 + n)
+    for n in range(3):
+        await relayed(store, f'{{"o":{n}}}'.encode(), frozenset({"other"}))
+
+    claimed = await store.claim_outbox("a", NOW_MS, LEASE_MS, 4, 2, busy={busy.id: 1})
+    assert [item.target_id for item in claimed] == [busy.id, other.id, other.id]
+    assert await store.claim_outbox("a", NOW_MS, LEASE_MS, 4, 2, {busy.id: 2, other.id: 2}) == []
+    rest = await store.claim_outbox("b", NOW_MS, LEASE_MS, 100)  # passed over, not leased
+    assert [item.target_id for item in rest] == [busy.id] * 9 + [other.id]
+
+
 async def test_a_queued_delivery_outlives_retention_until_it_is_sent(store: Store) -> None:
     await store.record_delivery(b'{"plain":1}', NOW_MS, [], None)  # before any relay
     await store.add_relay("http://127.0.0.1:9/", [], None, NOW_MS)
@@ -291,15 +308,15 @@ async def test_workspace_events_replay_after_an_id_in_order(
     await change(store, "APPROVED", 1751247600)  # a duplicate: no event
     await change(store, "REJECTED", 1751247700, template_id="43")
     other = await make_tenant(store, settings, waba_id="777")
-    everything = await store.workspace_events(tenant.workspace_id, 0, None, 100)
+    everything = await store.events_after(0, 100, tenant.workspace_id)
     assert [(e.template.provider_id, e.event.row.event) for e in everything] == [
         ("42", "CREATED"), ("42", "PENDING"), ("42", "APPROVED"),
         ("43", "CREATED"), ("43", "REJECTED"),
     ]  # fmt: skip
     ids = [e.event.id for e in everything]
     assert ids == sorted(ids)
-    later = await store.workspace_events(tenant.workspace_id, ids[1], None, 2)
+    later = await store.events_after(ids[1], 2, tenant.workspace_id)
     assert [e.event.id for e in later] == ids[2:4]
-    one = await store.workspace_events(tenant.workspace_id, 0, everything[3].template.id, 100)
+    one = await store.events_after(0, 100, tenant.workspace_id, everything[3].template.id)
     assert [e.event.row.event for e in one] == ["CREATED", "REJECTED"]
-    assert await store.workspace_events(other.workspace_id, 0, None, 100) == []
+    assert await store.events_after(0, 100, other.workspace_id) == []

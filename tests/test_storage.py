@@ -152,6 +152,21 @@ async def test_migration_10_speaks_one_history_vocabulary_and_finds_the_status_b
     assert [t.status for t in found if t] == ["APPROVED", "ARCHIVED"]  # 43's is unknown
 
 
+async def test_migration_13_keeps_tokens_made_before_it_read_write(
+    store: Store, tenant: Tenant
+) -> None:
+    await run_sql(  # back to the schema before migration 13
+        store,
+        execute("DROP INDEX templates_name"),
+        execute("DROP TABLE idempotency_keys"),
+        execute("ALTER TABLE api_tokens DROP COLUMN read_only"),
+        execute("DELETE FROM schema_migrations WHERE version = 13"),
+    )
+    assert await store.migrate() == [13]
+    found = await store.find_token(tenant.token_id)
+    assert found is not None and found.read_only is False
+
+
 async def test_one_body_sent_to_two_replicas_at_once_is_stored_once(
     database_url: str, store: Store, tenant: Tenant
 ) -> None:
@@ -221,6 +236,11 @@ async def test_tokens(store: Store, tenant: Tenant) -> None:
     found = await store.find_token(tenant.token_id)
     assert found is not None and found.workspace_id == tenant.workspace_id
     assert found.revoked_at is None and tenant.token not in repr(found)
+    assert found.read_only is False  # the default
+    await store.create_token(tenant.workspace_id, "ro", "hash", None, NOW_MS, read_only=True)
+    read_only = await store.find_token("ro")
+    assert read_only is not None and read_only.read_only is True
+    assert await store.find_token_and_template("ro", 0) == (read_only, None)
     assert await store.revoke_token(tenant.token_id, NOW_MS) is True
     assert await store.revoke_token(tenant.token_id, NOW_MS) is False
     revoked = await store.find_token(tenant.token_id)
@@ -358,12 +378,14 @@ async def table_rows(store: Store, table: str) -> int:
 async def test_list_tokens_shows_revoked_ones_and_never_a_hash(
     store: Store, settings: Settings, tenant: Tenant
 ) -> None:
-    await store.create_token(tenant.workspace_id, "ab12", "hash-of-it", None, NOW_MS + 1)
+    await store.create_token(
+        tenant.workspace_id, "ab12", "hash-of-it", None, NOW_MS + 1, read_only=True
+    )
     await store.revoke_token(tenant.token_id, NOW_MS + 2)
     await make_tenant(store, settings, waba_id="777")  # another workspace's token: not listed
     assert await store.list_tokens(tenant.workspace_id) == [
-        TokenInfo(tenant.token_id, tenant.workspace_id, "tests", NOW_MS, NOW_MS + 2),
-        TokenInfo("ab12", tenant.workspace_id, None, NOW_MS + 1, None),
+        TokenInfo(tenant.token_id, tenant.workspace_id, "tests", NOW_MS, NOW_MS + 2, False),
+        TokenInfo("ab12", tenant.workspace_id, None, NOW_MS + 1, None, True),
     ]
     assert "token_hash" not in {field.name for field in dataclasses.fields(TokenInfo)}
     with pytest.raises(NotFound, match="does not exist"):
@@ -392,8 +414,9 @@ async def test_workspace_summaries_count_what_each_workspace_holds(
 
 
 async def seed_everything(store: Store, tenant: Tenant) -> int:
-    """A template with webhook history, a sync run, poll state and a webhook subscription
-    with a queued event and a logged attempt; returns the template id."""
+    """A template with webhook history, a sync run, poll state, a webhook subscription
+    with a queued event and a logged attempt, and an idempotency key; returns the template
+    id."""
     await store.add_subscription(tenant.workspace_id, "https://app.example/", [], "enc", NOW_MS)
     await store.record_delivery(b"{}", NOW_MS, [status_change("PENDING")], None)
     await store.record_delivery(b"{}", NOW_MS, [status_change("APPROVED", 1751247600)], None)
@@ -404,6 +427,7 @@ async def seed_everything(store: Store, tenant: Tenant) -> int:
     )
     await store.claim_sync(tenant.workspace_id, "api", NOW_MS, 1000)
     assert await store.claim_poll(tenant.workspace_id, "replica", NOW_MS + 5000, 1000, 10)
+    assert await store.begin_idempotent(tenant.workspace_id, "key-1", "print", NOW_MS) is None
     [template], _ = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 10)
     return template.id
 
@@ -427,8 +451,10 @@ async def test_delete_workspace_removes_all_it_holds_and_nothing_else(
     assert {table: before[table] - after[table] for table in before} == {
         "outbox": 3, "notification_attempts": 1, "webhook_subscriptions": 1,
         "template_events": 3, "templates": 1, "channels": 1, "api_tokens": 1,
-        "sync_runs": 1, "workspace_polls": 1, "workspaces": 1,
+        "sync_runs": 1, "workspace_polls": 1, "idempotency_keys": 1, "workspaces": 1,
     }  # fmt: skip
+    other_key = await store.begin_idempotent(other.workspace_id, "key-1", "print", NOW_MS)
+    assert other_key is None  # the deleted workspace's key was its own
     assert await store.template_history(other.workspace_id, theirs) is not None
     with pytest.raises(NotFound, match="does not exist"):
         await store.delete_workspace(tenant.workspace_id)

@@ -1,6 +1,13 @@
 """The template store: what it holds (models.py), the verbs it answers (protocol.py), and
 one implementation of them in SQL (sql_store.py) on SQLite or PostgreSQL."""
 
+from .idempotency import (
+    IdempotencyBusy,
+    IdempotencyMismatch,
+    StoredAnswer,
+    idempotency_key,
+    request_fingerprint,
+)
 from .models import (
     ApiToken,
     Channel,
@@ -12,6 +19,7 @@ from .models import (
     NotFound,
     Notification,
     NotificationAttempt,
+    OutboxDepth,
     OutboxItem,
     PendingTemplate,
     PollState,
@@ -42,10 +50,13 @@ __all__ = [
     "Delivery",
     "DeliveryResult",
     "HistoryEvent",
+    "IdempotencyBusy",
+    "IdempotencyMismatch",
     "NewTemplate",
     "NotFound",
     "Notification",
     "NotificationAttempt",
+    "OutboxDepth",
     "OutboxItem",
     "PendingTemplate",
     "PollState",
@@ -56,6 +67,7 @@ __all__ = [
     "RemoteTemplate",
     "Store",
     "StoreUnavailable",
+    "StoredAnswer",
     "Subscription",
     "SyncClaim",
     "SyncRun",
@@ -66,5 +78,7 @@ __all__ = [
     "TokenInfo",
     "Workspace",
     "WorkspaceSummary",
+    "idempotency_key",
     "open_store",
+    "request_fingerprint",
 ]

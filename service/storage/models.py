@@ -51,6 +51,7 @@ class ApiToken:
     name: str | None
     token_hash: str = field(repr=False)
     revoked_at: int | None
+    read_only: bool  # reads, streams and syncs; every other write is refused (403)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class TokenInfo:
     name: str | None
     created_at: int
     revoked_at: int | None
+    read_only: bool
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,16 @@ class RelaySummary:
     queued: int
     failed: int
     last_error: str | None  # of its latest failed attempt
+
+
+@dataclass(frozen=True)
+class OutboxDepth:
+    """Rows of one kind in one state (queued or failed), and when the oldest was queued."""
+
+    kind: str
+    state: str
+    rows: int
+    oldest_at: int
 
 
 @dataclass(frozen=True)

@@ -188,16 +188,22 @@ class NotificationQueries(Queries):
         return int(row["newest"])
 
     @read
-    def workspace_events(
-        self, workspace_id: str, after_id: int, template_id: int | None, limit: int
+    def events_after(
+        self,
+        after_id: int,
+        limit: int,
+        workspace_id: str | None = None,
+        template_id: int | None = None,
     ) -> Transaction[list[TemplateEvent]]:
-        """The workspace's events (applied history rows) after `after_id`, oldest first: what
-        an event stream replays. Ids are in commit order, so resuming never skips one."""
-        where, args = ("", []) if template_id is None else (" AND t.id = ?", [template_id])
+        """The events (applied history rows) after `after_id`, oldest first, of every
+        workspace or of one (and of one template): what the event watch follows and a stream
+        replays. Ids are in commit order, so resuming after the last one never skips one."""
+        filters = (("t.workspace_id", workspace_id), ("t.id", template_id))
+        where = "".join(f" AND {column} = ?" for column, value in filters if value is not None)
         rows = yield fetch(
-            f"{EVENT_SELECT} {EVENT_FROM} WHERE e.id > ? AND t.workspace_id = ? "
-            f"AND e.applied = ?{where} ORDER BY e.id LIMIT ?",
-            after_id, workspace_id, True, *args, limit,
+            f"{EVENT_SELECT} {EVENT_FROM} WHERE e.id > ? AND e.applied = ?{where} "
+            "ORDER BY e.id LIMIT ?",
+            after_id, True, *(value for _, value in filters if value is not None), limit,
         )  # fmt: skip
         return [_template_event(row) for row in rows]
 

@@ -11,10 +11,11 @@ other's rows (SKIP LOCKED) instead of waiting.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .models import NotFound, OutboxItem, Relay, RelaySummary
+from .models import NotFound, OutboxDepth, OutboxItem, Relay, RelaySummary
 from .transactions import (
     Queries,
     Transaction,
@@ -102,24 +103,55 @@ class OutboxQueries(Queries):
 
     @transaction
     def claim_outbox(
-        self, owner: str, now_ms: int, lease_ms: int, limit: int
+        self,
+        owner: str,
+        now_ms: int,
+        lease_ms: int,
+        limit: int,
+        per_target: int | None = None,
+        busy: Mapping[str, int] | None = None,
     ) -> Transaction[list[OutboxItem]]:
         """Lease up to `limit` due rows to `owner`, the longest-due first, with what sending
-        them takes. A row leased to another replica is not due until its lease expires."""
-        lock = f"{self._db.for_update} SKIP LOCKED" if self._db.for_update else ""
-        claimed = yield fetch(
-            "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE id IN (SELECT id FROM "
-            f"outbox WHERE state = '{QUEUED}' AND next_attempt_at <= ? AND lease_until <= ? "
-            "AND NOT EXISTS (SELECT 1 FROM webhook_subscriptions AS s "
-            "WHERE s.id = target_id AND NOT s.enabled) "
-            f"ORDER BY next_attempt_at, id LIMIT ?{lock}) RETURNING id",
-            owner, now_ms + lease_ms, now_ms, now_ms, limit,
-        )  # fmt: skip
-        if not claimed:
+        them takes. A row leased to another replica is not due until its lease expires.
+
+        With `per_target`, no target gets more rows than that, counting the ones `busy`
+        says the caller holds already (a dispatcher's sends in flight): rows of a target
+        with many due are passed over for other targets' rather than claimed to wait."""
+        held = Counter(busy or {})
+        ids: list[int] = []
+        while len(ids) < limit:
+            wanted = limit - len(ids)
+            due = yield from self._due(now_ms, wanted, full_targets(held, per_target))
+            taken = [row["id"] for row in due if take(held, row["target_id"], per_target)]
+            if not taken:
+                break
+            yield execute(
+                "UPDATE outbox SET lease_owner = ?, lease_until = ? "
+                f"WHERE id IN ({', '.join('?' for _ in taken)})",
+                owner, now_ms + lease_ms, *taken,
+            )  # fmt: skip
+            ids += taken
+            if len(due) < wanted:  # every due row was seen (else a target just got full)
+                break
+        if not ids:
             return []
-        ids = [row["id"] for row in claimed]
         rows = yield fetch(CLAIMED.format(ids=", ".join("?" for _ in ids)), *ids)
         return [OutboxItem(**{**row, "body": bytes(row["body"] or b"")}) for row in rows]
+
+    def _due(self, now_ms: int, limit: int, skip: Sequence[str]) -> Transaction[list[Any]]:
+        """Up to `limit` due rows (id, target), but none of the targets in `skip`, locked
+        until the claim commits; on PostgreSQL, rows another replica is claiming are
+        skipped (SKIP LOCKED) instead of waited for."""
+        lock = f"{self._db.for_update} SKIP LOCKED" if self._db.for_update else ""
+        not_in = f" AND target_id NOT IN ({', '.join('?' for _ in skip)})" if skip else ""
+        rows: list[Any] = yield fetch(
+            f"SELECT id, target_id FROM outbox WHERE state = '{QUEUED}' "
+            "AND next_attempt_at <= ? AND lease_until <= ? AND NOT EXISTS (SELECT 1 FROM "
+            "webhook_subscriptions AS s WHERE s.id = target_id AND NOT s.enabled)"
+            f"{not_in} ORDER BY next_attempt_at, id LIMIT ?{lock}",
+            now_ms, now_ms, *skip, limit,
+        )  # fmt: skip
+        return rows
 
     @transaction
     def finish_outbox(
@@ -127,6 +159,15 @@ class OutboxQueries(Queries):
     ) -> Transaction[bool]:
         """Record a relay's attempt (`finish`)."""
         return (yield from finish(item, owner, now_ms, error, retry_at))
+
+    @read
+    def outbox_depth(self) -> Transaction[list[OutboxDepth]]:
+        """The rows of each kind and state, and the oldest's queueing time (/metrics)."""
+        rows = yield fetch(
+            "SELECT kind, state, COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox "
+            "GROUP BY kind, state"
+        )
+        return [OutboxDepth(r["kind"], r["state"], int(r["n"]), int(r["oldest"])) for r in rows]
 
     @transaction
     def prune_outbox(self, before_ms: int, limit: int) -> Transaction[int]:
@@ -162,6 +203,19 @@ def queue_relays(deliveries: Sequence[tuple[int, int, frozenset[str]]]) -> Trans
     if rows:
         yield executemany(INSERT_OUTBOX, rows)
     return [row[1] for row in rows]
+
+
+def full_targets(held: Mapping[str, int], per_target: int | None) -> list[str]:
+    """The targets that already have `per_target` rows held."""
+    return [] if per_target is None else [t for t, n in held.items() if n >= per_target]
+
+
+def take(held: Counter[str], target_id: str, per_target: int | None) -> bool:
+    """Whether a row of `target_id` fits under `per_target`; if so it is counted in `held`."""
+    if per_target is not None and held[target_id] >= per_target:
+        return False
+    held[target_id] += 1
+    return True
 
 
 def finish(

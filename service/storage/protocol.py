@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from ..events import Change
+from .idempotency import StoredAnswer
 from .models import (
     ApiToken,
     Channel,
@@ -15,6 +16,7 @@ from .models import (
     NewTemplate,
     Notification,
     NotificationAttempt,
+    OutboxDepth,
     OutboxItem,
     PendingTemplate,
     PollState,
@@ -56,7 +58,13 @@ class Store(Protocol):
     async def remove_channel(self, waba_id: str) -> None: ...
 
     async def create_token(
-        self, workspace_id: str, token_id: str, token_hash: str, name: str | None, now_ms: int
+        self,
+        workspace_id: str,
+        token_id: str,
+        token_hash: str,
+        name: str | None,
+        now_ms: int,
+        read_only: bool = False,
     ) -> None: ...
     async def revoke_token(self, token_id: str, now_ms: int) -> bool: ...
     async def find_token(self, token_id: str) -> ApiToken | None: ...
@@ -74,6 +82,25 @@ class Store(Protocol):
         self, workspace_id: str, template_id: int
     ) -> list[HistoryEvent] | None: ...
     async def remove_template(self, workspace_id: str, template_id: int) -> None: ...
+    async def record_api_create(self, new: NewTemplate, now_ms: int) -> Template: ...
+    async def find_live_template(
+        self, workspace_id: str, waba_id: str, name: str, language: str
+    ) -> Template | None: ...
+    async def record_api_edit(
+        self, workspace_id: str, template_id: int, category: str | None, now_ms: int
+    ) -> Template: ...
+    async def record_api_delete(
+        self, workspace_id: str, template_id: int, now_ms: int
+    ) -> Template: ...
+
+    async def begin_idempotent(
+        self, workspace_id: str, key: str, fingerprint: str, now_ms: int
+    ) -> StoredAnswer | None: ...
+    async def finish_idempotent(
+        self, workspace_id: str, key: str, status: int, body: bytes, now_ms: int
+    ) -> None: ...
+    async def abandon_idempotent(self, workspace_id: str, key: str) -> None: ...
+    async def prune_idempotency_keys(self, before_ms: int, limit: int) -> int: ...
 
     async def workspace_summaries(
         self, workspace_id: str | None = None
@@ -100,8 +127,15 @@ class Store(Protocol):
     async def list_relays(self) -> list[RelaySummary]: ...
     async def remove_relay(self, relay_id: str) -> None: ...
     async def retry_relay(self, relay_id: str, now_ms: int) -> int: ...
+    async def outbox_depth(self) -> list[OutboxDepth]: ...
     async def claim_outbox(
-        self, owner: str, now_ms: int, lease_ms: int, limit: int
+        self,
+        owner: str,
+        now_ms: int,
+        lease_ms: int,
+        limit: int,
+        per_target: int | None = None,
+        busy: Mapping[str, int] | None = None,
     ) -> list[OutboxItem]: ...
     async def finish_outbox(
         self, item: OutboxItem, owner: str, now_ms: int, error: str | None, retry_at: int | None
@@ -122,8 +156,12 @@ class Store(Protocol):
     async def fan_out(self, now_ms: int, limit: int) -> int: ...
     async def notification(self, item: OutboxItem) -> Notification | None: ...
     async def latest_event_id(self) -> int: ...
-    async def workspace_events(
-        self, workspace_id: str, after_id: int, template_id: int | None, limit: int
+    async def events_after(
+        self,
+        after_id: int,
+        limit: int,
+        workspace_id: str | None = None,
+        template_id: int | None = None,
     ) -> list[TemplateEvent]: ...
     async def record_notification(
         self,

@@ -303,6 +303,31 @@ MIGRATIONS: list[tuple[int, str]] = [
             ON notification_attempts (subscription_id, id)
         """,
     ),
+    (
+        13,
+        # Template writes through the API (design section 12). A read-only token reads,
+        # streams and syncs; tokens made before stay read-write. An idempotency key holds its
+        # first request's fingerprint and, once done, its answer (storage/idempotency.py).
+        # The API refuses a second template of a name and language in a WABA: an index, as
+        # the workspace's templates would otherwise be read whole (names never change, so a
+        # webhook's update of a template stays HOT on PostgreSQL).
+        """
+        ALTER TABLE api_tokens ADD COLUMN read_only BOOLEAN NOT NULL DEFAULT FALSE;
+        CREATE TABLE idempotency_keys (
+            workspace_id TEXT NOT NULL REFERENCES workspaces (id),
+            idempotency_key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            state TEXT NOT NULL,
+            status_code INTEGER,
+            body {blob},
+            created_at BIGINT NOT NULL,
+            finished_at BIGINT,
+            PRIMARY KEY (workspace_id, idempotency_key)
+        );
+        CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
+        CREATE INDEX templates_name ON templates (waba_id, name, language)
+        """,
+    ),
 ]
 
 

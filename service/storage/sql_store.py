@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from .deliveries import DeliveryQueries
 from .group_commit import GroupCommit
+from .idempotency import IdempotencyQueries
 from .notifications import NotificationQueries
 from .outbox import OutboxQueries
 from .poll_state import PollStateQueries
 from .protocol import Store
 from .schema import MIGRATIONS, statements
 from .sync_runs import SyncRunQueries
+from .template_writes import TemplateWriteQueries
 from .templates import TemplateQueries
 from .tenants import TenantQueries
 from .transactions import Database, Transaction, execute, fetch, fetchrow, transaction
@@ -19,6 +21,8 @@ from .transactions import Database, Transaction, execute, fetch, fetchrow, trans
 class SqlStore(
     TenantQueries,
     TemplateQueries,
+    TemplateWriteQueries,
+    IdempotencyQueries,
     DeliveryQueries,
     OutboxQueries,
     NotificationQueries,

@@ -35,7 +35,7 @@ from .template_rows import (
     to_template,
     update_template,
 )
-from .tenants import TOKEN_FIELDS
+from .tenants import TOKEN_FIELDS, read_only_flag
 from .transactions import (
     Database,
     Queries,
@@ -67,19 +67,9 @@ HISTORY_SQL = (
 class TemplateQueries(Queries):
     @transaction
     def add_template(self, new: NewTemplate, now_ms: int) -> Transaction[Template]:
-        created = registered(new.status, new.category, now_ms)
-        owner = yield fetchrow("SELECT workspace_id FROM channels WHERE waba_id = ?", new.waba_id)
-        if owner is None or owner["workspace_id"] != new.workspace_id:
-            raise NotFound(f"workspace {new.workspace_id} has no channel for WABA {new.waba_id}")
-        values = template_values(
-            new.workspace_id, new.waba_id, new.provider_id, new.name, new.language,
-            created.state, now_ms,
-        )  # fmt: skip
-        row = yield from insert_template(self._db, values)
+        row = yield from insert_registered(self._db, new, now_ms)
         if row is None:
             raise Conflict(f"template {new.provider_id} of WABA {new.waba_id} exists already")
-        history = [event_values(r, row["id"], new.waba_id, new.provider_id) for r in created.rows]
-        yield from insert_events(self._db, history)
         return to_template(row)
 
     @read
@@ -121,7 +111,8 @@ class TemplateQueries(Queries):
         row = yield fetchrow(TOKEN_AND_TEMPLATE, template_id, token_id)
         if row is None:
             return None, None
-        token = ApiToken(**{name: row.pop(f"token_{name}") for name in TOKEN_FIELDS})
+        fields = {name: row.pop(f"token_{name}") for name in TOKEN_FIELDS}
+        token = ApiToken(**read_only_flag(fields))
         return token, to_template(row) if row["id"] is not None else None
 
     @read
@@ -186,6 +177,27 @@ class TemplateQueries(Queries):
                 counts[done] += 1
         yield from insert_events(self._db, history)
         return RemoteCounts(**counts)
+
+
+def insert_registered(
+    db: Database, new: NewTemplate, now_ms: int
+) -> Transaction[dict[str, Any] | None]:
+    """Store `new` as events.registered has it, with its history (source "api"): its row's
+    READ_FIELDS, or None when its WABA has a template of its provider id already. NotFound
+    unless the WABA is a channel of the workspace."""
+    created = registered(new.status, new.category, now_ms)
+    owner = yield fetchrow("SELECT workspace_id FROM channels WHERE waba_id = ?", new.waba_id)
+    if owner is None or owner["workspace_id"] != new.workspace_id:
+        raise NotFound(f"workspace {new.workspace_id} has no channel for WABA {new.waba_id}")
+    values = template_values(
+        new.workspace_id, new.waba_id, new.provider_id, new.name, new.language,
+        created.state, now_ms,
+    )  # fmt: skip
+    row = yield from insert_template(db, values)
+    if row is not None:
+        history = [event_values(r, row["id"], new.waba_id, new.provider_id) for r in created.rows]
+        yield from insert_events(db, history)
+    return row
 
 
 def _apply(

@@ -44,6 +44,7 @@ WORKSPACE_ROWS = (
     ("templates", "workspace_id = ?"),
     ("channels", "workspace_id = ?"),
     ("api_tokens", "workspace_id = ?"),
+    ("idempotency_keys", "workspace_id = ?"),
     ("sync_runs", "workspace_id = ?"),
     ("workspace_polls", "workspace_id = ?"),
     ("workspaces", "id = ?"),
@@ -142,17 +143,24 @@ class TenantQueries(Queries):
 
     @transaction
     def create_token(
-        self, workspace_id: str, token_id: str, token_hash: str, name: str | None, now_ms: int
+        self,
+        workspace_id: str,
+        token_id: str,
+        token_hash: str,
+        name: str | None,
+        now_ms: int,
+        read_only: bool = False,
     ) -> Transaction[None]:
         yield from require_workspace(workspace_id)
         yield execute(
-            "INSERT INTO api_tokens (id, workspace_id, name, token_hash, created_at) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO api_tokens (id, workspace_id, name, token_hash, created_at, read_only) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
             token_id,
             workspace_id,
             name,
             token_hash,
             now_ms,
+            read_only,
         )
 
     @transaction
@@ -169,7 +177,7 @@ class TenantQueries(Queries):
         row = yield fetchrow(
             f"SELECT {', '.join(TOKEN_FIELDS)} FROM api_tokens WHERE id = ?", token_id
         )
-        return ApiToken(**row) if row else None
+        return ApiToken(**read_only_flag(row)) if row else None
 
     @transaction
     def list_tokens(self, workspace_id: str) -> Transaction[list[TokenInfo]]:
@@ -180,7 +188,12 @@ class TenantQueries(Queries):
             "ORDER BY created_at, id",
             workspace_id,
         )
-        return [TokenInfo(**row) for row in rows]
+        return [TokenInfo(**read_only_flag(row)) for row in rows]
+
+
+def read_only_flag(row: dict[str, Any]) -> dict[str, Any]:
+    """A token's row with `read_only` a bool (SQLite answers 0 or 1)."""
+    return {**row, "read_only": bool(row["read_only"])}
 
 
 def require_workspace(workspace_id: str, *, lock: str = "") -> Transaction[None]:
