@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import api, api_events, api_webhooks, webhooks
+from . import api, api_events, api_templates, api_webhooks, webhooks
 from .assembly import StoreOpener, assembled
 from .config import PREFIX, Settings
 from .errors import ApiError
@@ -25,6 +25,7 @@ from .openapi import openapi_document
 from .retention import pruning
 from .state import Services, services
 from .storage import StoreUnavailable, open_store
+from .template_writes import TemplateWriter
 from .times import now_ms
 from .watch import EventWatch
 
@@ -81,8 +82,21 @@ ROUTES = [
         by_method("templates_sync", GET=api.last_sync, POST=api.sync_templates),
         methods=["GET", "POST"],
     ),
-    Route(TEMPLATES + "/{id}", api.get_template, methods=["GET"]),
-    Route(TEMPLATES, api.list_templates, methods=["GET"]),
+    Route(
+        TEMPLATES + "/{id}",
+        by_method(
+            "template",
+            GET=api.get_template,
+            POST=api_templates.edit_template,
+            DELETE=api_templates.delete_template,
+        ),
+        methods=["GET", "POST", "DELETE"],
+    ),
+    Route(
+        TEMPLATES,
+        by_method("templates", GET=api.list_templates, POST=api_templates.create_template),
+        methods=["GET", "POST"],
+    ),
     Route(TEMPLATES + "/{id}/history", api.template_history, methods=["GET"]),
     Route(
         WEBHOOKS,
@@ -180,7 +194,7 @@ def create_app(settings: Settings, store_opener: StoreOpener = open_store) -> St
                 announce(settings)
                 svc = Services(
                     settings, parts.store, parts.metrics, parts.syncer, parts.dispatcher,
-                    parts.cipher, watch,
+                    parts.cipher, watch, TemplateWriter(parts.syncer),
                 )  # fmt: skip
                 yield {"services": svc}
 

@@ -38,8 +38,9 @@ LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
 
 
 def template_category(value: str) -> str:
-    """`value` as Meta's category, upper case; ValueError when it is not one."""
-    if value.upper() not in CATEGORIES:
+    """`value` as Meta's category, upper case; ValueError when it is not one (ASCII only:
+    `str.upper` would map a dotless i or a long s to ASCII letters)."""
+    if not value.isascii() or value.upper() not in CATEGORIES:
         raise ValueError(f"must be one of {', '.join(sorted(CATEGORIES))} (any case)")
     return value.upper()
 

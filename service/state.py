@@ -14,6 +14,7 @@ from .logs import LogLimiter
 from .metrics import Metrics
 from .storage import Store
 from .sync import Syncer
+from .template_writes import TemplateWriter
 from .watch import EventWatch
 
 
@@ -26,6 +27,7 @@ class Services:
     dispatcher: Dispatcher  # nudged when a delivery is queued for relays
     cipher: TokenCipher  # encrypts webhook subscriptions' secrets
     watch: EventWatch  # event streams and waiting GETs follow it; nudged on a webhook's change
+    writer: TemplateWriter  # template writes at Meta (api_templates.py)
 
     @cached_property  # read on every webhook: encoded once
     def app_secrets(self) -> tuple[bytes, ...]:

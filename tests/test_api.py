@@ -11,7 +11,7 @@ import pytest
 
 from service.config import Settings
 from service.crypto import new_bearer_token
-from service.storage import Store
+from service.storage import Store, TemplateFilter
 
 from .conftest import NOW_MS, Server, Tenant, add_template, make_tenant
 from .raw_sql import execute, run_sql
@@ -269,6 +269,62 @@ async def test_isolation_matrix_of_the_sync_endpoints(
         else:
             assert (status, body) == (200, {"success": True, "data": None})  # no sync ran yet
         assert two_tenants["other"].workspace_id not in str(body)
+
+
+# The template writes (design section 12): method, path and body. The fixture's Graph URL is
+# closed, so a write that gets past every check reaches no Meta: 502, kind "network".
+TEMPLATE_WRITES = [
+    ("POST", "/templates", {"name": "order_update", "language": "en_US", "category": "UTILITY",
+                            "components": [{"type": "BODY", "text": "Hi"}]}),
+    ("POST", "/templates/{id}", {"components": [{"type": "BODY", "text": "Hi"}]}),
+    ("DELETE", "/templates/{id}", None),
+]  # fmt: skip
+WRITE_CASES = [
+    (*write, workspace, template)
+    for write, workspace, template in itertools.product(
+        TEMPLATE_WRITES, ["own", "other", "nonexistent"], ["own", "other"]
+    )
+    if "{id}" in write[1] or template == "own"  # a create names no template
+]
+
+
+@pytest.mark.parametrize(("method", "endpoint", "document", "workspace", "template"), WRITE_CASES)
+async def test_isolation_matrix_of_the_template_writes(
+    server: Server, store: Store, two_tenants: dict[str, Any], method: str, endpoint: str,
+    document: Any, workspace: str, template: str,
+) -> None:  # fmt: skip
+    """401, then another workspace's 404, then a read-only token's 403, then another tenant's
+    template's 404; none of them changes a template of either tenant."""
+    own: Tenant = two_tenants["own"]
+    tenants = (own, two_tenants["other"])
+    before = [await store.list_templates(t.workspace_id, TemplateFilter(), 0, 10) for t in tenants]
+    workspace_id = {"own": own.workspace_id, "other": two_tenants["other"].workspace_id,
+                    "nonexistent": "00000000-0000-4000-8000-000000000000"}[workspace]  # fmt: skip
+    path = f"/api/v3/workspaces/{workspace_id}" + endpoint.format(id=two_tenants[f"{template}_id"])
+    not_workspace = (404, {"success": False, "message": "Workspace not found"})
+    expected = {
+        "read_only": not_workspace if workspace != "own" else (403, READ_ONLY),
+        "own": not_workspace if workspace != "own" else (
+            (404, {"success": False, "message": "Template not found"})
+            if template == "other" else (502, "network")
+        ),
+    }  # fmt: skip
+    for token, answer in [(two_tenants["revoked"].token, 401),
+                          (two_tenants["revoked_read_only"].token, 401), (None, 401),
+                          (own.token + "x", 401), ("tsk_nothere.abc", 401),
+                          (two_tenants["read_only"].token, expected["read_only"]),
+                          (own.token, expected["own"])]:  # fmt: skip
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        status, body, _ = await server.request(method, path, headers=headers, json=document)
+        if answer == 401:
+            assert (status, body) == (401, {"success": False, "message": "Unauthenticated"})
+        elif answer == (502, "network"):
+            assert (status, body["error"]["kind"]) == answer
+        else:
+            assert (status, body) == answer
+        assert two_tenants["other"].workspace_id not in str(body)
+    after = [await store.list_templates(t.workspace_id, TemplateFilter(), 0, 10) for t in tenants]
+    assert after == before
 
 
 async def test_a_read_only_token_streams_events(

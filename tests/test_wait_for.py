@@ -134,7 +134,7 @@ async def test_a_client_gone_ends_the_wait_without_error(
         )
         await waiting(reads, request)
         request.cancel()  # the connection closes with the session
-    answered = 'route="get_template",status="200"'
+    answered = 'method="GET",route="template",status="200"'
 
     async def waits_ended() -> bool:
         _, text, _ = await server.request("GET", "/metrics")
