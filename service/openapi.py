@@ -35,6 +35,7 @@ from .openapi_schema import (
     ref,
     success,
 )
+from .openapi_templates import create_template, delete_template, edit_template
 
 LIST_QUERY = [
     WORKSPACE,
@@ -170,6 +171,16 @@ def _probe(summary: str, *extra: str) -> dict[str, Any]:
     return {"get": {"summary": summary, "responses": responses}}
 
 
+# What a created template's id is for: the 201's links name these operations.
+TEMPLATE_OPERATIONS = ("getTemplate", "editTemplate", "deleteTemplate", "templateHistory")
+
+
+def _named(operation_id: str, path: dict[str, Any]) -> dict[str, Any]:
+    """`path`'s one operation, with `operation_id`, the name links use."""
+    [(method, spec)] = path.items()
+    return {method: {"operationId": operation_id, **spec}}
+
+
 def openapi_document() -> dict[str, Any]:
     history = success({"type": "array", "items": ref("HistoryEvent")})
     return {
@@ -188,21 +199,32 @@ def openapi_document() -> dict[str, Any]:
             },
         },
         "paths": {
-            BASE: api_get(
-                "List templates",
-                LIST_QUERY,
-                success({"type": "array", "items": ref("Template")}, meta=ref("PageMeta")),
-                **{"422": error(UNPROCESSABLE)},
-            ),
+            BASE: {
+                **api_get(
+                    "List templates",
+                    LIST_QUERY,
+                    success({"type": "array", "items": ref("Template")}, meta=ref("PageMeta")),
+                    **{"422": error(UNPROCESSABLE)},
+                ),
+                "post": create_template(list(TEMPLATE_OPERATIONS)),
+            },
             BASE + "/sync": _sync_paths(),
-            BASE + "/{id}": api_get(
-                "One template; with wait_for, once its status is one of those",
-                [WORKSPACE, TEMPLATE_ID, *WAIT_QUERY],
-                success(ref("Template")),
-                **{"422": error(WAIT_UNPROCESSABLE)},
-            ),
-            BASE + "/{id}/history": api_get(
-                "Status history, oldest first", [WORKSPACE, TEMPLATE_ID], history
+            BASE + "/{id}": {
+                **_named(
+                    "getTemplate",
+                    api_get(
+                        "One template; with wait_for, once its status is one of those",
+                        [WORKSPACE, TEMPLATE_ID, *WAIT_QUERY],
+                        success(ref("Template")),
+                        **{"422": error(WAIT_UNPROCESSABLE)},
+                    ),
+                ),
+                "post": edit_template(),
+                "delete": delete_template(),
+            },
+            BASE + "/{id}/history": _named(
+                "templateHistory",
+                api_get("Status history, oldest first", [WORKSPACE, TEMPLATE_ID], history),
             ),
             **webhooks_paths(),
             EVENTS: events_path(),

@@ -12,12 +12,15 @@ from .api_events import KEEP_ALIVE_S
 from .api_webhooks import MAX_BODY_BYTES, MAX_DELIVERIES
 from .openapi_schema import (
     AUTH_ERRORS,
+    CREATED_IDS,
     NULLABLE_STRING,
     NULLABLE_TIME,
+    READ_ONLY,
     STRING,
     TIME,
     WORKSPACE,
     error,
+    links,
     obj,
     operation,
     query,
@@ -87,6 +90,7 @@ WEBHOOK_ERRORS = {
     "401": error("Missing, invalid or revoked token"),
     "404": error("Workspace not found, or webhook not found"),
 }
+WEBHOOK_WRITE_ERRORS = {**WEBHOOK_ERRORS, "403": READ_ONLY}
 
 
 def webhooks_paths() -> dict[str, Any]:
@@ -97,7 +101,7 @@ def webhooks_paths() -> dict[str, Any]:
     removed = obj({"success": {"const": True}})
     others = {
         "deleteWebhook": ("delete", "", operation(
-            "Remove a webhook; its queued events are dropped", one, removed, WEBHOOK_ERRORS,
+            "Remove a webhook; its queued events are dropped", one, removed, WEBHOOK_WRITE_ERRORS,
         )),
         "webhookDeliveries": ("get", "/deliveries", operation(
             f"Latest delivery attempts, newest first (at most {MAX_DELIVERIES})", one, attempts,
@@ -105,7 +109,7 @@ def webhooks_paths() -> dict[str, Any]:
         )),
         "enableWebhook": ("post", "/enable", operation(
             "Enable a disabled webhook; the events it missed are sent", one,
-            success(ref("Webhook")), WEBHOOK_ERRORS,
+            success(ref("Webhook")), WEBHOOK_WRITE_ERRORS,
         )),
     }  # fmt: skip
     paths: dict[str, Any] = {
@@ -124,7 +128,7 @@ def _create_webhook(linked: list[str]) -> dict[str, Any]:
         "Register a webhook; its signing secret is in this answer only",
         [WORKSPACE],
         success(NEW_WEBHOOK),
-        WEBHOOK_ERRORS,
+        WEBHOOK_WRITE_ERRORS,
         "201",
         **{
             "400": error("Invalid Content-Length, or incomplete body"),
@@ -132,10 +136,7 @@ def _create_webhook(linked: list[str]) -> dict[str, Any]:
             "422": error(WEBHOOK_UNPROCESSABLE),
         },
     )
-    ids = {"workspace": "$request.path.workspace", "id": "$response.body#/data/id"}
-    created["responses"]["201"]["links"] = {
-        name: {"operationId": name, "parameters": ids} for name in linked
-    }
+    created["responses"]["201"]["links"] = links(linked, CREATED_IDS)
     body = {"application/json": {"schema": WEBHOOK_BODY}}
     return {
         "operationId": "createWebhook",

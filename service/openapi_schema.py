@@ -3,6 +3,7 @@ helpers."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from .api import (
@@ -12,14 +13,19 @@ from .api import (
 from .events import EVENT_TYPES
 
 
+def any_case(words: Iterable[str]) -> str:
+    """A regular expression alternation of `words`, each letter in either case."""
+    return "|".join("".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+                    for word in words)  # fmt: skip
+
+
 def status_list_pattern(at_least_one: bool = False) -> str:
     """Comma-separated FILTER_STATUSES in any case, spaces around each, empty items allowed:
     exactly what the list endpoint accepts; `at_least_one` (wait_for): one status or more."""
-    any_case = "|".join("".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in status)
-                        for status in FILTER_STATUSES)  # fmt: skip
-    item = f" *(?:(?:{any_case}) *)?"
+    statuses = any_case(FILTER_STATUSES)
+    item = f" *(?:(?:{statuses}) *)?"
     if at_least_one:  # empty items, then a status, then any items
-        return f"^(?: *,)* *(?:{any_case}) *(?:,{item})*$"
+        return f"^(?: *,)* *(?:{statuses}) *(?:,{item})*$"
     return f"^{item}(?:,{item})*$"
 
 
@@ -110,6 +116,28 @@ AUTH_ERRORS = {
     "401": error("Missing, invalid or revoked token"),
     "404": error("Workspace not found, or template not found"),
 }
+# Every write but the sync endpoint refuses a read-only token (design section 12).
+READ_ONLY = json_body(
+    obj({"success": {"const": False}, "message": {"const": "This token is read-only"}}),
+    "A read-only token: it reads, streams and syncs, and writes nothing else",
+)
+
+
+def retry_after(response: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    """`response` with its Retry-After header: whole seconds to wait before a retry."""
+    header = {"required": required, "schema": {"type": "integer", "minimum": 1},
+              "description": "Seconds to wait before retrying"}  # fmt: skip
+    return {**response, "headers": {"Retry-After": header}}
+
+
+# What a 201's links pass on: the workspace of the request, the id of the new resource.
+CREATED_IDS = {"workspace": "$request.path.workspace", "id": "$response.body#/data/id"}
+
+
+def links(operation_ids: Iterable[str], parameters: dict[str, str]) -> dict[str, Any]:
+    """OpenAPI links from an answer to the operations that take what it holds (the stateful
+    phase of Schemathesis follows them)."""
+    return {name: {"operationId": name, "parameters": parameters} for name in operation_ids}
 
 
 def success(data: dict[str, Any], **extra: Any) -> dict[str, Any]:
