@@ -22,6 +22,13 @@ TOKEN_ENV = "DEMO_META_ACCESS_TOKEN"  # noqa: S105 (a variable name)
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 5.0
 CLI_TIMEOUT_S = 30.0
+# The poller's settings in the demo, far shorter than the defaults: it polls a template whose
+# webhook has not come after 2 s, the same workspace again 2 s later at the soonest.
+POLL_SETTINGS = {
+    "TEMPLATE_SYNC_POLL_GRACE_S": "2",
+    "TEMPLATE_SYNC_POLL_INTERVAL_S": "2",
+    "TEMPLATE_SYNC_POLL_TICK_S": "0.5",
+}
 
 
 class DemoError(Exception):
@@ -40,7 +47,11 @@ def service_env(workdir: Path, secret: str, graph_url: str, meta_token: str) -> 
         TEMPLATE_SYNC_META_VERIFY_TOKEN=VERIFY_TOKEN,
         TEMPLATE_SYNC_GRAPH_URL=graph_url,
         TEMPLATE_SYNC_ENCRYPTION_KEYS=generate_key(),
+        # `serve` does not poll: its poller would repair step B's lost webhook before the
+        # sync endpoint can show it. The demo runs `template-sync poll` for step D instead,
+        # with these short settings (POLL_SETTINGS) so it acts within seconds.
         TEMPLATE_SYNC_POLL_ENABLED="false",
+        **POLL_SETTINGS,
         TEMPLATE_SYNC_WEBHOOKS_ALLOW_PRIVATE="true",
         TEMPLATE_SYNC_LOG_FORMAT="json",
     )
@@ -59,7 +70,8 @@ def prepare(workdir: Path) -> Path:
 
 @dataclass(frozen=True)
 class ServiceProcess:
-    """`python -m service` in `workdir` with `env`: its CLI, and `serve` for a while."""
+    """`python -m service` in `workdir` with `env`: its CLI, and `serve` or `poll` for a
+    while."""
 
     workdir: Path
     env: dict[str, str]
@@ -67,6 +79,10 @@ class ServiceProcess:
     @property
     def log(self) -> Path:
         return self.workdir / "service.log"
+
+    @property
+    def poll_log(self) -> Path:
+        return self.workdir / "poller.log"
 
     async def cli(self, *args: str) -> str:
         """Run `python -m service ARGS`; its stdout, stripped."""
@@ -81,9 +97,9 @@ class ServiceProcess:
             await proc.wait()
             raise DemoError(f"template-sync {args[0]} took over {CLI_TIMEOUT_S:.0f} s") from None
         if proc.returncode != 0:
-            tail = err.decode(errors="replace").strip()[-800:]
+            said = err.decode(errors="replace").strip()[-800:]
             command = " ".join(args[:2])
-            raise DemoError(f"template-sync {command} failed ({proc.returncode}): {tail}")
+            raise DemoError(f"template-sync {command} failed ({proc.returncode}): {said}")
         return out.decode().strip()
 
     @asynccontextmanager
@@ -91,12 +107,7 @@ class ServiceProcess:
         """`serve` on a free loopback port, healthy, for the block; its base URL. Stopped
         gracefully on the way out (killed if it does not stop in time)."""
         port = _free_port()
-        with self.log.open("ab") as handle:  # the child keeps its own copy of the descriptor
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "service", "serve", "--port", str(port),
-                cwd=self.workdir, env=self.env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL, stderr=handle,
-            )  # fmt: skip
+        proc = await self._start(self.log, "serve", "--port", str(port))
         try:
             url = f"http://127.0.0.1:{port}"
             await self._wait_healthy(http, url, proc)
@@ -104,13 +115,39 @@ class ServiceProcess:
         finally:
             await _stop(proc)
 
+    @asynccontextmanager
+    async def polling(self) -> AsyncIterator[asyncio.subprocess.Process]:
+        """`template-sync poll`, the poller on its own, for the block; stopped like `serving`.
+        A DemoError of the block says so, with the log's tail, when the poller had exited."""
+        proc = await self._start(self.poll_log, "poll")
+        try:
+            yield proc
+        except DemoError as error:
+            if proc.returncode is None:
+                raise
+            raise DemoError(f"{error}\nthe poller had exited with {proc.returncode}; log tail:\n"
+                            f"{tail(self.poll_log)}") from None  # fmt: skip
+        finally:
+            await _stop(proc)
+
+    async def _start(self, log: Path, *args: str) -> asyncio.subprocess.Process:
+        """`python -m service ARGS` in the background, its stderr appended to `log`."""
+        with log.open("ab") as handle:  # the child keeps its own copy of the descriptor
+            return await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "service", *args, cwd=self.workdir, env=self.env,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=handle,
+            )  # fmt: skip
+
     async def _wait_healthy(
         self, http: aiohttp.ClientSession, url: str, proc: asyncio.subprocess.Process
     ) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if proc.returncode is not None:
-                raise DemoError(f"service exited with {proc.returncode}; log tail:\n{self._tail()}")
+                raise DemoError(
+                    f"service exited with {proc.returncode}; log tail:\n{tail(self.log)}"
+                )
             try:
                 async with http.get(url + "/healthz") as response:
                     if response.status == 200:
@@ -119,12 +156,14 @@ class ServiceProcess:
                 pass
             await asyncio.sleep(0.1)
         raise DemoError(
-            f"service not healthy after {START_TIMEOUT_S:.0f} s; log tail:\n{self._tail()}"
+            f"service not healthy after {START_TIMEOUT_S:.0f} s; log tail:\n{tail(self.log)}"
         )
 
-    def _tail(self, lines: int = 20) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+def tail(log: Path, lines: int = 20) -> str:
+    """The last `lines` of a process's log, for an error message."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
 def _free_port() -> int:

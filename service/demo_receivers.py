@@ -73,11 +73,11 @@ class Apps:
 
 class Notified(NamedTuple):
     """What a notification tells: its type, and which template went from which status to
-    which, observed by what (`source`)."""
+    which, observed by what (`source`); `before` is None for a template's first status."""
 
     type: str
     name: str
-    before: str
+    before: str | None
     after: str
     source: str
 
@@ -130,7 +130,8 @@ def check_notification(receipt: Receipt, secret: str, now_s: float) -> Notified:
     event = json.loads(receipt.body)
     try:
         data, template = event["data"], event["data"]["template"]
-        return Notified(event["type"], template["name"], data["previous"]["status"],
-                        template["status"], data["source"])  # fmt: skip
+        before = None if data["previous"] is None else data["previous"]["status"]
+        return Notified(event["type"], template["name"], before, template["status"],
+                        data["source"])  # fmt: skip
     except (KeyError, TypeError) as error:
         raise DemoError(f"notification: no {error} in {receipt.body[:300]!r}") from None

@@ -19,7 +19,9 @@ import pytest
 from standardwebhooks import Webhook
 
 from service import demo, demo_receivers
+from service.crypto import TOKEN_PREFIX
 from service.demo import DemoError, post_delivery, run_demo, run_simulator, send_webhook
+from service.demo_process import ServiceProcess, service_env
 from service.demo_receivers import Notified, check_notification, check_relayed, receiving
 from service.meta_webhooks import status_delivery
 from service.signing import new_secret
@@ -144,17 +146,42 @@ async def test_make_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     rejected = r"template\.status_changed, \w+ PENDING -> REJECTED \(from the sync\)"
     assert re.search(f"notification: the app got {approved}{re.escape(signed)}", text)
     assert re.search(f"notification: the app got {rejected}{re.escape(signed)}", text)
+    _assert_created_and_reviewed(text)
     assert [line for line in lines if "None" in line] == []  # Python's None is not an answer
     assert "whsec_" not in text  # the subscription's secret is never shown
-    assert lines[-1].startswith("demo complete")
+    assert re.fullmatch(r"demo complete in \d+ s: .*by the poller.*reached APPROVED.*", lines[-1])
     assert (tmp_path / "demo" / "demo.db").exists()
     log = (tmp_path / "demo" / "service.log").read_text()
     assert "Finished server process" in log  # stopped gracefully
-    assert "EAAG" not in log  # the Meta token never reaches the log
-    assert "whsec_" not in log
+    poll_log = (tmp_path / "demo" / "poller.log").read_text()
+    assert "1 repaired" in poll_log
+    for written in (log, poll_log):
+        assert "EAAG" not in written  # the Meta token never reaches a log
+        assert "whsec_" not in written
     for port in re.findall(r"http://127\.0\.0\.1:(\d+)[/ ]", text):  # service and receivers
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", int(port)), timeout=1).close()
+
+
+def _assert_created_and_reviewed(text: str) -> None:
+    """Steps C and D: created through the API, approved by the reviewer's webhook, then
+    approved with the webhook dropped and the poller repairing it."""
+    workspaces = r"http://127\.0\.0\.1:\d+/api/v3/workspaces/[0-9a-f-]+"
+    auth = r'-H "Authorization: Bearer \$TOKEN"'
+    assert re.search(f'curl -X POST {workspaces}/templates {auth} -d \'{{"name": ', text)
+    assert TOKEN_PREFIX not in text  # the demo's bearer token is never shown
+    verdict = r"wait_for=APPROVED,REJECTED&timeout=\d+ -> APPROVED after \d+\.\d s "
+    signed = "; each webhook-signature verifies with the subscription's secret"
+    for name, source in [("demo_order_shipped", "webhook"), ("demo_order_delayed", "sync")]:
+        assert re.search(f"created {name}: PENDING, Meta id \\d+ \\(201\\)", text)
+        change = f"{name} new -> PENDING \\(as registered\\), then PENDING -> APPROVED"
+        assert re.search(f"notifications: the app got template\\.status_changed, {change} "
+                         f"\\(from the {source}\\){re.escape(signed)}", text)  # fmt: skip
+    webhook, poller = re.findall(f"{verdict}\\(status from the (\\w+)\\)", text)
+    assert (webhook, poller) == ("webhook", "sync")
+    assert "POLL_GRACE_S=2 POLL_INTERVAL_S=2 POLL_TICK_S=0.5" in text
+    assert "its APPROVED webhook was dropped, never sent" in text
+    assert "the sync that repaired it was the poller's (trigger poller)" in text
 
 
 async def test_run_demo_reports_a_service_that_does_not_start(
@@ -190,11 +217,14 @@ async def test_relay_receiver_accepts_meta_bytes_signed_with_the_app_secret() ->
             check_relayed(receipt, body + b" ", APP_SECRET)
 
 
-async def test_subscriber_verifies_what_the_reference_library_signs() -> None:
+@pytest.mark.parametrize(("previous", "before"), [({"status": "PENDING"}, "PENDING"), (None, None)])
+async def test_subscriber_verifies_what_the_reference_library_signs(
+    previous: dict[str, str] | None, before: str | None
+) -> None:
     secret = new_secret()
     sent = {
         "type": "template.status_changed",
-        "data": {"source": "sync", "previous": {"status": "PENDING"},
+        "data": {"source": "sync", "previous": previous,
                  "template": {"name": "bestätigung", "status": "REJECTED"}},
     }  # fmt: skip
     body = json.dumps(sent)
@@ -209,7 +239,7 @@ async def test_subscriber_verifies_what_the_reference_library_signs() -> None:
             assert response.status == 200
         receipt = await app.next()
     got = check_notification(receipt, secret, time.time())
-    assert got == Notified("template.status_changed", "bestätigung", "PENDING", "REJECTED", "sync")
+    assert got == Notified("template.status_changed", "bestätigung", before, "REJECTED", "sync")
     with pytest.raises(DemoError, match="does not verify with the secret"):
         check_notification(receipt, new_secret(), time.time())
     with pytest.raises(DemoError, match="not within 5 min"):
@@ -221,3 +251,34 @@ async def test_receiver_says_when_nothing_arrives(monkeypatch: pytest.MonkeyPatc
     async with receiving("your webhook handler", "/webhook") as handler:
         with pytest.raises(DemoError, match="your webhook handler received nothing"):
             await handler.next()
+
+
+# --- the poller the demo runs for step D -------------------------------------------------------
+
+
+def _poller(workdir: Path, **env: str) -> ServiceProcess:
+    workdir.mkdir()
+    demo_env = service_env(workdir, APP_SECRET, "http://127.0.0.1:9/v25.0", "EAAG-unused")
+    return ServiceProcess(workdir, {**demo_env, **env})
+
+
+async def test_polling_adds_the_poller_log_to_an_error_once_it_exited(tmp_path: Path) -> None:
+    service = _poller(tmp_path / "demo", TEMPLATE_SYNC_DATABASE_URL="mysql://nowhere/db")
+    with pytest.raises(DemoError, match=r"(?s)^no verdict\nthe poller had exited with 1.*DATABASE"):
+        async with service.polling() as process:
+            await asyncio.wait_for(process.wait(), 30)
+            raise DemoError("no verdict")
+
+
+@pytest.mark.timeout(60)
+async def test_polling_passes_an_error_on_and_stops_the_running_poller(tmp_path: Path) -> None:
+    service = _poller(tmp_path / "demo")
+
+    def started() -> bool:
+        return "polling every 0.5 s" in service.poll_log.read_text()
+
+    with pytest.raises(DemoError, match=r"^no verdict$"):
+        async with service.polling() as process:
+            await eventually(started, 30, message=lambda: service.poll_log.read_text())
+            raise DemoError("no verdict")
+    assert process.returncode == 0  # stopped gracefully by SIGTERM
