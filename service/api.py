@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import math
 import re
-from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -18,11 +16,11 @@ from .crypto import token_id_of, token_matches
 from .errors import ApiError
 from .events import STATUS_EVENTS, UNKNOWN_STATUS
 from .state import services
-from .storage import ApiToken, HistoryEvent, SyncRun, Template, TemplateEvent, TemplateFilter
+from .storage import ApiToken, HistoryEvent, SyncRun, Template, TemplateFilter
 from .sync import NoPendingTemplates, report_json
 from .template_json import template_json
 from .times import iso
-from .watch import closed_when
+from .watch import wait_until
 
 MAX_PER_PAGE = 100
 STATUS_LIST = re.compile(r"[A-Za-z_]+")  # one status of a comma-separated list, any case
@@ -32,11 +30,9 @@ MAX_PAGE = MAX_ID // MAX_PER_PAGE
 # The list endpoint's query parameters; any other is refused, as a typo would filter nothing.
 LIST_PARAMS = ("page", "per_page", "status", "name", "language", "provider_id")
 FILTER_STATUSES = tuple(sorted(STATUS_EVENTS | {UNKNOWN_STATUS}))  # statuses templates have
-# GET of one template with `wait_for`: the longest and the default wait, and how often the
-# template is read again without an event of it (a removal writes none: it deletes history).
+# GET of one template with `wait_for`: the longest and the default wait.
 MAX_WAIT_S = 60
 DEFAULT_WAIT_S = 30
-RECHECK_S = 5.0
 
 
 def history_json(event: HistoryEvent) -> dict[str, Any]:
@@ -192,7 +188,10 @@ async def get_template(request: Request) -> JSONResponse:
         wait_for, timeout_s = _wait_params(request)
         if wait_for and template.status not in wait_for:
             read = partial(_read_template, request, token, token_id, template_id)
-            template = await _wait_for(request, read, template, wait_for, timeout_s)
+            template = await wait_until(
+                services(request).watch, template, read, lambda t: t.status in wait_for,
+                timeout_s, partial(_disconnected, request),
+            )  # fmt: skip
     return JSONResponse({"success": True, "data": template_json(template)})
 
 
@@ -221,38 +220,6 @@ def _wait_params(request: Request) -> tuple[tuple[str, ...], int]:
         message = f"The wait_for field must name a status of: {', '.join(FILTER_STATUSES)}."
         raise ApiError(422, message, errors={"wait_for": [message]})
     return statuses, timeout_s
-
-
-async def _wait_for(
-    request: Request,
-    read: Callable[[], Awaitable[Template]],
-    template: Template,
-    statuses: tuple[str, ...],
-    timeout_s: int,
-) -> Template:
-    """`template` read again whenever the event watch brings one of its events (committed by
-    any replica), and every RECHECK_S, until its status is one of `statuses`, `timeout_s`
-    passed or the client went away; 404 once it was removed."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    watch = services(request).watch
-    async with (
-        watch.follow(template.workspace_id) as feed,
-        closed_when(feed, partial(_disconnected, request)),
-    ):
-        template = await read()  # it may have changed before the feed began
-        check_at = loop.time() + RECHECK_S
-        while template.status not in statuses and not feed.closed and loop.time() < deadline:
-            await feed.wait(min(deadline, check_at) - loop.time())
-            missed = feed.overflowed
-            if missed or _of(template, feed.take()) or loop.time() >= check_at:
-                template = await read()
-                check_at = loop.time() + RECHECK_S
-    return template
-
-
-def _of(template: Template, events: list[TemplateEvent]) -> bool:
-    return any(found.template.id == template.id for found in events)
 
 
 async def _disconnected(request: Request) -> None:

@@ -1,17 +1,22 @@
-"""`template-sync template ...` and `templates`: templates registered here."""
+"""`template-sync template ...` and `templates`: templates registered here, and created or
+deleted at Meta (the work behind those two: cli_template_writes)."""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
 from .cli_admin import existing_workspace
 from .cli_common import digits, emit, json_flag, load_settings, with_store
 from .cli_output import confirm, json_list_flag, print_json, print_table, yes_flag
+from .cli_template_writes import read_draft, wait_for_verdict, write
 from .events import STATUS_EVENTS, language_code, template_category
 from .storage import Conflict, NewTemplate, NotFound, Store, Template, TemplateFilter
+from .template_writes import DELETED, TemplateWriter
 from .times import now_ms
 
 Callback = Callable[[click.Context, click.Parameter, str | None], str | None]
@@ -79,6 +84,73 @@ async def find_template(
     if len(matches) > 1:
         raise Conflict(f"several templates have Meta id {provider_id}; give --id instead")
     return matches[0]
+
+
+@template.command("create")
+@click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
+@click.option(
+    "--file", "path", required=True, type=click.Path(path_type=Path),
+    help="The template as JSON, the API's create body: name, language, category, components.",
+)  # fmt: skip
+@click.option(
+    "--waba-id", callback=digits,
+    help="The WABA to create it in (needed when the workspace has several channels).",
+)  # fmt: skip
+@click.option(
+    "--wait", is_flag=True,
+    help="Then wait for Meta's review: exit 0 APPROVED, 3 another final status, 4 timed out.",
+)  # fmt: skip
+@click.option(
+    "--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=600.0,
+    show_default=True, help="Seconds --wait waits at most.",
+)  # fmt: skip
+def template_create(
+    workspace_id: str, path: Path, waba_id: str | None, wait: bool, timeout_s: float
+) -> None:
+    """Create a template at Meta and register it here; prints its local id.
+
+    --wait then waits for Meta's verdict as this service records it (so `serve` must be
+    receiving Meta's webhooks, or polling): exit 0 APPROVED, 3 another final status
+    (REJECTED, PAUSED, DISABLED ...: the status and reason on stderr), 4 when --timeout
+    runs out, 130 on Ctrl-C. The template stays created whatever the wait's outcome.
+    """
+    new = read_draft(path, waba_id)
+
+    async def create(writer: TemplateWriter, store: Store) -> Template:
+        return await writer.create(workspace_id, new, now_ms())
+
+    created = write(str(path), create)
+    click.echo(str(created.id))
+    if wait:
+        sys.exit(wait_for_verdict(created, timeout_s))
+
+
+@template.command("delete")
+@click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
+@click.argument("template_id", type=click.IntRange(min=1))
+@yes_flag
+def template_delete(workspace_id: str, template_id: int, yes: bool) -> None:
+    """Delete a template's language at Meta; here it stays, DELETED, with its history.
+
+    Meta keeps the name and language of a once approved template taken for about 30 days.
+    """
+
+    async def delete(writer: TemplateWriter, store: Store) -> Template:
+        found = await find_template(store, workspace_id, template_id, None)
+        if found.status != DELETED:
+            confirm(
+                f"Delete template {found.id} ({found.name}, {found.language}, {found.status}; "
+                f"Meta id {found.provider_id}) at Meta? This cannot be undone.",
+                yes,
+            )
+        return await writer.delete(workspace_id, found.id, now_ms())
+
+    deleted = write(f"template {template_id}", delete)
+    click.echo(
+        f"deleted template {deleted.id} ({deleted.name}, {deleted.language}; Meta id "
+        f"{deleted.provider_id}) at Meta; it stays here as DELETED with its history",
+        err=True,
+    )
 
 
 @template.command("remove")

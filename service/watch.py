@@ -19,11 +19,11 @@ import asyncio
 import logging
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext, suppress
 
 from .logs import LogLimiter
 from .loops import Signals, in_background, repeat
-from .storage import Store, StoreUnavailable, TemplateEvent
+from .storage import Store, StoreUnavailable, Template, TemplateEvent
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ POLL_S = 0.5  # another replica's event reaches this one's followers within abou
 PAGE = 500  # events read per query
 MAX_QUEUED = 2000  # events one feed holds before it is marked overflowed
 STOP_TIMEOUT_S = 2.0
+# A waiting template is read again this often without an event of it (a removal writes none).
+RECHECK_S = 5.0
 
 
 class Feed:
@@ -156,3 +158,33 @@ class EventWatch:
 
     def running(self) -> AbstractAsyncContextManager[None]:
         return in_background("event watch", self.run, self._signals, STOP_TIMEOUT_S)
+
+
+async def wait_until(
+    watch: EventWatch,
+    template: Template,
+    read: Callable[[], Awaitable[Template]],
+    done: Callable[[Template], bool],
+    timeout_s: float,
+    ends: Callable[[], Awaitable[object]] | None = None,
+) -> Template:
+    """`template` as `read()` gives it, read again whenever the watch brings one of its
+    events (committed by any replica) or its feed overflowed, and every RECHECK_S, until
+    `done` says so, `timeout_s` passed or `ends()` completed (the client went away); the
+    last read. It is read once first: a change may have come before the feed began."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    async with (
+        watch.follow(template.workspace_id) as feed,
+        nullcontext() if ends is None else closed_when(feed, ends),
+    ):
+        template = await read()
+        check_at = loop.time() + RECHECK_S
+        while not done(template) and not feed.closed and loop.time() < deadline:
+            await feed.wait(min(deadline, check_at) - loop.time())
+            missed = feed.overflowed
+            mine = any(found.template.id == template.id for found in feed.take())
+            if missed or mine or loop.time() >= check_at:
+                template = await read()
+                check_at = loop.time() + RECHECK_S
+    return template

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from service import api
+from service import api, watch
 from service.app import create_app
 from service.config import Settings
 from service.server import build_server
@@ -107,7 +107,7 @@ async def test_a_template_deleted_during_the_wait_is_404(
 ) -> None:
     """A removal deletes the template's history, so no event says so: the wait learns of it
     when it reads the template again, RECHECK_S after the last read."""
-    monkeypatch.setattr(api, "RECHECK_S", 1.0)
+    monkeypatch.setattr(watch, "RECHECK_S", 1.0)
     local_id = await add_template(store, tenant, PROVIDER_ID)
     params = {**VERDICTS, "timeout": "30"}
     request = asyncio.create_task(server.api(tenant, f"/templates/{local_id}", params=params))
@@ -115,7 +115,7 @@ async def test_a_template_deleted_during_the_wait_is_404(
     await store.remove_template(tenant.workspace_id, local_id)  # as another replica would
     status, body, elapsed = await timed(request)
     assert (status, body) == (404, {"success": False, "message": "Template not found"})
-    assert elapsed < api.RECHECK_S + SEEN_WITHIN_S
+    assert elapsed < watch.RECHECK_S + SEEN_WITHIN_S
 
 
 async def test_a_client_gone_ends_the_wait_without_error(
