@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run test test-fresh-clone lint format soak bench bench-memory bench-sync bench-poller demo clean
+.PHONY: install install-dev run test test-fresh-clone lint format soak bench bench-sse bench-memory bench-sync bench-poller demo clean
 
 # pip prints a line per package: a cold install takes a few minutes and shows its progress.
 PIP_INSTALL := $(BIN)/pip install --progress-bar off --disable-pip-version-check
@@ -48,13 +48,17 @@ soak: install-dev  ## the crash ledger for TEMPLATE_SYNC_SOAK_S seconds (default
 	TEMPLATE_SYNC_SOAK_S=$${TEMPLATE_SYNC_SOAK_S:-300} $(BIN)/pytest -s -p no:cacheprovider \
 	  -o timeout=0 "tests/test_reliability.py::test_crash_ledger_balances_across_sigkills[sqlite]"
 
-demo: install  ## the whole loop offline: simulator, service, webhook, lost webhook repaired by sync
+demo: install  ## the whole loop offline: webhook, relay, notification, lost webhook repaired by sync, API create approved, lost review repaired by the poller
 	$(BIN)/template-sync demo --workdir demo
 
-bench: install-dev  ## ingest: bare Starlette, pywa, a durable floor and this service (~9 min; BENCH_ARGS=--postgres-url ...)
+bench: install-dev  ## ingest: bare Starlette, pywa, a durable floor, this service (~9 min); then with a relay and a subscription (~4 min, ~9 with PostgreSQL); BENCH_ARGS=--postgres-url ... goes to both
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/pip install --quiet pywa
 	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
+	$(BIN)/python bench/outbox.py $(BENCH_ARGS)
+
+bench-sse: install-dev  ## 1,000 event streams on one process: an event's delay to all of them, RSS (~2 min; SSE_ARGS=--postgres-url ...)
+	$(BIN)/python bench/sse.py $(SSE_ARGS)
 
 bench-memory: install-dev  ## peak RSS of the service over 1,000,000 deliveries (~5 min)
 	$(BIN)/python bench/ingest.py --memory $${BENCH_DELIVERIES:-1000000}

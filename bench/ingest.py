@@ -27,8 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import closing, contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -164,6 +164,9 @@ class Target:
     database: str | None = None  # "sqlite" or a PostgreSQL server URL: this service; "floor"
     rounds: list[dict[str, float]] = field(default_factory=list)
     extra: dict[str, object] = field(default_factory=dict)
+    # What runs on each fresh store of this service, before its server starts and until
+    # after it stops (bench/outbox.py: the receivers, a relay and a subscription).
+    beside: Callable[[str], AbstractContextManager[object]] = lambda url: nullcontext()
 
     @property
     def is_service(self) -> bool:
@@ -182,7 +185,8 @@ def fresh_store(target: Target, work: Path) -> Iterator[str | None]:
     if target.database == "sqlite":
         url = f"sqlite:///{tempfile.mkdtemp(dir=work)}/bench.db"
         asyncio.run(prepare_store(url, target))
-        yield url
+        with target.beside(url):
+            yield url
         return
     name = f"template_sync_bench_{os.getpid()}"
     asyncio.run(admin(target.database, f"DROP DATABASE IF EXISTS {name}"))
@@ -190,7 +194,8 @@ def fresh_store(target: Target, work: Path) -> Iterator[str | None]:
     url = urlunsplit(urlsplit(target.database)._replace(path="/" + name))
     try:
         asyncio.run(prepare_store(url, target))
-        yield url
+        with target.beside(url):
+            yield url
     finally:
         asyncio.run(admin(target.database, f"DROP DATABASE IF EXISTS {name}"))
 
