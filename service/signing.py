@@ -11,11 +11,19 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import secrets
+from collections.abc import Mapping
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 SECRET_BYTES = 24
 SIGNATURE_VERSION = "v1"
+TOLERANCE_S = 300  # the reference libraries' window around the receiver's clock
+TIMESTAMP = re.compile(r"[0-9]{1,12}")
+
+
+class VerificationError(ValueError):
+    """A delivery whose signature does not verify; the message never shows the secret."""
 
 
 def new_secret() -> str:
@@ -34,6 +42,24 @@ def signature_headers(
         "webhook-timestamp": str(timestamp_s),
         "webhook-signature": f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode()}",
     }
+
+
+def verify(secret: str, headers: Mapping[str, str], body: bytes, now_s: float) -> None:
+    """Check a delivery as a receiver does (the service signs; the demo's receiver and any
+    Python app can verify with this): `webhook-id` present, `webhook-timestamp` within
+    TOLERANCE_S of `now_s`, and one of the space-separated `webhook-signature` values made
+    with `secret`. `headers` must be looked up case-insensitively (aiohttp's and Starlette's
+    are). VerificationError says which check failed."""
+    message_id = headers.get("webhook-id", "")
+    stamp = headers.get("webhook-timestamp", "")
+    if not message_id or not TIMESTAMP.fullmatch(stamp):
+        raise VerificationError("webhook-id or webhook-timestamp missing or malformed")
+    if abs(now_s - int(stamp)) > TOLERANCE_S:
+        raise VerificationError(f"webhook-timestamp {stamp} is not within 5 min of now")
+    want = signature_headers(secret, message_id, int(stamp), body)["webhook-signature"]
+    given = headers.get("webhook-signature", "").split()
+    if not any(hmac.compare_digest(want.encode(), sig.encode()) for sig in given):
+        raise VerificationError("webhook-signature does not verify with the secret")
 
 
 def _secret_key(secret: str) -> bytes:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import re
 import time
+from datetime import UTC, datetime
 
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from service.signing import new_secret, signature_headers
+from service.signing import TOLERANCE_S, VerificationError, new_secret, signature_headers, verify
 
 BODY = b'{"type":"template.status_changed","data":{"history_id":1234,"name":"caf\xc3\xa9"}}'
 SECRET_SHAPE = re.compile(r"whsec_[A-Za-z0-9+/]{32}")
@@ -82,3 +83,49 @@ def test_malformed_secret_is_a_clear_error_without_the_secret(secret: str, messa
         signature_headers(secret, "evt_1", 1_780_000_000, BODY)
     key_text = secret.removeprefix("whsec_")
     assert not key_text or key_text not in str(raised.value)
+
+
+# --- verify: what a receiver does, held to the reference library's signing -----------------
+
+
+def reference_signed(secret: str, at_s: int, body: bytes = BODY) -> dict[str, str]:
+    """Headers as the reference library signs a delivery at `at_s`."""
+    stamp = datetime.fromtimestamp(at_s, tz=UTC)
+    signature = Webhook(secret).sign("evt_1234", stamp, body.decode())
+    return {
+        "webhook-id": "evt_1234",
+        "webhook-timestamp": str(at_s),
+        "webhook-signature": signature,
+    }
+
+
+def test_verify_accepts_what_the_reference_library_signs_and_several_signatures() -> None:
+    secret, now_s = new_secret(), int(time.time())
+    headers = reference_signed(secret, now_s)
+    verify(secret, headers, BODY, now_s)
+    rotated = f"v1,{base64.b64encode(b'x' * 32).decode()} {headers['webhook-signature']}"
+    verify(secret, {**headers, "webhook-signature": rotated}, BODY, now_s + TOLERANCE_S)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"webhook-id": ""}, "webhook-id or webhook-timestamp missing or malformed"),
+     ({"webhook-timestamp": "soon"}, "webhook-id or webhook-timestamp missing or malformed"),
+     ({"webhook-timestamp": "1"}, "not within 5 min of now"),
+     ({"webhook-id": "evt_1235"}, "does not verify with the secret"),
+     ({"webhook-signature": ""}, "does not verify with the secret")],
+)  # fmt: skip
+def test_verify_says_which_check_failed(change: dict[str, str], message: str) -> None:
+    secret, now_s = new_secret(), int(time.time())
+    with pytest.raises(VerificationError, match=message) as raised:
+        verify(secret, {**reference_signed(secret, now_s), **change}, BODY, now_s)
+    assert secret not in str(raised.value)
+
+
+def test_verify_refuses_another_secret_a_tampered_body_and_an_old_stamp() -> None:
+    secret, now_s = new_secret(), int(time.time())
+    headers = reference_signed(secret, now_s)
+    for other_secret, body, at_s in ((new_secret(), BODY, now_s), (secret, BODY + b" ", now_s),
+                                     (secret, BODY, now_s + TOLERANCE_S + 1)):  # fmt: skip
+        with pytest.raises(VerificationError):
+            verify(other_secret, headers, body, at_s)
