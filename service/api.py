@@ -143,7 +143,8 @@ def _filter(request: Request) -> TemplateFilter:
     )
 
 
-def _template_id(request: Request) -> int:
+def template_id_param(request: Request) -> int:
+    """The path's template id; 404 for one that is not a positive integer."""
     template_id = _parsed_id(request)
     if not template_id:
         raise ApiError(404, "Template not found")
@@ -230,7 +231,9 @@ async def _disconnected(request: Request) -> None:
 
 async def template_history(request: Request) -> JSONResponse:
     workspace_id = await authorise(request)
-    events = await services(request).store.template_history(workspace_id, _template_id(request))
+    events = await services(request).store.template_history(
+        workspace_id, template_id_param(request)
+    )
     if events is None:
         raise ApiError(404, "Template not found")
     return JSONResponse({"success": True, "data": [history_json(event) for event in events]})

@@ -15,7 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .api import _template_id, authorise_write
+from .api import authorise_write, template_id_param
 from .errors import ApiError
 from .state import Services, services
 from .storage import IdempotencyBusy, IdempotencyMismatch, idempotency_key, request_fingerprint
@@ -49,7 +49,7 @@ async def create_template(request: Request) -> Response:
 
 async def edit_template(request: Request) -> Response:
     workspace_id = await authorise_write(request)
-    template_id = _template_id(request)
+    template_id = template_id_param(request)
 
     async def change(svc: Services, body: object) -> JSONResponse:
         template = await svc.writer.edit(workspace_id, template_id, edit(body), now_ms())
@@ -60,7 +60,7 @@ async def edit_template(request: Request) -> Response:
 
 async def delete_template(request: Request) -> Response:
     workspace_id = await authorise_write(request)
-    template_id = _template_id(request)
+    template_id = template_id_param(request)
 
     async def delete(svc: Services, body: object) -> JSONResponse:
         await svc.writer.delete(workspace_id, template_id, now_ms())

@@ -110,8 +110,10 @@ class EventWatch:
         return sum(len(feeds) for feeds in self._followers.values())
 
     def nudge(self) -> None:
-        """Read now: this process has just committed an event."""
-        self._signals.wake()
+        """Read now: this process has just committed an event. Called on every applied
+        webhook, so it costs nothing while nobody follows (no wake-up of the loop)."""
+        if self._followers:
+            self._signals.wake()
 
     @asynccontextmanager
     async def follow(self, workspace_id: str) -> AsyncIterator[Feed]:
