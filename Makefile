@@ -30,8 +30,13 @@ run: install  ## migrate the store (SQLite under ./data by default) and serve on
 	$(BIN)/template-sync migrate
 	$(BIN)/template-sync serve
 
-test: install-dev  ## the whole suite; PostgreSQL too when TEMPLATE_SYNC_TEST_POSTGRES_URL is set
-	$(BIN)/pytest
+# Tests spend most of their time waiting on loopback servers and databases, and each uses
+# its own database, files and ports: three workers on two cores take the suite from about 14
+# minutes to about 4 (TEST_JOBS=0 runs it in one process).
+TEST_JOBS ?= 3
+
+test: install-dev  ## the whole suite in TEST_JOBS workers; PostgreSQL too when TEMPLATE_SYNC_TEST_POSTGRES_URL is set
+	$(BIN)/pytest -n $(TEST_JOBS)
 
 test-fresh-clone: install-dev  ## the fixture-reading tests in a clone of HEAD alone in an empty directory
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
