@@ -172,14 +172,15 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def fill(directory: Path) -> Path:
+    """Write until the disk is full. Unbuffered: a buffered file would try to flush what it
+    still holds when it is closed, and raise ENOSPC there."""
     filler = directory / "filler"
-    with filler.open("wb") as handle:
+    with filler.open("wb", buffering=0) as handle:
         try:
             while True:
                 handle.write(b"\0" * 65536)
-                handle.flush()
         except OSError:
-            pass
+            pass  # full
     return filler
 
 
