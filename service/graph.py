@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -40,10 +39,14 @@ from .graph_errors import (
     parse_usage,
     redact,
 )
+from .http_calls import BodyTooLarge, Failure, client_timeout, read_capped, retrying
 
 __all__ = ["CreatedTemplate", "GraphClient", "GraphTemplate", "appsecret_proof"]
 
 logger = logging.getLogger(__name__)
+
+# A page of 100 templates with our fields is a few tens of KB; Meta never needs more than this.
+MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 def appsecret_proof(app_secret: str, access_token: str) -> str:
@@ -66,6 +69,7 @@ class GraphClient:
         timeout_s: float = 10.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_call: Callable[[], None] | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         if page_limit < 1 or max_attempts < 1:
             raise ValueError("page_limit and max_attempts must be >= 1")
@@ -76,9 +80,8 @@ class GraphClient:
         self._page_limit = page_limit
         self._max_attempts = max_attempts
         self._backoff_s = backoff_s
-        self._timeout = aiohttp.ClientTimeout(
-            total=timeout_s, connect=timeout_s, sock_read=timeout_s
-        )
+        self._timeout = client_timeout(timeout_s)
+        self._max_body_bytes = max_body_bytes
         self._sleep = sleep
         self._on_call = on_call
         self.calls = 0
@@ -200,30 +203,15 @@ class GraphClient:
     async def _request(
         self, method: str, url: URL, access_token: str, params: dict[str, str], *, label: str
     ) -> dict[str, Any]:
-        attempt = 1
-        while True:
-            try:
-                return await self._send(method, url, access_token, params, label)
-            except GraphError as exc:
-                exc.attempts = attempt
-                if not exc.retryable or attempt >= self._max_attempts:
-                    raise
-                delay_s = self._backoff_delay(attempt)
-                logger.info(
-                    "graph %s %s attempt %d failed (%s), retrying in %.2fs",
-                    method,
-                    label,
-                    attempt,
-                    exc.kind,
-                    delay_s,
-                )
-                await self._sleep(delay_s)
-                attempt += 1
-
-    def _backoff_delay(self, attempt: int) -> float:
-        """Exponential backoff with jitter in [half, full] of the nominal delay."""
-        nominal = self._backoff_s * 2 ** (attempt - 1)
-        return random.uniform(nominal / 2, nominal)
+        """`_send`, retried on transient and network errors."""
+        return await retrying(
+            lambda: self._send(method, url, access_token, params, label),
+            max_attempts=self._max_attempts,
+            backoff_s=self._backoff_s,
+            sleep=self._sleep,
+            retryable=_retryable,
+            label=f"graph {method} {label}",
+        )
 
     async def _send(
         self,
@@ -250,8 +238,11 @@ class GraphClient:
                 json=json_body,
                 timeout=self._timeout,
             ) as response:
-                status, body = response.status, await response.read()
+                status, body = response.status, await read_capped(response, self._max_body_bytes)
                 usage = parse_usage(response.headers)
+        except BodyTooLarge as exc:
+            logger.info("graph %s %s: answer over %d bytes", method, label, exc.max_bytes)
+            raise GraphError("invalid_response", str(exc)) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             logger.info("graph %s %s failed: %s", method, label, type(exc).__name__)
             raise GraphError(
@@ -292,6 +283,10 @@ class GraphClient:
             error.fbtrace_id,
         )
         raise error
+
+
+def _retryable(error: Failure) -> bool:
+    return isinstance(error, GraphError) and error.retryable
 
 
 def _network_message(exc: BaseException, access_token: str) -> str:
