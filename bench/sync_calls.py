@@ -15,7 +15,7 @@ import aiohttp
 
 from service.graph import GraphClient
 from service.simulator import Simulator, base_url, make_templates, serve
-from service.sync import read_one_by_one
+from service.source_graph import read_one_by_one
 
 WABA_ID = "102290129340398"
 TOKEN = "bench-token"

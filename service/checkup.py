@@ -1,5 +1,5 @@
-"""What `template-sync doctor` runs: configuration, store, every channel with Meta, then the
-relays' failed deliveries.
+"""What `template-sync doctor` runs: configuration, store, every channel with Meta, every
+upstream (design section 14), then the relays' failed deliveries.
 
 The doctor changes nothing it does not have to: it never migrates, never generates an
 encryption key and never creates a SQLite file. What a check means (FAIL: broken now;
@@ -15,10 +15,11 @@ from pathlib import Path
 import aiohttp
 
 from .config import PREFIX, ConfigError, Secret, Settings
-from .crypto import KEY_FILE, DecryptionError, TokenCipher
+from .crypto import KEY_FILE, DecryptionError, TokenCipher, meta_token
 from .doctor import REPLACE_ACCESS, Check, channel_checks, graph_client
+from .doctor_upstream import upstream_checks, webhooks_only_check
 from .graph import GraphClient
-from .storage import Channel, RelaySummary, Store, StoreUnavailable, open_store
+from .storage import Channel, RelaySummary, Store, StoreUnavailable, Upstream, open_store
 from .storage.schema import MIGRATIONS
 from .times import now_ms
 
@@ -143,14 +144,17 @@ async def migration_check(store: Store) -> Check:
 
 
 async def run_doctor(settings: Settings) -> list[Check]:
-    """Every check: configuration, store, each stored channel against Graph, relays."""
+    """Every check: configuration, store, each stored channel against Graph, each upstream
+    with one call, relays."""
     checks = config_checks(settings)
     store_checks, store = await open_checked_store(settings)
     checks += store_checks
     if store is None:
         return checks
     try:
-        checks += await _all_channels(settings, store, encryption_check(settings)[1])
+        cipher, upstreams = encryption_check(settings)[1], await store.all_upstreams()
+        checks += await _all_channels(settings, store, cipher, upstreams)
+        checks += await upstream_checks(upstreams, cipher)
         checks += relay_checks(await store.list_relays())
     finally:
         await store.close()
@@ -158,29 +162,39 @@ async def run_doctor(settings: Settings) -> list[Check]:
 
 
 async def _all_channels(
-    settings: Settings, store: Store, cipher: TokenCipher | None
+    settings: Settings, store: Store, cipher: TokenCipher | None, upstreams: list[Upstream]
 ) -> list[Check]:
+    """Webhooks-only channels first (no Graph call), then each channel with a Meta token."""
     channels = await store.all_channels()
     if not channels:
         return [Check("channels", "WARN", "none yet: no WABA is synced or routed", ADD_CHANNEL)]
-    if cipher is None:
-        detail = f"{len(channels)} channel(s) not checked: no key can read their Meta tokens"
+    synced = {upstream.workspace_id for upstream in upstreams}
+    keyed = [item for item in channels if item.access_token_enc is not None]
+    checks = [
+        webhooks_only_check(item, item.workspace_id in synced)
+        for item in channels
+        if item.access_token_enc is None
+    ]
+    if keyed and cipher is None:
+        detail = f"{len(keyed)} channel(s) not checked: no key can read their Meta tokens"
         fix = (
             "restore the key they were encrypted with (see the encryption keys check), or "
             "store each token again with `template-sync channel set-token`"
         )
-        return [Check("channels", "FAIL", detail, fix)]
+        return [*checks, Check("channels", "FAIL", detail, fix)]
+    if cipher is None or not keyed:
+        return checks
     async with aiohttp.ClientSession() as session:
         graph = graph_client(session, settings)
-        results = [await _one_channel(graph, cipher, store, item) for item in channels]
-    return [check for found in results for check in found]
+        results = [await _one_channel(graph, cipher, store, item) for item in keyed]
+    return checks + [check for found in results for check in found]
 
 
 async def _one_channel(
     graph: GraphClient, cipher: TokenCipher, store: Store, channel: Channel
 ) -> list[Check]:
     try:
-        token = cipher.decrypt(channel.access_token_enc)
+        token = meta_token(cipher, channel.access_token_enc, channel.waba_id)
     except DecryptionError:
         detail = "stored token was encrypted under a key that is not configured"
         fix = (

@@ -16,7 +16,7 @@ from .crypto import (
     new_bearer_token,
     token_id_of,
 )
-from .storage import Channel, Conflict, NotFound, Store, Workspace, WorkspaceSummary
+from .storage import Conflict, NotFound, Store, Workspace, WorkspaceSummary
 from .times import iso, now_ms
 
 
@@ -197,31 +197,40 @@ def keys() -> None:
 
 @keys.command("rotate")
 def keys_rotate() -> None:
-    """Re-encrypt every stored Meta token under the first of TEMPLATE_SYNC_ENCRYPTION_KEYS.
+    """Re-encrypt every stored Meta token, and every upstream's token, under the first of
+    TEMPLATE_SYNC_ENCRYPTION_KEYS.
 
     Tokens under a key no longer configured are listed and left as they are.
     """
     settings = load_settings()
 
-    async def rotate(store: Store) -> list[Channel]:
+    async def rotate(store: Store) -> list[str]:
         cipher, unreadable = load_cipher(settings), []
         for item in await store.all_channels():
+            if item.access_token_enc is None:
+                continue  # webhooks only: no token
             try:
                 await store.set_channel_token(item.id, cipher.rotate(item.access_token_enc))
             except DecryptionError:
-                unreadable.append(item)
+                unreadable.append(
+                    f"channel {item.id} (WABA {item.waba_id}): run 'channel set-token' for it"
+                )
+        for upstream in await store.all_upstreams():
+            try:
+                rotated = cipher.rotate(upstream.token_enc)
+                await store.set_upstream_token(upstream.workspace_id, rotated)
+            except DecryptionError:
+                unreadable.append(
+                    f"upstream of workspace {upstream.workspace_id}: run 'upstream set' for it"
+                )
         return unreadable
 
     unreadable = with_store(settings, rotate)
     for item in unreadable:
-        click.echo(
-            f"channel {item.id} (WABA {item.waba_id}): encrypted under a key that is not "
-            "configured; add that key back or run 'channel set-token' for this WABA",
-            err=True,
-        )
+        click.echo(f"{item} again, or add back the key it was encrypted under", err=True)
     if unreadable:
         raise click.ClickException(f"{len(unreadable)} token(s) could not be re-encrypted")
-    click.echo("every stored Meta token is encrypted under the first key", err=True)
+    click.echo("every stored token is encrypted under the first key", err=True)
 
 
 @keys.command("generate")

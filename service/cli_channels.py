@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
 
 import click
 
 from .cli_admin import existing_workspace
-from .cli_common import digits, emit, json_flag, load_settings, with_store
+from .cli_common import digits, emit, json_flag, load_settings, read_secret, with_store
 from .cli_output import confirm, json_list_flag, print_json, print_table, when, yes_flag
-from .crypto import DecryptionError, load_cipher
+from .crypto import DecryptionError, load_cipher, meta_token
 from .doctor import Check, check_channel, failed, render
 from .storage import Channel, NotFound, Store
 from .times import iso, now_ms
@@ -23,13 +21,7 @@ def channel() -> None:
 
 
 def read_access_token(env_var: str | None, from_stdin: bool) -> str:
-    if bool(env_var) == from_stdin:
-        raise click.UsageError("give exactly one of --access-token-env or --access-token-stdin")
-    token = (sys.stdin.readline() if from_stdin else os.environ.get(env_var or "", "")).strip()
-    if not token:
-        source = "standard input" if from_stdin else f"the variable {env_var}"
-        raise click.ClickException(f"no access token in {source}")
-    return token
+    return read_secret(env_var, from_stdin, "--access-token", "access token")
 
 
 def check_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -64,20 +56,30 @@ async def stored_channel(store: Store, waba_id: str) -> Channel:
 @click.option("--waba-id", required=True, callback=digits, help="WhatsApp Business Account id.")
 @click.option("--access-token-env", metavar="VAR", help="Read the Meta token from this variable.")
 @click.option("--access-token-stdin", is_flag=True, help="Read the Meta token from stdin.")
+@click.option(
+    "--webhooks-only", is_flag=True,
+    help="No Meta token: route this WABA's webhooks here; the workspace syncs through its "
+    "upstream (template-sync upstream set).",
+)  # fmt: skip
 @check_options
 @json_flag
 def channel_add(
     workspace_id: str, waba_id: str, access_token_env: str | None, access_token_stdin: bool,
-    check: bool, subscribe: bool, as_json: bool,
+    webhooks_only: bool, check: bool, subscribe: bool, as_json: bool,
 ) -> None:  # fmt: skip
     """Add a WABA to a workspace; its token is encrypted at rest. Prints the channel id."""
-    token = read_access_token(access_token_env, access_token_stdin)
+    token = None if webhooks_only else read_access_token(access_token_env, access_token_stdin)
+    if webhooks_only and (access_token_env or access_token_stdin or subscribe):
+        raise click.UsageError(
+            "--webhooks-only takes no token: leave out --access-token-env, "
+            "--access-token-stdin and --subscribe"
+        )
     settings = load_settings()
 
     async def add(store: Store) -> tuple[Channel, list[Check]]:
-        ciphertext = load_cipher(settings).encrypt(token)
+        ciphertext = None if token is None else load_cipher(settings).encrypt(token)
         created = await store.add_channel(workspace_id, waba_id, ciphertext, now_ms())
-        if not check:
+        if token is None or not check:
             return created, []
         return created, await check_channel(settings, store, waba_id, token, do_subscribe=subscribe)
 
@@ -121,7 +123,7 @@ def channel_subscribe(waba_id: str) -> None:
     async def subscribe(store: Store) -> list[Check]:
         found = await stored_channel(store, waba_id)
         try:
-            token = load_cipher(settings).decrypt(found.access_token_enc)
+            token = meta_token(load_cipher(settings), found.access_token_enc, waba_id)
         except DecryptionError as error:
             raise click.ClickException(f"WABA {waba_id}: {error}") from None
         return await check_channel(settings, store, waba_id, token, do_subscribe=True)
@@ -136,7 +138,8 @@ def channel_subscribe(waba_id: str) -> None:
 @click.option("--workspace", "workspace_id", help="Only this workspace's channels.")
 @json_list_flag
 def channel_list(workspace_id: str | None, as_json: bool) -> None:
-    """List channels: id, workspace, WABA id and when added (never their tokens)."""
+    """List channels: id, workspace, WABA id, whether it has a Meta token (never the token)
+    and when added."""
 
     async def fetch(store: Store) -> list[Channel]:
         if workspace_id is None:
@@ -148,12 +151,16 @@ def channel_list(workspace_id: str | None, as_json: bool) -> None:
     if as_json:
         print_json([
             {"id": c.id, "workspace_id": c.workspace_id, "waba_id": c.waba_id,
-             "created_at": iso(c.created_at)}
+             "webhooks_only": c.access_token_enc is None, "created_at": iso(c.created_at)}
             for c in found
         ])  # fmt: skip
         return
-    rows = [(c.id, c.workspace_id, c.waba_id, when(c.created_at)) for c in found]
-    print_table(("ID", "WORKSPACE", "WABA_ID", "CREATED"), rows)
+    rows = [(c.id, c.workspace_id, c.waba_id, _token_kind(c), when(c.created_at)) for c in found]
+    print_table(("ID", "WORKSPACE", "WABA_ID", "META_TOKEN", "CREATED"), rows)
+
+
+def _token_kind(found: Channel) -> str:
+    return "none (webhooks only)" if found.access_token_enc is None else "stored"
 
 
 @channel.command("remove")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -83,3 +85,15 @@ def digits(ctx: click.Context, param: click.Parameter, value: str | None) -> str
     if value is not None and not (value.isdecimal() and value.isascii()):
         raise click.BadParameter("must be Meta's numeric id")
     return value
+
+
+def read_secret(env_var: str | None, from_stdin: bool, option: str, what: str) -> str:
+    """A secret from the variable named by `{option}-env` or from one line of stdin
+    (`{option}-stdin`): never from the command line, where `ps` and shell history see it."""
+    if bool(env_var) == from_stdin:
+        raise click.UsageError(f"give exactly one of {option}-env or {option}-stdin")
+    secret = (sys.stdin.readline() if from_stdin else os.environ.get(env_var or "", "")).strip()
+    if not secret:
+        source = "standard input" if from_stdin else f"the variable {env_var}"
+        raise click.ClickException(f"no {what} in {source}")
+    return secret

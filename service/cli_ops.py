@@ -19,8 +19,9 @@ from .checkup import run_doctor
 from .cli_common import load_settings, with_assembly, with_store, with_syncer
 from .doctor import failed, render, warned
 from .retention import Pruned
+from .sources import WabaFailure
 from .storage import RemoteCounts
-from .sync import NoPendingTemplates, Syncer, WabaFailure, report_json
+from .sync import NoPendingTemplates, Syncer, report_json
 from .times import iso, now_ms
 
 
@@ -82,8 +83,9 @@ def prune() -> None:
 @click.command()
 @click.option("--strict", is_flag=True, help="Exit 1 on warnings too, not only on failures.")
 def doctor(strict: bool) -> None:
-    """Check configuration, store and every channel with Meta, each with its fix. Exits 1
-    when a check FAILs (broken now); a WARN (works, but risky) exits 0 unless --strict."""
+    """Check configuration, store, every channel with Meta and every upstream, each with its
+    fix. Exits 1 when a check FAILs (broken now); a WARN (works, but risky) exits 0 unless
+    --strict."""
     checks = asyncio.run(run_doctor(load_settings()))
     click.echo(render(checks))
     if failed(checks) or (strict and warned(checks)):
@@ -92,8 +94,10 @@ def doctor(strict: bool) -> None:
 
 def echo_failures(failures: list[WabaFailure]) -> None:
     for failure in failures:
-        line = f"WABA {failure.waba_id}: {failure.kind} (Graph code {failure.code})"
-        line += f": {failure.detail}"
+        where = f"WABA {failure.waba_id}" if failure.waba_id else "workspace"
+        label = "HTTP" if failure.kind.startswith("upstream_") else "Graph code"
+        code = "" if failure.code is None else f" ({label} {failure.code})"
+        line = f"{where}: {failure.kind}{code}: {failure.detail}"
         if failure.retry_after_s is not None:  # Meta's throttle window: nothing calls it before
             line += f"; try again in {math.ceil(failure.retry_after_s)} s"
         click.echo(line, err=True)
@@ -102,7 +106,8 @@ def echo_failures(failures: list[WabaFailure]) -> None:
 @click.command()
 @click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
 def sync(workspace_id: str) -> None:
-    """Sync pending templates with Meta, like the API endpoint; prints the result."""
+    """Sync pending templates with Meta (or the workspace's upstream), like the API
+    endpoint; prints the result."""
     try:
         report = with_syncer(load_settings(), lambda syncer: syncer.sync(workspace_id, "cli"))
     except NoPendingTemplates:
@@ -116,7 +121,8 @@ def sync(workspace_id: str) -> None:
 @click.command("import")
 @click.option("--workspace", "workspace_id", required=True, help="Workspace id.")
 def import_(workspace_id: str) -> None:
-    """Add or update every template Meta has for the workspace's WABAs (onboarding)."""
+    """Add or update every template Meta (or the workspace's upstream) has for the
+    workspace's WABAs (onboarding)."""
 
     async def run(syncer: Syncer) -> tuple[RemoteCounts, list[WabaFailure]]:
         return await syncer.import_workspace(workspace_id)

@@ -26,6 +26,18 @@ class DecryptionError(Exception):
     """A stored Meta token was encrypted under a key that is no longer configured."""
 
 
+class NoMetaToken(DecryptionError):
+    """The channel routes webhooks only (`channel add --webhooks-only`): no Meta token."""
+
+
+def meta_token(cipher: TokenCipher, access_token_enc: str | None, waba_id: str) -> str:
+    """A channel's Meta token in clear: DecryptionError when no configured key reads it,
+    NoMetaToken when the channel has none."""
+    if access_token_enc is None:
+        raise NoMetaToken(f"WABA {waba_id} routes webhooks only: it has no Meta token")
+    return cipher.decrypt(access_token_enc)
+
+
 class TokenCipher:
     """Encrypts with the first key; decrypts with any (rotation)."""
 

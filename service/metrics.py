@@ -67,6 +67,12 @@ class Metrics:
             "Graph API requests sent, by what asked for them (api, poller, cli, import).",
             reason=GRAPH_CALL_REASONS,
         )
+        self.upstream_calls = labelled_counter(
+            registry,
+            "template_sync_upstream_calls",
+            "Requests sent to workspaces' upstreams (design section 14), by what asked for them.",
+            reason=GRAPH_CALL_REASONS,
+        )
         self.syncs = labelled_counter(
             registry,
             "template_sync_syncs",

@@ -136,7 +136,10 @@ SYNC_RUN = {
         "updated": {"type": "integer"},
         "unchanged": {"type": "integer"},
         "missing": {"type": "integer"},
-        "graph_calls": {"type": "integer"},
+        "graph_calls": {
+            "type": "integer",
+            "description": "Calls to the workspace's source: Graph, or its upstream.",
+        },
         "errors": {"type": "array", "items": {"type": "object"}},
     },
 }

@@ -1,9 +1,7 @@
-"""The sync use case (design section 7), shared by the endpoint, the CLI and the poller.
-
-Strategy per WABA, in Graph calls: one `GET /{template_id}` per pending template costs P
-calls; paging the whole list costs ceil(N / page_limit) calls for N templates (N estimated
-from the templates stored here, a lower bound when Meta has templates not registered here).
-The sync reads template by template when P is at most that page count, the list otherwise.
+"""The sync use case (design sections 7 and 14), shared by the endpoint, the CLI, the poller
+and `import`: one run at a time per workspace (in this process and across replicas), its
+source of truth asked through one interface (sources.Source: Meta's Graph API or an
+upstream), its answers stored through one rule (Store.apply_remote), every run recorded.
 """
 
 from __future__ import annotations
@@ -11,22 +9,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
+from prometheus_client import Counter
 
-from . import throttle
-from .crypto import DecryptionError, TokenCipher
-from .graph import GraphClient, GraphTemplate
-from .graph_errors import GraphError, ThrottledError
+from .crypto import TokenCipher, meta_token
+from .graph import GraphClient
 from .metrics import Metrics
-from .storage import Channel, PendingTemplate, RemoteCounts, Store, SyncRun
+from .source_graph import GraphSource
+from .source_upstream import UpstreamSource
+from .sources import Source, WabaFailure
+from .storage import Channel, PendingTemplate, RemoteCounts, Store, SyncRun, Upstream
 from .times import iso
+from .upstream import UpstreamClient
 
 logger = logging.getLogger(__name__)
 
@@ -35,21 +34,10 @@ DEADLINE_S = 90.0  # a whole sync; every Graph call also has its own timeout
 # has expired: its owner died.
 LEASE_PER_DEADLINE = 4 / 3
 WAIT_POLL_S = 0.2
-NOT_FOUND = (100, 33)  # Graph: "object does not exist"
 
 
 class NoPendingTemplates(Exception):
     """The workspace has no PENDING or IN_APPEAL template: nothing to sync."""
-
-
-@dataclass(frozen=True)
-class WabaFailure:
-    waba_id: str
-    code: int | None
-    kind: str
-    detail: str
-    fbtrace_id: str | None = None
-    retry_after_s: float | None = None
 
 
 @dataclass
@@ -60,7 +48,7 @@ class SyncReport:
     updated: int = 0
     unchanged: int = 0
     missing: int = 0
-    graph_calls: int = 0
+    graph_calls: int = 0  # calls to the source of truth: Graph's, or the upstream's
     failures: list[WabaFailure] = field(default_factory=list)
 
     @property
@@ -123,24 +111,54 @@ class Syncer:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    def graph(self, trigger: str, calls: list[int] | None = None) -> GraphClient:
-        """A Graph client whose calls are counted for `trigger` (and in `calls`)."""
+    def _counter(
+        self, metric: Counter, trigger: str, calls: list[int] | None
+    ) -> Callable[[], None]:
+        """Counts a call to a source in `metric` for `trigger` (and in `calls`)."""
 
         def counted() -> None:
-            self._metrics.graph_calls.labels(trigger).inc()
+            metric.labels(trigger).inc()
             if calls is not None:
                 calls[0] += 1
 
+        return counted
+
+    def graph(self, trigger: str, calls: list[int] | None = None) -> GraphClient:
+        """A Graph client whose calls are counted for `trigger` (and in `calls`)."""
         return GraphClient(
             self._session,
             self._graph_url,
             self._app_secret,
-            on_call=counted,
+            on_call=self._counter(self._metrics.graph_calls, trigger, calls),
+            timeout_s=self._graph_timeout_s,
+        )
+
+    def upstream(
+        self, upstream: Upstream, trigger: str, calls: list[int] | None = None
+    ) -> UpstreamClient:
+        """A client of the workspace's upstream, counted like `graph`; DecryptionError when
+        its stored token cannot be read."""
+        return UpstreamClient(
+            self._session,
+            upstream.url,
+            upstream.remote_workspace,
+            self._cipher.decrypt(upstream.token_enc),
+            on_call=self._counter(self._metrics.upstream_calls, trigger, calls),
             timeout_s=self._graph_timeout_s,
         )
 
     def token(self, channel: Channel) -> str:
-        return self._cipher.decrypt(channel.access_token_enc)
+        """The channel's Meta token (crypto.meta_token: NoMetaToken for webhooks only)."""
+        return meta_token(self._cipher, channel.access_token_enc, channel.waba_id)
+
+    async def source(
+        self, workspace_id: str, trigger: str, calls: list[int] | None = None
+    ) -> Source:
+        """The workspace's source of truth: its upstream when it has one, else Meta."""
+        upstream = await self._store.get_upstream(workspace_id)
+        if upstream is None:
+            return GraphSource(self._store, self.graph(trigger, calls), self._cipher, self._now_ms)
+        return UpstreamSource(self._store, lambda: self.upstream(upstream, trigger, calls))
 
     async def sync(self, workspace_id: str, trigger: str, min_gap_s: float = 0.0) -> SyncReport:
         """Sync the workspace's pending templates; concurrent callers share one run.
@@ -197,121 +215,37 @@ class Syncer:
     async def _run(
         self, workspace_id: str, trigger: str, pending: list[PendingTemplate], report: SyncReport
     ) -> None:
-        by_waba: dict[str, list[PendingTemplate]] = defaultdict(list)
-        for template in pending:
-            by_waba[template.waba_id].append(template)
-        channels = {c.waba_id: c for c in await self._store.list_channels(workspace_id)}
-        counts = await self._store.template_counts(workspace_id)
         calls = [0]
-        graph = self.graph(trigger, calls)
-        for waba_id, items in by_waba.items():
-            failure = await self._sync_waba(
-                graph, workspace_id, channels.get(waba_id), items, counts.get(waba_id, 0), report
-            )
-            if failure:
-                report.failures.append(failure)
+        source = await self.source(workspace_id, trigger, calls)
+        try:
+            async for part in source.pending(workspace_id, pending):
+                if part.failure is not None:
+                    report.failures.append(part.failure)
+                    continue
+                counts = await self._store.apply_remote(
+                    workspace_id, part.waba_id, part.templates, self._now_ms(),
+                    create=False, keep_decided=source.keeps_decided,
+                )  # fmt: skip
+                report.checked += part.asked
+                report.updated += counts.updated
+                report.unchanged += counts.unchanged
+                report.missing += part.asked - len(part.templates)
+        finally:
             report.graph_calls = calls[0]
 
-    async def _sync_waba(
-        self,
-        graph: GraphClient,
-        workspace_id: str,
-        channel: Channel | None,
-        items: list[PendingTemplate],
-        stored: int,
-        report: SyncReport,
-    ) -> WabaFailure | None:
-        waba_id = items[0].waba_id
-        if blocked := await self._blocked(waba_id):
-            return blocked
-        if channel is None:
-            return WabaFailure(waba_id, None, "config", "no channel for this WABA")
-        try:
-            remote = await self.fetch_pending(graph, waba_id, self.token(channel), items, stored)
-        except DecryptionError as error:
-            return WabaFailure(waba_id, None, "config", str(error))
-        except GraphError as error:
-            return await self._graph_failure(waba_id, error)
-        now = self._now_ms()
-        counts = await self._store.apply_remote(workspace_id, waba_id, remote, now, create=False)
-        report.checked += len(items)
-        report.updated += counts.updated
-        report.unchanged += counts.unchanged
-        report.missing += len(items) - len(remote)
-        return None
-
-    async def fetch_pending(
-        self,
-        graph: GraphClient,
-        waba_id: str,
-        token: str,
-        items: list[PendingTemplate],
-        stored: int,
-    ) -> list[GraphTemplate]:
-        """Meta's state of the pending templates, by the cheaper strategy (module doc)."""
-        wanted = {item.provider_id for item in items}
-        if read_one_by_one(len(wanted), stored, graph.page_limit):
-            found = [await _get_or_none(graph, provider_id, token) for provider_id in wanted]
-            return [template for template in found if template is not None]
-        return [t for t in await graph.list_templates(waba_id, token) if t.id in wanted]
-
     async def import_workspace(self, workspace_id: str) -> tuple[RemoteCounts, list[WabaFailure]]:
-        """Upsert every template Meta lists for the workspace's WABAs (onboarding)."""
+        """Upsert every template the workspace's source has (onboarding)."""
         total, failures = RemoteCounts(), []
-        graph = self.graph("import")
-        for channel in await self._store.list_channels(workspace_id):
-            if blocked := await self._blocked(channel.waba_id):
-                failures.append(blocked)  # Meta's window holds for every caller
+        source = await self.source(workspace_id, "import")
+        async for part in source.everything(workspace_id):
+            if part.failure is not None:
+                failures.append(part.failure)
                 continue
-            try:
-                remote = await graph.list_templates(channel.waba_id, self.token(channel))
-            except DecryptionError as error:
-                failures.append(WabaFailure(channel.waba_id, None, "config", str(error)))
-                continue
-            except GraphError as error:
-                failures.append(await self._graph_failure(channel.waba_id, error))
-                continue
-            counts = await self._store.apply_remote(
-                workspace_id, channel.waba_id, remote, self._now_ms(), create=True
-            )
-            total += counts
+            total += await self._store.apply_remote(
+                workspace_id, part.waba_id, part.templates, self._now_ms(),
+                create=True, keep_decided=source.keeps_decided,
+            )  # fmt: skip
         return total, failures
-
-    async def _blocked(self, waba_id: str) -> WabaFailure | None:
-        """The failure of a WABA that Meta's stored block keeps Graph calls away from."""
-        now = self._now_ms()
-        block = await throttle.blocked(self._store, waba_id, now)
-        if block is None:
-            return None
-        wait_s = throttle.remaining_s(block, now)
-        return WabaFailure(waba_id, block.code, "throttled", "Meta rate limit", None, wait_s)
-
-    async def _graph_failure(self, waba_id: str, error: GraphError) -> WabaFailure:
-        logger.warning(
-            "sync of WABA %s failed: %s, Graph code %s, fbtrace_id %s",
-            waba_id, error.kind, error.code, error.fbtrace_id,
-        )  # fmt: skip
-        retry_after_s = None
-        if isinstance(error, ThrottledError):
-            await throttle.record(self._store, waba_id, error, self._now_ms())
-            retry_after_s = error.regain_access_s
-        return WabaFailure(
-            waba_id, error.code, error.kind, error.message, error.fbtrace_id, retry_after_s
-        )
-
-
-def read_one_by_one(pending: int, stored: int, page_limit: int) -> bool:
-    """True when a GET per pending template costs no more calls than paging the list."""
-    return pending <= math.ceil(max(stored, 1) / page_limit)
-
-
-async def _get_or_none(graph: GraphClient, template_id: str, token: str) -> GraphTemplate | None:
-    try:
-        return await graph.get_template(template_id, token)
-    except GraphError as error:
-        if (error.code, error.subcode) == NOT_FOUND:
-            return None  # deleted at Meta: counted as missing
-        raise
 
 
 def report_json(report: SyncReport) -> dict[str, Any]:

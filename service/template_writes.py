@@ -17,7 +17,7 @@ from typing import Literal
 
 from . import throttle
 from .config import PREFIX
-from .crypto import DecryptionError
+from .crypto import DecryptionError, NoMetaToken
 from .graph import CreatedTemplate, GraphClient
 from .graph_errors import (
     ErrorKind,
@@ -134,6 +134,12 @@ class TemplateWriter:
             )  # fmt: skip
         try:
             token = self._syncer.token(channel)
+        except NoMetaToken:
+            message = (
+                f"The channel of WABA {channel.waba_id} has no Meta token (webhooks only): "
+                "its templates are written where its upstream keeps them."
+            )
+            raise DraftError({"waba_id": [message]}) from None
         except DecryptionError:
             logger.error("the Meta token of WABA %s cannot be decrypted: is a key of %s"
                          "ENCRYPTION_KEYS missing?", channel.waba_id, PREFIX)  # fmt: skip

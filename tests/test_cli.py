@@ -579,6 +579,22 @@ def test_token_revoke_of_an_unknown_or_malformed_id(cli: Cli, workspace_id: str)
     assert "tsk_<id>" in cli.ok("token revoke --help").stdout
 
 
+def test_a_webhooks_only_channel_has_no_token_and_takes_no_token_options(
+    cli: Cli, workspace_id: str
+) -> None:
+    base = f"channel add --workspace {workspace_id} --waba-id 333 --webhooks-only"
+    for extra in ("--access-token-stdin", "--access-token-env META_TOKEN", "--subscribe"):
+        failed(cli(f"{base} {extra}", META_TOKEN=META_TOKEN), 2, "--webhooks-only takes no token")
+    created = cli.created(base)
+    [stored] = with_store(cli.database_url, lambda store: store.list_channels(workspace_id))
+    assert (stored.id, stored.waba_id, stored.access_token_enc) == (created, "333", None)
+    [row] = cli.ok(f"channel list --workspace {workspace_id}").stdout.splitlines()[1:]
+    assert row.split()[2:6] == ["333", "none", "(webhooks", "only)"]
+    [shown] = json.loads(cli.ok(f"channel list --workspace {workspace_id} --json").stdout)
+    assert shown["webhooks_only"] is True
+    failed(cli("channel subscribe --waba-id 333"), 1, "WABA 333 routes webhooks only")
+
+
 def test_channel_list_never_shows_a_token(cli: Cli, workspace_id: str) -> None:
     first = cli.channel(workspace_id, "111")
     other = cli.workspace("Other")
@@ -586,15 +602,16 @@ def test_channel_list_never_shows_a_token(cli: Cli, workspace_id: str) -> None:
     [stored] = with_store(cli.database_url, lambda store: store.list_channels(workspace_id))
     everything = cli.ok("channel list").stdout
     header, *rows = everything.splitlines()
-    assert header.split() == ["ID", "WORKSPACE", "WABA_ID", "CREATED"]
-    assert sorted(row.split()[:3] for row in rows) == sorted(
-        [[first, workspace_id, "111"], [second, other, "222"]]
+    assert header.split() == ["ID", "WORKSPACE", "WABA_ID", "META_TOKEN", "CREATED"]
+    assert sorted(row.split()[:4] for row in rows) == sorted(
+        [[first, workspace_id, "111", "stored"], [second, other, "222", "stored"]]
     )
     mine = json.loads(cli.ok(f"channel list --workspace {workspace_id} --json").stdout)
     assert [(c["id"], c["workspace_id"], c["waba_id"]) for c in mine] == [
         (first, workspace_id, "111")
     ]
-    assert ISO_TIME.fullmatch(mine[0]["created_at"]) and len(mine[0]) == 4
+    assert ISO_TIME.fullmatch(mine[0]["created_at"]) and len(mine[0]) == 5
+    assert mine[0]["webhooks_only"] is False
     for shown in (everything, json.dumps(mine)):
         assert META_TOKEN not in shown and stored.access_token_enc not in shown
     failed(cli("channel list --workspace nope"), 1, "workspace nope does not exist")

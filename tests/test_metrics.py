@@ -23,6 +23,7 @@ COUNTERS: dict[str, dict[str, tuple[str, ...]]] = {
         "result": ("applied", "stale", "duplicate", "unknown_waba", "created")
     },
     "template_sync_graph_calls": {"reason": ("api", "cli", "import", "poller")},
+    "template_sync_upstream_calls": {"reason": ("api", "cli", "import", "poller")},
     "template_sync_syncs": {
         "trigger": ("api", "cli", "poller"),
         "status": ("succeeded", "partial", "failed"),

@@ -415,8 +415,8 @@ async def test_workspace_summaries_count_what_each_workspace_holds(
 
 async def seed_everything(store: Store, tenant: Tenant) -> int:
     """A template with webhook history, a sync run, poll state, a webhook subscription
-    with a queued event and a logged attempt, and an idempotency key; returns the template
-    id."""
+    with a queued event and a logged attempt, an idempotency key and an upstream; returns
+    the template id."""
     await store.add_subscription(tenant.workspace_id, "https://app.example/", [], "enc", NOW_MS)
     await store.record_delivery(b"{}", NOW_MS, [status_change("PENDING")], None)
     await store.record_delivery(b"{}", NOW_MS, [status_change("APPROVED", 1751247600)], None)
@@ -428,6 +428,7 @@ async def seed_everything(store: Store, tenant: Tenant) -> int:
     await store.claim_sync(tenant.workspace_id, "api", NOW_MS, 1000)
     assert await store.claim_poll(tenant.workspace_id, "replica", NOW_MS + 5000, 1000, 10)
     assert await store.begin_idempotent(tenant.workspace_id, "key-1", "print", NOW_MS) is None
+    await store.set_upstream(tenant.workspace_id, "https://lp.example", "ws", "enc", NOW_MS)
     [template], _ = await store.list_templates(tenant.workspace_id, TemplateFilter(), 0, 10)
     return template.id
 
@@ -451,7 +452,8 @@ async def test_delete_workspace_removes_all_it_holds_and_nothing_else(
     assert {table: before[table] - after[table] for table in before} == {
         "outbox": 3, "notification_attempts": 1, "webhook_subscriptions": 1,
         "template_events": 3, "templates": 1, "channels": 1, "api_tokens": 1,
-        "sync_runs": 1, "workspace_polls": 1, "idempotency_keys": 1, "workspaces": 1,
+        "sync_runs": 1, "workspace_polls": 1, "idempotency_keys": 1, "upstreams": 1,
+        "workspaces": 1,
     }  # fmt: skip
     other_key = await store.begin_idempotent(other.workspace_id, "key-1", "print", NOW_MS)
     assert other_key is None  # the deleted workspace's key was its own
@@ -561,3 +563,25 @@ async def test_remove_template_removes_its_history_only(
     assert history is not None and [h.row.field for h in history] == ["template", "status"]
     with pytest.raises(NotFound, match=f"has no template {removed}"):
         await store.remove_template(tenant.workspace_id, removed)
+
+
+async def test_migration_14_keeps_channels_and_makes_their_token_optional(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store made before upstream mode: its channels and their tokens survive migration
+    14 (SQLite rebuilds the table), and a channel without a token can be added after it."""
+    monkeypatch.setattr("service.storage.sql_store.MIGRATIONS", MIGRATIONS[:13])
+    store = await open_store(database_url)
+    try:
+        assert await store.migrate() == list(range(1, 14))
+        workspace = await store.create_workspace("Old", NOW_MS)
+        before = await store.add_channel(workspace.id, WABA_ID, "sealed-token", NOW_MS)
+        monkeypatch.setattr("service.storage.sql_store.MIGRATIONS", MIGRATIONS)
+        assert await store.migrate() == [14]
+        assert await store.list_channels(workspace.id) == [before]
+        added = await store.add_channel(workspace.id, "999", None, NOW_MS + 1)
+        assert await store.channel_for_waba("999") == added
+        with pytest.raises(Conflict):
+            await store.add_channel(workspace.id, WABA_ID, None, NOW_MS)  # still unique
+    finally:
+        await store.close()

@@ -24,8 +24,9 @@ from service.graph_errors import (
 )
 from service.metrics import Metrics
 from service.simulator import make_templates
+from service.sources import WabaFailure
 from service.storage import Store, Throttle
-from service.sync import Syncer, WabaFailure
+from service.sync import Syncer
 
 from .conftest import APP_SECRET, META_TOKEN, NOW_MS, WABA_ID, Tenant, simulated
 from .waiting import GatedSimulator, eventually

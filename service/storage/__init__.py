@@ -37,6 +37,7 @@ from .models import (
     TemplateFilter,
     Throttle,
     TokenInfo,
+    Upstream,
     Workspace,
     WorkspaceSummary,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "TemplateFilter",
     "Throttle",
     "TokenInfo",
+    "Upstream",
     "Workspace",
     "WorkspaceSummary",
     "idempotency_key",

@@ -40,8 +40,20 @@ class Channel:
     id: str
     workspace_id: str
     waba_id: str
-    access_token_enc: str = field(repr=False)
+    access_token_enc: str | None = field(repr=False)  # None: webhooks only, no Meta token
     created_at: int
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A workspace's LancePilot-compatible source of truth (design section 14)."""
+
+    workspace_id: str
+    url: str
+    remote_workspace: str
+    token_enc: str = field(repr=False)
+    created_at: int
+    updated_at: int
 
 
 @dataclass(frozen=True)

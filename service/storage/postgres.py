@@ -192,6 +192,8 @@ class PostgresBackend:
         "generated": "STORED",
         # Room on each page for a template's next version, so its update can be HOT.
         "templates_fillfactor": "ALTER TABLE templates SET (fillfactor = 70)",
+        "channels_token_optional":
+            "ALTER TABLE channels ALTER COLUMN access_token_enc DROP NOT NULL",
     })  # fmt: skip
     for_update = " FOR UPDATE"
     migration_lock: str | None = "SELECT pg_advisory_xact_lock(7240411)"

@@ -328,6 +328,23 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX templates_name ON templates (waba_id, name, language)
         """,
     ),
+    (
+        14,
+        # Upstream mode (design section 14). A workspace may name a LancePilot-compatible
+        # upstream (one per workspace; its bearer token encrypted like Meta's); a channel
+        # may have no Meta token (`channel add --webhooks-only`: it routes webhooks only).
+        """
+        CREATE TABLE upstreams (
+            workspace_id TEXT PRIMARY KEY REFERENCES workspaces (id),
+            url TEXT NOT NULL,
+            remote_workspace TEXT NOT NULL,
+            token_enc TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL
+        );
+        {channels_token_optional}
+        """,
+    ),
 ]
 
 

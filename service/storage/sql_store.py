@@ -16,10 +16,12 @@ from .template_writes import TemplateWriteQueries
 from .templates import TemplateQueries
 from .tenants import TenantQueries
 from .transactions import Database, Transaction, execute, fetch, fetchrow, transaction
+from .upstreams import UpstreamQueries
 
 
 class SqlStore(
     TenantQueries,
+    UpstreamQueries,
     TemplateQueries,
     TemplateWriteQueries,
     IdempotencyQueries,

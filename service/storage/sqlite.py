@@ -37,6 +37,22 @@ BEGIN = "BEGIN IMMEDIATE"  # every write transaction takes the write lock at onc
 MEMORY = ":memory:"  # a database in memory: no file to create
 ROWS_PER_STATEMENT = 512  # of at most 14 columns: under SQLite's 32,766 parameters
 # Result codes that mean "the database cannot be used right now", not "the query is wrong".
+# SQLite cannot drop a NOT NULL: migration 14 rebuilds the channels table (nothing refers
+# to it) with an optional Meta token.
+REBUILD_CHANNELS = """
+    CREATE TABLE channels_14 (
+        id TEXT PRIMARY KEY,
+        workspace_id TEXT NOT NULL REFERENCES workspaces (id),
+        waba_id TEXT NOT NULL UNIQUE,
+        access_token_enc TEXT,
+        created_at BIGINT NOT NULL
+    );
+    INSERT INTO channels_14 SELECT id, workspace_id, waba_id, access_token_enc, created_at
+        FROM channels;
+    DROP TABLE channels;
+    ALTER TABLE channels_14 RENAME TO channels;
+    CREATE INDEX channels_workspace ON channels (workspace_id)
+"""
 _UNAVAILABLE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
 _ACCESS_CODES = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM})
 _ACCESS_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
@@ -132,6 +148,7 @@ class SqliteBackend:
         "blob": "BLOB",
         "generated": "VIRTUAL",  # ALTER TABLE cannot add a STORED column
         "templates_fillfactor": "",  # pages are always filled
+        "channels_token_optional": REBUILD_CHANNELS,
     })  # fmt: skip
     for_update = ""  # BEGIN IMMEDIATE already holds the write lock
     migration_lock: str | None = None  # BEGIN IMMEDIATE already excludes other writers

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..events import HistoryRow, meta_template, observe_meta, registered
+from ..events import PENDING_STATUSES, HistoryRow, meta_template, observe_meta, registered
 from .models import (
     ApiToken,
     Conflict,
@@ -164,14 +164,17 @@ class TemplateQueries(Queries):
         templates: Sequence[RemoteTemplate],
         now_ms: int,
         create: bool,
+        keep_decided: bool = False,
     ) -> Transaction[RemoteCounts]:
         """Bring matched templates to Meta's state (events.observe_meta: history source
-        "sync"); with `create`, add those not here (an import)."""
+        "sync"); with `create`, add those not here (an import). With `keep_decided` (an
+        upstream's view, which may not have heard of a verdict a webhook brought here), only
+        templates still pending here take it."""
         counts = {"created": 0, "updated": 0, "unchanged": 0}
         history: list[tuple[Any, ...]] = []
         for remote in templates:
             done = yield from _apply(
-                self._db, workspace_id, waba_id, remote, now_ms, create, history
+                self._db, workspace_id, waba_id, remote, now_ms, history, create, keep_decided
             )
             if done:
                 counts[done] += 1
@@ -206,8 +209,9 @@ def _apply(
     waba_id: str,
     remote: RemoteTemplate,
     now_ms: int,
-    create: bool,
     history: list[tuple[Any, ...]],
+    create: bool,
+    keep_decided: bool,
 ) -> Transaction[str | None]:
     """Apply Meta's state of one template: "created", "updated", "unchanged", or None when
     it is not here (and not to be created). Its history rows go to `history`."""
@@ -226,6 +230,8 @@ def _apply(
     if row is None:
         return None
     before = state_of(row)
+    if keep_decided and before.status not in PENDING_STATUSES:
+        return "unchanged"
     transition = observe_meta(before, remote, now_ms)
     yield from update_template(row["id"], transition.state)
     history += [

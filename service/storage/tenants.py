@@ -45,6 +45,7 @@ WORKSPACE_ROWS = (
     ("channels", "workspace_id = ?"),
     ("api_tokens", "workspace_id = ?"),
     ("idempotency_keys", "workspace_id = ?"),
+    ("upstreams", "workspace_id = ?"),
     ("sync_runs", "workspace_id = ?"),
     ("workspace_polls", "workspace_id = ?"),
     ("workspaces", "id = ?"),
@@ -98,8 +99,9 @@ class TenantQueries(Queries):
 
     @transaction
     def add_channel(
-        self, workspace_id: str, waba_id: str, access_token_enc: str, now_ms: int
+        self, workspace_id: str, waba_id: str, access_token_enc: str | None, now_ms: int
     ) -> Transaction[Channel]:
+        """A channel for the WABA; without a token it routes webhooks only."""
         channel = Channel(str(uuid.uuid4()), workspace_id, waba_id, access_token_enc, now_ms)
         yield from require_workspace(workspace_id)
         if (yield fetchrow("SELECT id FROM channels WHERE waba_id = ?", waba_id)):
