@@ -71,7 +71,7 @@ bench-memory: install-dev  ## peak RSS of the service over 1,000,000 deliveries 
 bench-sync: install  ## Graph calls per sync for both strategies (simulator, offline)
 	$(BIN)/python bench/sync_calls.py
 
-bench-poller: install  ## one simulated day: Graph calls and delays, poller vs. two peers (~8 min)
+bench-poller: install  ## one simulated day: Graph and upstream calls and delays, the poller vs. peers and the seed's schedule (~4 min)
 	$(BIN)/python bench/poller_cost.py $(BENCH_ARGS)
 
 format: install-dev

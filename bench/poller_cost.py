@@ -2,10 +2,11 @@
 
     .venv/bin/python bench/poller_cost.py [--wabas 1000] [--templates 250] [--new-per-day 50]
         [--lost 0,0.05,1.0] [--seed 1] [--database-url sqlite:///... | postgresql://...]
-        [--tick-s 30] [--grace-s 300] [--interval-s 1800] [--jobs 2]
+        [--tick-s 30] [--grace-s 1800] [--interval-s 1800] [--jobs 2]
+        [--strategies S,B1,B2,S-up,B2-up,B2-up-pending]
 
-About 7.5 minutes on 2 cores at the defaults (2.5 of them seeding 250k templates);
-`--wabas 100` takes under a minute.
+About 4 minutes on 2 cores at the defaults, most of it B2-up's 196,000 loopback requests
+(`--strategies S,B1,B2` alone: about 1.5); `--wabas 100` takes under a minute.
 
 W WABAs (a workspace and channel each) hold T templates, at Meta (the simulator, over
 loopback HTTP) and in the store. During one day N templates are created PENDING at random
@@ -16,6 +17,17 @@ probability. The same events (same seed) are replayed against three strategies:
   B1  a peer listing every WABA's templates every 3 hours (no webhooks);
   B2  the seed's advice, client-side: every 30 minutes, list the templates of every WABA
       whose workspace has a pending template (no webhooks).
+
+The upstream case (design section 14, issue 21) replays the same day with a LancePilot-like
+platform on loopback (bench/upstream_platform.py) that answers the seed's API from Meta's
+state; its requests (sync, list pages) are counted instead of Graph calls:
+
+  S-up           this service in upstream mode: webhooks-only channels, the platform as
+                 every workspace's upstream, webhooks as in S, the real Poller.run_once();
+  B2-up          the seed's schedule literally: every 30 minutes, for every workspace, POST
+                 sync then GET every page of the list (no webhooks);
+  B2-up-pending  the same for workspaces with a template pending here only (B2's reading;
+                 the seed's example checks for a pending template first).
 
 Each run starts from a copy of the seeded store and a fresh simulator. Time is virtual: the
 clock jumps from event to event and tick to tick, nothing sleeps, so a sync takes no virtual
@@ -41,11 +53,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 import aiohttp
+from upstream_mode import PlatformLog, SeedSchedule, connector, use_upstream
+from upstream_platform import Account, Platform, serving
 
 from service import meta_webhooks
 from service.config import Secret, Settings
@@ -273,6 +287,16 @@ class CallLog:
         self.in_day += sum(1 for call in new if call.at - EPOCH_S < DAY_S)
 
 
+class Calls(Protocol):
+    """Calls counted for a run: Graph's (CallLog), or the platform's (PlatformLog)."""
+
+    @property
+    def total(self) -> int: ...
+    @property
+    def in_day(self) -> int: ...
+    def drain(self) -> None: ...
+
+
 class Strategy(Protocol):
     period_s: float
     webhooks: bool
@@ -289,9 +313,10 @@ class Env:
     session: aiohttp.ClientSession
     graph_url: str
     clock: Clock
-    log: CallLog
+    log: Calls
     cipher: TokenCipher
     args: argparse.Namespace
+    upstream_url: str = ""  # the platform's, in the upstream case
 
 
 class ServicePoller:
@@ -349,11 +374,26 @@ class ListingSync:
         return self._graph.calls - before
 
 
+def seed_schedule(env: Env, *, only_pending: bool) -> SeedSchedule:
+    """B2-up (every workspace) or B2-up-pending, through the platform."""
+    connect = connector(env.session, env.upstream_url)
+    return SeedSchedule(
+        env.store, env.tenants, connect, lambda: env.clock.now_ms, period_s=B2_PERIOD_S,
+        only_pending=only_pending,
+    )  # fmt: skip
+
+
 STRATEGIES: dict[str, Callable[[Env], Strategy]] = {
     "S": ServicePoller,
     "B1": lambda env: ListingSync(env, period_s=B1_PERIOD_S, only_pending=False),
     "B2": lambda env: ListingSync(env, period_s=B2_PERIOD_S, only_pending=True),
+    "S-up": ServicePoller,  # the same service; run_strategy puts the store in upstream mode
+    "B2-up": lambda env: seed_schedule(env, only_pending=False),
+    "B2-up-pending": lambda env: seed_schedule(env, only_pending=True),
 }
+SLOW = {"B2-up": 2, "B1": 1}  # started first, so the parallel runs end together
+WEBHOOKS = frozenset({"S", "S-up"})  # the others poll only: the lost share changes nothing
+UPSTREAM = frozenset({"S-up", "B2-up", "B2-up-pending"})  # calls counted at the platform
 
 
 @dataclass
@@ -371,6 +411,8 @@ class RunResult:
     wall_s: float = 0.0
     polls: int = 0  # S only: workspaces the poller synced, and templates those syncs repaired
     repaired: int = 0
+    graph_calls: int = 0  # upstream case: Graph calls made all the same (should be none)
+    by_kind: dict[str, int] = field(default_factory=dict)  # upstream case: requests per day
 
 
 class Day:
@@ -520,25 +562,47 @@ async def run_strategy(job: Job) -> RunResult:
         runner = await serve(sim)
         try:
             async with aiohttp.ClientSession() as session:
-                log = CallLog(sim)
                 env = Env(
-                    store, tenants, session, base_url(runner), clock, log, job.seed.cipher, args
-                )
-                strategy = STRATEGIES[name](env)
-                result = RunResult(name, strategy.webhooks)
-                await Day(env, strategy, job.plan, job.share).run(sim, result)
-                result.calls_day, result.calls_total = log.in_day, log.total
-                if isinstance(strategy, ServicePoller):
-                    result.polls, result.repaired = strategy.polls, strategy.repaired
-                await verify(store, sim, tenants, result)
+                    store, tenants, session, base_url(runner), clock, CallLog(sim),
+                    job.seed.cipher, args,
+                )  # fmt: skip
+                day = upstream_day if name in UPSTREAM else graph_day
+                result = await day(job, env, sim)
         finally:
             await runner.cleanup()
     result.wall_s = time.perf_counter() - started
     say(
-        f"  {name}" + (f" (lost {job.share:g})" if name == "S" else "")
+        f"  {name}" + (f" (lost {job.share:g})" if name in WEBHOOKS else "")
         + f": {result.calls_day} calls/day, {result.wall_s:.0f} s wall, "
         f"{result.status_mismatches} mismatches at the end"
     )  # fmt: skip
+    return result
+
+
+async def graph_day(job: Job, env: Env, sim: Simulator) -> RunResult:
+    """The day of one strategy, its calls counted by `env.log`; then the comparison."""
+    strategy = STRATEGIES[job.name](env)
+    result = RunResult(job.name, strategy.webhooks)
+    await Day(env, strategy, job.plan, job.share).run(sim, result)
+    result.calls_day, result.calls_total = env.log.in_day, env.log.total
+    if isinstance(strategy, ServicePoller):
+        result.polls, result.repaired = strategy.polls, strategy.repaired
+    await verify(env.store, sim, env.tenants, result)
+    return result
+
+
+async def upstream_day(job: Job, env: Env, sim: Simulator) -> RunResult:
+    """graph_day with the platform in front of Meta, its requests counted instead; S-up's
+    store first put in upstream mode. Graph calls are still counted: there should be none."""
+    platform = Platform(sim, env.clock)
+    platform.add([Account.for_waba(tenant.waba_id) for tenant in env.tenants])
+    async with serving(platform) as url:
+        log = PlatformLog(platform, EPOCH_S + DAY_S)
+        if job.name == "S-up":
+            await use_upstream(env.store, env.tenants, url, env.cipher, env.clock.now_ms)
+        result = await graph_day(job, replace(env, log=log, upstream_url=url), sim)
+    env.log.drain()
+    result.graph_calls, result.by_kind = env.log.total, log.by_kind()
     return result
 
 
@@ -568,21 +632,36 @@ def stale_at_midnight(result: RunResult, plan: Sequence[Submission]) -> int:
     )
 
 
+Runs = dict[tuple[str, float], RunResult]
+LABELS = {
+    "S-up": "S-up: upstream mode",
+    "B2-up": "B2-up: seed schedule, every workspace",
+    "B2-up-pending": "B2-up-pending: seed schedule, workspaces pending here",
+}
+
+
+def run_key(name: str, share: float) -> tuple[str, float]:
+    """Runs by strategy and lost share; a polling-only strategy runs once (share -1)."""
+    return (name, share if name in WEBHOOKS else -1.0)
+
+
 def table(
-    runs: dict[tuple[str, float], RunResult], plan: Sequence[Submission], shares: Sequence[float]
+    runs: Runs, plan: Sequence[Submission], shares: Sequence[float], args: argparse.Namespace
 ) -> list[str]:
     lines = [
-        "| lost webhooks | strategy | webhooks | Graph calls/day | delay, webhook delivered "
-        "(s) p50 / p99 / max | delay, webhook lost (s) p50 / p99 / max | stale at 24:00 "
-        "| mismatches after the day |",
-        "|---:|---|---|---:|---|---|---:|---:|",
+        "| lost webhooks | strategy | webhooks | calls to | calls/day | per workspace per day "
+        "| delay, webhook delivered (s) p50 / p99 / max | delay, webhook lost (s) p50 / p99 "
+        "/ max | stale at 24:00 | mismatches after the day |",
+        "|---:|---|---|---|---:|---:|---|---|---:|---:|",
     ]
     for share in shares:
-        for name in STRATEGIES:
-            run = runs[(name, share if name == "S" else -1.0)]
+        for name in args.strategies:
+            run = runs[run_key(name, share)]
             lines.append(
-                f"| {share:.0%} | {name} | {'yes' if run.webhooks else 'no (polling only)'} "
-                f"| {run.calls_day:,} | {delays(run, plan, share, False)} "
+                f"| {share:.0%} | {LABELS.get(name, name)} "
+                f"| {'yes' if run.webhooks else 'no (polling only)'} "
+                f"| {'upstream' if name in UPSTREAM else 'Graph'} | {run.calls_day:,} "
+                f"| {run.calls_day / args.wabas:,.2f} | {delays(run, plan, share, False)} "
                 f"| {delays(run, plan, share, True)} | {stale_at_midnight(run, plan)} "
                 f"| {run.status_mismatches} |"
             )
@@ -590,51 +669,81 @@ def table(
 
 
 def verdicts(
-    runs: dict[tuple[str, float], RunResult],
-    plan: Sequence[Submission],
-    shares: Sequence[float],
-    args: argparse.Namespace,
+    runs: Runs, plan: Sequence[Submission], shares: Sequence[float], args: argparse.Namespace
 ) -> list[str]:
-    b1, b2 = runs[("B1", -1.0)], runs[("B2", -1.0)]
     lines = []
     for share in shares:
-        s = runs[("S", share)]
-        calls = max(s.calls_day, 1)
-        lines.append(
-            f"- lost {share:.0%}: B1/S = {b1.calls_day / calls:,.1f}x (target >= 100x: "
-            f"{_mark(b1.calls_day >= 100 * s.calls_day)}), B2/S = {b2.calls_day / calls:,.1f}x "
-            f"(target >= 10x: {_mark(b2.calls_day >= 10 * s.calls_day)})"
-        )
-        lost = [s.resolved_s[x.index] - x.decided_s for x in plan if x.lost(share)
-                and x.index in s.resolved_s]  # fmt: skip
-        if not lost:
-            continue
-        sync_s = max(s.sync_wall_s, default=0.0)
-        bound = args.grace_s + 2 * args.tick_s + sync_s
-        p99 = percentile(lost, 99)
-        lines.append(
-            f"  S p99 for lost webhooks {p99:,.0f} s <= POLL_GRACE_S + 2 x POLL_TICK_S + sync "
-            f"time ({args.grace_s:g} + 2 x {args.tick_s:g} + {sync_s:.2f} = {bound:,.0f} s): "
-            f"{_mark(p99 <= bound)}"
-        )
+        lines += peers_verdict(runs, share) + upstream_verdict(runs, share)
+        for name in ("S", "S-up"):
+            if (name, share) in runs:
+                lines.append(delay_bound(runs[(name, share)], plan, share, args))
     lines.append(
         f"  (a poll comes POLL_GRACE_S after creation; when Meta has not decided by then, the "
         f"next waits POLL_INTERVAL_S: delay up to ~{args.interval_s + args.tick_s:,.0f} s)"
     )
-    return lines
+    return [line for line in lines if line]
+
+
+def peers_verdict(runs: Runs, share: float) -> list[str]:
+    """Issue 3's targets: B1 spends >= 100x and B2 >= 10x S's Graph calls."""
+    keys = [("S", share), ("B1", -1.0), ("B2", -1.0)]
+    if not all(key in runs for key in keys):
+        return []
+    s, b1, b2 = (runs[key].calls_day for key in keys)
+    calls = max(s, 1)
+    return [
+        f"- lost {share:.0%}: B1/S = {b1 / calls:,.1f}x (target >= 100x: "
+        f"{_mark(b1 >= 100 * s)}), B2/S = {b2 / calls:,.1f}x (target >= 10x: {_mark(b2 >= 10 * s)})"
+    ]
+
+
+SEED_SCHEDULES = (("B2-up", "Y", "seed schedule"), ("B2-up-pending", "Z", "pending only"))
+
+
+def upstream_verdict(runs: Runs, share: float) -> list[str]:
+    """Issue 21: the platform's requests, S-up (X) against the seed's schedule (Y: B2-up,
+    every workspace; Z: B2-up-pending, workspaces with a template pending here)."""
+    if ("S-up", share) not in runs:
+        return []
+    x = runs[("S-up", share)].calls_day
+    parts = [f"- lost {share:.0%}: upstream calls per day: S-up {x:,}"]
+    for name, letter, what in SEED_SCHEDULES:
+        if (name, -1.0) in runs:
+            y = runs[(name, -1.0)].calls_day
+            ratio = f"{y / x:,.1f}" if x else "n/a, S-up made none"
+            parts.append(f"{what} {y:,} ({letter}/X = {ratio})")
+    return [" vs ".join(parts)]
+
+
+def delay_bound(
+    run: RunResult, plan: Sequence[Submission], share: float, args: argparse.Namespace
+) -> str:
+    """Whether the p99 delay of lost webhooks is within the poller's bound."""
+    lost = [run.resolved_s[x.index] - x.decided_s for x in plan if x.lost(share)
+            and x.index in run.resolved_s]  # fmt: skip
+    if not lost:
+        return ""
+    sync_s = max(run.sync_wall_s, default=0.0)
+    bound, p99 = args.grace_s + 2 * args.tick_s + sync_s, percentile(lost, 99)
+    return (
+        f"  {run.name} p99 for lost webhooks {p99:,.0f} s <= POLL_GRACE_S + 2 x POLL_TICK_S + "
+        f"sync time ({args.grace_s:g} + 2 x {args.tick_s:g} + {sync_s:.2f} = {bound:,.0f} s): "
+        f"{_mark(p99 <= bound)}"
+    )
 
 
 def _mark(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def details(runs: dict[tuple[str, float], RunResult]) -> list[str]:
+def details(runs: Runs) -> list[str]:
     lines = []
     for (name, share), run in runs.items():
         label = f"{name}" + (f" lost {share:.0%}" if share >= 0 else "")
         wall = max(run.sync_wall_s, default=0.0)
+        where = "platform" if name in UPSTREAM else "simulator"
         lines.append(
-            f"- {label}: {run.calls_total:,} calls until settled (simulator log), "
+            f"- {label}: {run.calls_total:,} calls until settled ({where} log), "
             f"{run.client_calls:,} counted by the client; slowest pass with calls "
             f"{wall:.2f} s wall; rejection reasons differing {run.reason_mismatches}, "
             f"templates missing here {run.missing}; run {run.wall_s:.0f} s"
@@ -644,6 +753,10 @@ def details(runs: dict[tuple[str, float], RunResult]) -> list[str]:
                 f"  {run.polls} polls, {run.repaired} templates repaired (webhook lost); "
                 "the other polls found templates still pending at Meta"
             )
+        if name in UPSTREAM:
+            kinds = ", ".join(f"{kind}: {count:,}" for kind, count in run.by_kind.items())
+            graph = f"Graph calls from this side: {run.graph_calls}"
+            lines.append(f"  platform requests in the day: {kinds or 'none'}; {graph}")
     return lines
 
 
@@ -659,8 +772,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--grace-s", type=float, default=DEFAULTS.poll_grace_s)
     parser.add_argument("--interval-s", type=float, default=DEFAULTS.poll_interval_s)
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel processes")
+    parser.add_argument(
+        "--strategies", default=",".join(STRATEGIES),
+        help="comma list, default all: " + ", ".join(STRATEGIES),
+    )  # fmt: skip
     args = parser.parse_args()
     args.shares = [float(part) for part in args.lost.split(",")]
+    wanted = {part.strip() for part in args.strategies.split(",") if part.strip()}
+    if not wanted or wanted - STRATEGIES.keys():
+        parser.error(f"--strategies: choose among {', '.join(STRATEGIES)}")
+    args.strategies = [name for name in STRATEGIES if name in wanted]
     return args
 
 
@@ -669,22 +790,34 @@ def bench(args: argparse.Namespace, database_url: str) -> None:
     seed = Seed(database_url, args.wabas, args.templates, generate_key())
     asyncio.run(seed.prepare())
     plan = plan_day(args.new_per_day, args.wabas, args.seed)
-    # B1 and B2 are polling only: the lost share does not change their run (key -1).
-    keys = [("S", share) for share in args.shares] + [("B1", -1.0), ("B2", -1.0)]
-    jobs = [Job(name, max(share, 0.0), plan, seed, args) for name, share in keys]
+    keys = list(dict.fromkeys(run_key(n, s) for n in args.strategies for s in args.shares))
+    longest_first = sorted(keys, key=lambda key: -SLOW.get(key[0], 0))
+    jobs = [Job(name, max(share, 0.0), plan, seed, args) for name, share in longest_first]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-        runs = dict(zip(keys, pool.map(run_job, jobs), strict=True))
-    print(
-        f"One virtual day: {args.wabas:,} WABAs x {args.templates} templates, "
-        f"{args.new_per_day} new templates (Meta decides after 5-30 min), seed {args.seed}; "
-        f"S: tick {args.tick_s:g} s, grace {args.grace_s:g} s, interval {args.interval_s:g} s; "
-        f"B1: full list of every WABA every 3 h; B2: full list of each WABA with a pending "
-        f"template every 30 min; page limit {PAGE_LIMIT}.\n"
-    )
-    print("\n".join(table(runs, plan, args.shares)))
+        done = dict(zip(longest_first, pool.map(run_job, jobs), strict=True))
+    runs = {key: done[key] for key in keys}
+    print(headline(args) + "\n")
+    print("\n".join(table(runs, plan, args.shares, args)))
     print("\n" + "\n".join(verdicts(runs, plan, args.shares, args)))
     print("\n" + "\n".join(details(runs)))
     print(f"\nTotal wall time {time.perf_counter() - started:.0f} s.")
+
+
+def headline(args: argparse.Namespace) -> str:
+    about = {
+        "S": f"S: tick {args.tick_s:g} s, grace {args.grace_s:g} s, interval {args.interval_s:g} s",
+        "B1": "B1: full list of every WABA every 3 h",
+        "B2": "B2: full list of each WABA with a pending template every 30 min",
+        "S-up": "S-up: S in upstream mode, calling the platform instead of Graph",
+        "B2-up": "B2-up: POST sync + GET every list page, every workspace, every 30 min",
+        "B2-up-pending": "B2-up-pending: the same for workspaces with a template pending here",
+    }
+    return (
+        f"One virtual day: {args.wabas:,} WABAs x {args.templates} templates, "
+        f"{args.new_per_day} new templates (Meta decides after 5-30 min), seed {args.seed}; "
+        + "; ".join(about[name] for name in args.strategies)
+        + f"; page limit {PAGE_LIMIT} (Graph and platform alike)."
+    )
 
 
 def main() -> None:
