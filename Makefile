@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run test test-fresh-clone lint format soak bench bench-sse bench-memory bench-sync bench-poller demo clean
+.PHONY: install install-dev run test test-fresh-clone lint format soak bench bench-sse bench-memory bench-sync bench-poller demo screenshots clean
 
 # pip prints a line per package: a cold install takes a few minutes and shows its progress.
 PIP_INSTALL := $(BIN)/pip install --progress-bar off --disable-pip-version-check
@@ -55,6 +55,9 @@ soak: install-dev  ## the crash ledger for TEMPLATE_SYNC_SOAK_S seconds (default
 
 demo: install  ## the whole loop offline: webhook, relay, notification, lost webhook repaired by sync, API create approved, lost review repaired by the poller
 	$(BIN)/template-sync demo --workdir demo
+
+screenshots: install-dev  ## the README's status page screenshots (docs/), taken in Debian's chromium
+	$(BIN)/python -m tests.screenshots
 
 bench: install-dev  ## ingest: bare Starlette, pywa, a durable floor, this service (~9 min); then with a relay and a subscription (~4 min, ~9 with PostgreSQL); BENCH_ARGS=--postgres-url ... goes to both
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import api, api_events, api_templates, api_webhooks, webhooks
+from . import api, api_events, api_templates, api_webhooks, ui, webhooks
 from .assembly import StoreOpener, assembled
 from .config import PREFIX, Settings
 from .errors import ApiError
@@ -199,7 +199,7 @@ def create_app(settings: Settings, store_opener: StoreOpener = open_store) -> St
                 yield {"services": svc}
 
     app = Starlette(
-        routes=ROUTES,
+        routes=[*ROUTES, *ui.routes()],  # the status page's files are read here, once
         lifespan=lifespan,
         exception_handlers={
             ApiError: api_error,
@@ -215,6 +215,9 @@ def create_app(settings: Settings, store_opener: StoreOpener = open_store) -> St
 def announce(settings: Settings) -> None:
     """Say where Meta should send webhooks and what is still to configure."""
     logger.info("webhook URL: http://%s:%d/webhooks/meta", settings.host, settings.port)
+    logger.info(
+        "status page: http://%s:%d/ui/#workspace=WS&token=TOKEN", settings.host, settings.port
+    )
     if not settings.poll_enabled:
         logger.info("polling fallback disabled (%sPOLL_ENABLED=false)", PREFIX)
     for name in settings.unset_variables():

@@ -458,6 +458,25 @@ async def test_https_answers_carry_strict_transport_security(
     assert statuses == [200, 401, 403]
 
 
+async def test_the_status_page_keeps_its_headers_through_nginx(
+    client: aiohttp.ClientSession, nginx: Nginx, service: Service
+) -> None:
+    """The shipped config serves /ui/ unchanged: the page's bytes and its security headers,
+    with nginx's HSTS added."""
+    async with client.get(nginx.url + "/ui/") as response:
+        assert (response.status, response.content_type) == (200, "text/html")
+        page, headers = await response.read(), response.headers
+    assert page == (ROOT / "service" / "ui" / "index.html").read_bytes()
+    policy = headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert (headers["X-Content-Type-Options"], headers["Referrer-Policy"],
+            headers["X-Frame-Options"]) == ("nosniff", "no-referrer", "DENY")  # fmt: skip
+    assert headers.getall("Strict-Transport-Security") == [HSTS]
+    async with client.get(nginx.url + "/ui", allow_redirects=False) as response:
+        assert (response.status, response.headers["Location"]) == (308, "ui/")
+    await nginx.access_log(r'"GET /ui/ HTTP/1\.1" 200 ')
+
+
 async def test_access_log_leaves_out_the_verify_token(
     client: aiohttp.ClientSession, nginx: Nginx, service: Service
 ) -> None:
