@@ -18,7 +18,7 @@ import aiohttp
 
 from .config import Settings
 from .crypto import TokenCipher, load_cipher
-from .dispatch import Dispatcher
+from .dispatch import BATCH, Dispatcher
 from .metrics import Metrics
 from .poller import Poller, default_owner
 from .safe_urls import safe_session_connector
@@ -107,5 +107,6 @@ def _dispatcher(
     return Dispatcher(
         store, session, metrics, webhook_session=webhooks, cipher=cipher, owner=default_owner(),
         max_age_s=settings.outbox_max_age_s, tick_s=settings.dispatch_tick_s,
-        lease_s=settings.dispatch_lease_s,
+        lease_s=settings.dispatch_lease_s, per_target=settings.dispatch_per_target,
+        batch=max(BATCH, 4 * settings.dispatch_per_target),
     )  # fmt: skip

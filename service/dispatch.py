@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 BATCH = 64  # rows held at once: sends in flight, or claimed by `run_once` to send
 FAN_OUT = 1000  # events queued for subscriptions per pass, at most; the next pass goes on
-PER_TARGET = 4  # sends in flight to one relay or subscription at once (per replica)
+PER_TARGET = 16  # sends in flight to one relay or subscription at once (per replica)
 SEND_TIMEOUT_S = 10.0  # a whole relay attempt: connect, send, status line
 NOTIFY_TIMEOUT_S = 15.0  # a whole notification attempt
 LEASE_S = 60.0  # longer than an attempt; a dead replica's rows wait this long

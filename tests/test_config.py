@@ -56,6 +56,7 @@ def test_every_documented_variable_is_parsed() -> None:
             P + "POLL_GRACE_S": "60",
             P + "POLL_INTERVAL_S": "900.5",
             P + "MAX_BODY_BYTES": "1024",
+            P + "DISPATCH_PER_TARGET": "16",
             P + "LOG_FORMAT": "text",
             P + "LOG_LEVEL": "debug",
         }
@@ -73,6 +74,7 @@ def test_every_documented_variable_is_parsed() -> None:
     assert settings.poll_grace_s == 60.0 and isinstance(settings.poll_grace_s, float)
     assert settings.poll_interval_s == 900.5
     assert settings.max_body_bytes == 1024 and isinstance(settings.max_body_bytes, int)
+    assert settings.dispatch_per_target == 16
     assert settings.log_format == "text"
     assert settings.log_level == "debug"
 

@@ -320,3 +320,40 @@ async def test_workspace_events_replay_after_an_id_in_order(
     one = await store.events_after(0, 100, tenant.workspace_id, everything[3].template.id)
     assert [e.event.row.event for e in one] == ["CREATED", "REJECTED"]
     assert await store.events_after(0, 100, other.workspace_id) == []
+
+
+async def test_attempts_ending_together_are_each_recorded_with_their_own_lease(
+    store: Store, tenant: Tenant
+) -> None:
+    """Many attempts at once, as a dispatcher with many sends in flight records them:
+    relays and notifications of two subscriptions mixed, one whose lease was lost."""
+    await store.add_relay("http://127.0.0.1:9/all", [], None, NOW_MS)
+    subscriptions = [await subscribe(store, tenant) for _ in range(2)]
+    for n in range(30):
+        await change(store, "PENDING", 1751247500 + n, template_id=str(100 + n))
+    assert await store.fan_out(NOW_MS, 1000) == 2 * 2 * 30  # CREATED and PENDING, twice
+    items = await store.claim_outbox("a", NOW_MS, LEASE_MS, 1000)
+    assert len(items) == 30 + 120
+    stolen = items[7]
+    outcomes = [
+        (item, "b" if item is stolen else "a", None if n % 3 else "HTTP 503")
+        for n, item in enumerate(items)
+    ]
+
+    async def record(item: OutboxItem, owner: str, error: str | None) -> bool:
+        retry_at = NOW_MS + 5_000 if error else None
+        if item.kind == "relay":
+            return await store.finish_outbox(item, owner, NOW_MS + 1, error, retry_at)
+        code = 503 if error else 204
+        return await store.record_notification(item, owner, NOW_MS + 1, code, error, retry_at, None)
+
+    recorded = await asyncio.gather(*(record(*o) for o in reversed(outcomes)))
+    assert recorded[::-1] == [item is not stolen for item in items]
+    left = await rows(store, "SELECT id, attempts, lease_owner FROM outbox ORDER BY id")
+    retried = {o[0].id for o in outcomes if o[2] and o[0] is not stolen}
+    assert {r["id"] for r in left} == retried | {stolen.id}
+    assert all((r["attempts"], r["lease_owner"]) == (1, None) for r in left if r["id"] in retried)
+    logged = 0
+    for subscription in subscriptions:
+        logged += len(await store.subscription_attempts(tenant.workspace_id, subscription, 500))
+    assert logged == 120 - (stolen.kind == "notification")
