@@ -34,13 +34,14 @@ def check_options(command: Callable[..., None]) -> Callable[..., None]:
     )(command)  # fmt: skip
 
 
-def report_channel_checks(checks: list[Check]) -> None:
-    """Checks of a stored channel: shown on stderr; the channel stays stored either way."""
+def report_checks(checks: list[Check], stored: str = "channel") -> None:
+    """Checks of what was just stored (a channel, an upstream): shown on stderr; it stays
+    stored either way."""
     if checks:
         click.echo(render(checks), err=True)
     if failed(checks):
         click.echo(
-            "the channel is stored; fix the above, then run 'template-sync doctor'", err=True
+            f"the {stored} is stored; fix the above, then run 'template-sync doctor'", err=True
         )
 
 
@@ -85,7 +86,7 @@ def channel_add(
 
     created, checks = with_store(settings, add)
     emit(created.id, as_json, id=created.id, workspace_id=workspace_id, waba_id=waba_id)
-    report_channel_checks(checks)
+    report_checks(checks)
 
 
 @channel.command("set-token")
@@ -110,7 +111,7 @@ def channel_set_token(
 
     checks = with_store(settings, replace_token)
     click.echo(f"token of WABA {waba_id} replaced", err=True)
-    report_channel_checks(checks)
+    report_checks(checks)
 
 
 @channel.command("subscribe")

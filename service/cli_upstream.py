@@ -10,10 +10,11 @@ import aiohttp
 import click
 
 from .cli_admin import existing_workspace
+from .cli_channels import report_checks
 from .cli_common import json_flag, load_settings, read_secret, with_store
 from .cli_output import confirm, when, yes_flag
 from .crypto import load_cipher
-from .doctor import Check, failed, render
+from .doctor import Check
 from .doctor_upstream import check_upstream, upstream_client
 from .storage import NotFound, Store, Upstream
 from .times import iso, now_ms
@@ -74,12 +75,7 @@ def upstream_set(
         f"upstream of workspace {workspace_id} set: {url}, remote workspace {remote_workspace}",
         err=True,
     )
-    if checks:
-        click.echo(render(checks), err=True)
-    if failed(checks):
-        click.echo(
-            "the upstream is stored; fix the above, then run 'template-sync doctor'", err=True
-        )
+    report_checks(checks, "upstream")
 
 
 async def stored_upstream(store: Store, workspace_id: str) -> Upstream:

@@ -85,14 +85,21 @@ async def _admin(sql: str) -> None:
         await conn.close()
 
 
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
+@asynccontextmanager
+async def migrated_store(database_url: str) -> AsyncIterator[Store]:
+    """A store on `database_url`, migrated, closed on exit."""
     opened = await open_store(database_url)
     await opened.migrate()
     try:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    async with migrated_store(database_url) as opened:
+        yield opened
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ from service.graph import GraphTemplate
 from service.server import Server as ServiceServer
 from service.server import ServerConfig
 from service.simulator import Simulator, make_templates
-from service.storage import Store, open_store
+from service.storage import Store
 from service.times import now_ms
 
 from .conftest import (
@@ -56,6 +56,7 @@ from .conftest import (
     Tenant,
     add_template,
     make_tenant,
+    migrated_store,
     simulated,
     until_started,
 )
@@ -104,12 +105,8 @@ def database_url(tmp_path: Path) -> str:
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def store(database_url: str) -> AsyncIterator[Store]:
-    opened = await open_store(database_url)
-    await opened.migrate()
-    try:
+    async with migrated_store(database_url) as opened:
         yield opened
-    finally:
-        await opened.close()
 
 
 @pytest_asyncio.fixture(loop_scope="module")

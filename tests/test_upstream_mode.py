@@ -27,7 +27,7 @@ from service.graph import GraphTemplate
 from service.metrics import Metrics
 from service.poller import Poller
 from service.simulator import Simulator, make_templates
-from service.storage import Store, TemplateFilter, open_store
+from service.storage import Store, TemplateFilter
 from service.sync import Syncer
 
 from .conftest import (
@@ -37,6 +37,7 @@ from .conftest import (
     Server,
     Tenant,
     make_tenant,
+    migrated_store,
     serving,
     simulated,
 )
@@ -106,14 +107,10 @@ async def platform(
         settings, database_url=f"sqlite:///{tmp_path}/platform.db", graph_url=sim[1],
         data_dir=tmp_path / "platform-data", sync_min_gap_s=0.0,
     )  # fmt: skip
-    store = await open_store(own.database_url)
-    await store.migrate()
-    tenant = await make_tenant(store, own)
-    try:
+    async with migrated_store(own.database_url) as store:
+        tenant = await make_tenant(store, own)
         async with serving(own) as server:
             yield Platform(server, store, tenant, sim[0])
-    finally:
-        await store.close()
 
 
 @pytest.fixture
