@@ -72,11 +72,7 @@ WEBHOOKS = "/api/v3/workspaces/{workspace}/webhooks"
 # then a template's GET; bench/RESULTS.md, "Why the code is as it is"), and /sync before
 # /{id}, which would match it too.
 ROUTES = [
-    Route(
-        "/webhooks/meta",
-        by_method("webhooks_meta", GET=webhooks.handshake, POST=webhooks.receive),
-        methods=["GET", "POST"],
-    ),
+    Route("/webhooks/meta", webhooks.WebhookRoute(), methods=["GET", "POST"]),
     Route(
         TEMPLATES + "/sync",
         by_method("templates_sync", GET=api.last_sync, POST=api.sync_templates),

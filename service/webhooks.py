@@ -10,8 +10,10 @@ import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from starlette.requests import ClientDisconnect, Request
+import orjson
+from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from .config import PREFIX
 from .errors import ApiError
@@ -24,18 +26,23 @@ from .events import (
     normalise_reason,
 )
 from .logs import LOG_DETAIL, LogLimiter
-from .state import services
+from .state import Services, services
 from .storage import StoreUnavailable
 from .times import now_ms
 
 logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "x-hub-signature-256"
+SIGNATURE_KEY = SIGNATURE_HEADER.encode()  # as ASGI names headers: lower-case bytes
 CHALLENGE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 RETRY_AFTER_S = "5"
 MAX_TEXT = 1024
 ACKNOWLEDGED = b'{"success":true}'
+ACKNOWLEDGED_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(ACKNOWLEDGED)).encode()),
+]
 MAX_ERRORS_LISTED = 20
 MAX_INT_DIGITS = 4300  # Python's int-from-text limit (sys.get_int_max_str_digits)
 MISMATCH = "signature mismatch"
@@ -90,10 +97,11 @@ def parse_delivery(body: bytes) -> ParsedDelivery:
 
     Raises PayloadError when the body as a whole is unusable.
     """
-    try:
-        document = _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
-    except (ValueError, RecursionError) as error:
-        raise PayloadError(f"body is not valid JSON: {type(error).__name__}") from None
+    return read_delivery(_decode(body))
+
+
+def read_delivery(document: Any) -> ParsedDelivery:
+    """parse_delivery's reading of a decoded body."""
     if not isinstance(document, dict) or not isinstance(document.get("entry"), list):
         raise PayloadError("body has no entry list")
     parsed = ParsedDelivery([], [], frozenset())
@@ -104,6 +112,50 @@ def parse_delivery(body: bytes) -> ParsedDelivery:
         except PayloadError as error:
             parsed.errors.append(f"entry[{index}]: {error}")
     return parsed._replace(fields=frozenset(fields))
+
+
+def _decode(body: bytes) -> Any:
+    """The body's JSON: orjson's reading where it is exactly the strict decoder's, else the
+    strict decoder's (RFC 8259 JSON in any of its encodings, NaN and Infinity refused,
+    integers of any size, lone surrogates kept for the fields to report).
+
+    orjson refuses what it cannot read exactly (other encodings, a BOM, lone surrogates,
+    deep nesting), but reads an integer beyond 64 bits as a float: the only integers read
+    here are entry.id, entry.time and the template id, so a float in one of those sends the
+    body to the strict decoder too."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if _exact(document):
+            return document
+    return decode_strictly(body)
+
+
+def decode_strictly(body: bytes) -> Any:
+    """The body's JSON by the standard library's decoder, NaN and Infinity refused and
+    integers of any size kept (as text past Python's limit); PayloadError if it is none."""
+    try:
+        return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+    except (ValueError, RecursionError) as error:
+        raise PayloadError(f"body is not valid JSON: {type(error).__name__}") from None
+
+
+def _exact(document: Any) -> bool:
+    """No float where the parser reads an integer (see _decode)."""
+    entries = document.get("entry") if isinstance(document, dict) else None
+    for entry in entries if isinstance(entries, list) else ():
+        if not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("id"), float) or isinstance(entry.get("time"), float):
+            return False
+        changes = entry.get("changes")
+        for change in changes if isinstance(changes, list) else ():
+            value = change.get("value") if isinstance(change, dict) else None
+            if isinstance(value, dict) and isinstance(value.get("message_template_id"), float):
+                return False
+    return True
 
 
 def _reject_constant(name: str) -> Any:
@@ -209,28 +261,47 @@ async def handshake(request: Request) -> Response:
     return PlainTextResponse(challenge)
 
 
-async def receive(request: Request) -> Response:
-    """A signed delivery: stored before it is acknowledged, then applied in the same commit."""
-    svc = services(request)
+class WebhookRoute:
+    """/webhooks/meta as an ASGI app: GET (Meta's handshake) through Starlette's Request;
+    POST, the hot path, on the raw ASGI messages (`receive_delivery`)."""
+
+    __name__ = "webhooks_meta"  # the `route` label of the latency metric
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "POST":
+            await receive_delivery(scope, receive, send)
+            return
+        response = await handshake(Request(scope, receive))
+        await response(scope, receive, send)
+
+
+async def receive_delivery(scope: Scope, receive: Receive, send: Send) -> None:
+    """A signed delivery: stored before it is acknowledged, then applied in the same commit.
+
+    No Request or Response objects on the hot path (bench/RESULTS.md): the headers and the
+    body are read from the ASGI scope and messages, and the 200 is two messages. A refusal
+    raises ApiError before anything is sent, answered by the app's handler as elsewhere."""
+    svc: Services = scope["state"]["services"]
     if not svc.app_secrets:
         svc.metrics.rejected.labels("not_configured").inc()
         logger.error("webhook refused: set %sMETA_APP_SECRET", PREFIX)
         raise ApiError(503, f"Webhook secret not configured: set {PREFIX}META_APP_SECRET")
-    body = await read_body(request, svc.settings.max_body_bytes)
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    body = await read_asgi_body(headers, receive, svc.settings.max_body_bytes)
+    signatures = [value.decode("latin-1") for name, value in headers if name == SIGNATURE_KEY]
     try:
-        verify_signature(body, _one_signature(request), svc.app_secrets)
+        verify_signature(body, _one_signature(signatures), svc.app_secrets)
     except SignatureError as error:
         svc.metrics.rejected.labels("signature").inc()
         _warn_refused(svc.log_limiter, str(error))
         raise ApiError(401, f"Invalid webhook signature: {error}") from None
-    signature = request.headers[SIGNATURE_HEADER]  # one: verify_signature checked it
     try:
         changes, errors, fields = parse_delivery(body)
     except PayloadError as error:
         changes, errors, fields = [], [str(error)], frozenset()
     try:
         result = await svc.store.record_delivery(
-            body, now_ms(), changes, _error_summary(errors), signature, fields
+            body, now_ms(), changes, _error_summary(errors), signatures[0], fields
         )
     except StoreUnavailable as error:
         svc.metrics.rejected.labels("store_unavailable").inc()
@@ -246,12 +317,13 @@ async def receive(request: Request) -> Response:
         svc.dispatcher.nudge()
     if result.applied:
         svc.watch.nudge()
-    request.scope[LOG_DETAIL] = lambda: (
+    scope[LOG_DETAIL] = lambda: (
         f"delivery {result.delivery_id} {result.outcome}: {len(changes)} changes, "
         f"{result.applied} applied, {result.stale} stale, {result.duplicate} duplicate, "
         f"{result.unknown_waba} unknown WABA"
     )  # ends the request's access log line (one line per request), formatted only if logged
-    return Response(ACKNOWLEDGED, media_type="application/json")
+    await send({"type": "http.response.start", "status": 200, "headers": ACKNOWLEDGED_HEADERS})
+    await send({"type": "http.response.body", "body": ACKNOWLEDGED})
 
 
 def _warn_refused(limiter: LogLimiter, reason: str) -> None:
@@ -268,9 +340,8 @@ def _warn_refused(limiter: LogLimiter, reason: str) -> None:
     )  # fmt: skip
 
 
-def _one_signature(request: Request) -> str | None:
+def _one_signature(values: list[str]) -> str | None:
     """The signature header; several of them are refused, as ambiguous (Meta sends one)."""
-    values = request.headers.getlist(SIGNATURE_HEADER)
     if len(values) > 1:
         raise SignatureError("several signature headers")
     return values[0] if values else None
@@ -287,20 +358,30 @@ def _error_summary(errors: list[str]) -> str | None:
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The raw body, read once; 413 as soon as it is known to exceed `max_bytes`."""
-    declared = request.headers.get("content-length")
+    return await read_asgi_body(request.scope["headers"], request.receive, max_bytes)
+
+
+async def read_asgi_body(
+    headers: list[tuple[bytes, bytes]], receive: Receive, max_bytes: int
+) -> bytes:
+    """`read_body` on the raw ASGI messages: a declared Content-Length over the cap is 413
+    before a byte is read, and so is a body found to pass it while reading."""
+    declared = next((value for name, value in headers if name == b"content-length"), None)
     if declared is not None:
-        if not declared.isdecimal():
+        if not declared.isdigit():
             raise ApiError(400, "Invalid Content-Length")
         if int(declared) > max_bytes:
             raise ApiError(413, f"Body larger than {max_bytes} bytes")
     chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
-                raise ApiError(413, f"Body larger than {max_bytes} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        logger.info("client went away before sending the whole body; nothing stored")
-        raise ApiError(400, "Incomplete body") from None
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            logger.info("client went away before sending the whole body; nothing stored")
+            raise ApiError(400, "Incomplete body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, f"Body larger than {max_bytes} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

@@ -12,6 +12,7 @@ assertions compare the store before and after each request.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,6 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.storage import Store
+from service.webhooks import (
+    ParsedDelivery,
+    PayloadError,
+    decode_strictly,
+    parse_delivery,
+    read_delivery,
+)
 
 from .conftest import APP_SECRET, WABA_ID, Server, Tenant, add_template, sign
 
@@ -130,6 +138,25 @@ def requests(draw: st.DrawFn) -> tuple[bytes, str | None, bool]:
     # Latin-1 text without control characters: what an HTTP client can put in a header.
     latin1 = st.characters(max_codepoint=255, exclude_categories=["Cc"])
     return body, draw(st.text(latin1, max_size=80)), False  # never this body's digest
+
+
+@settings(max_examples=2000, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+@given(body=bodies())
+def test_the_fast_decoder_reads_every_body_as_the_strict_one(body: bytes) -> None:
+    """orjson where it reads a body exactly, the standard library's decoder otherwise
+    (webhooks._decode): the delivery read is the same for any body, hostile ones included
+    (huge integers, lone surrogates, NaN, other encodings, random bytes)."""
+    assert _outcome(lambda: parse_delivery(body)) == _outcome(
+        lambda: read_delivery(decode_strictly(body))
+    )
+
+
+def _outcome(read: Callable[[], ParsedDelivery]) -> ParsedDelivery | str:
+    try:
+        return read()
+    except PayloadError as error:
+        return f"PayloadError: {error}"
 
 
 @settings(

@@ -141,6 +141,18 @@ def test_template_id_as_int_and_as_string_parse_to_the_same_string() -> None:
     assert as_int == as_str and as_int[0].template_id == "1689556908129832"
 
 
+@pytest.mark.parametrize("digits", [20, 21, 25, 32])
+def test_integer_ids_past_64_bits_are_read_exactly(digits: int) -> None:
+    """orjson would read these as floats: the body goes to the strict decoder instead."""
+    template_id = int("9" * digits)
+    [change], errors, _ = parse_delivery(status_body("APPROVED", template_id=template_id))
+    assert (change.template_id, errors) == ("9" * digits, [])
+    waba_id = "1" * digits
+    as_text = status_body("APPROVED", waba_id=waba_id)
+    body = as_text.replace(f'"id":"{waba_id}"'.encode(), f'"id":{waba_id}'.encode())
+    assert body != as_text and parse_delivery(body).changes[0].waba_id == waba_id
+
+
 @pytest.mark.parametrize(
     "body",
     [b"", b"not json", b"[]", b'{"entry": 5}', b"\xff\xfe\x00", b"[" * 100_000 + b"]" * 100_000],
