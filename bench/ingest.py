@@ -407,6 +407,10 @@ def main() -> None:
     parser.add_argument("--rates", default="1000,3000", help="open-loop rates, comma-separated")
     parser.add_argument("--postgres-url", help="also measure the service on this server")
     parser.add_argument("--memory", type=int, help="only: peak RSS over this many deliveries")
+    parser.add_argument(
+        "--reads-only", action="store_true",
+        help="only the service's template GETs and 1,000-change deliveries (about a minute)",
+    )  # fmt: skip
     args = parser.parse_args()
     if not args.memory and not shutil.which("wrk"):
         sys.exit("wrk is missing: apt-get install wrk")
@@ -419,6 +423,12 @@ def main() -> None:
             memory(next(t for t in found if t.database == "sqlite"), args.memory, work)
             return
         script = lua_script(work, args.bodies)
+        if args.reads_only:
+            services = [target for target in found if target.is_service]
+            for target in services:
+                service_extras(target, args, script, work)
+            reads_table(services)
+            return
         for number in range(args.rounds):
             print(f"round {number + 1} of {args.rounds}", file=sys.stderr)
             for target in found:
@@ -466,12 +476,14 @@ def report(found: list[Target]) -> None:
             if key.startswith("open "):
                 print(f"| {t.name} | {key[5:]} req/s | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                       f"{r['max_ms']:.1f} | {r['errors']} |")  # fmt: skip
+    reads_table([t for t in found if t.is_service])
+
+
+def reads_table(services: list[Target]) -> None:
     print("\n| target | 1,000-change delivery p50 / max ms | GET one: req/s, p99 ms | "
           "GET page of 100: req/s, p99 ms |")  # fmt: skip
     print("|---|---:|---:|---:|")
-    for t in found:
-        if not t.is_service:
-            continue
+    for t in services:
         b, one, page = t.extra["batch_ms"], t.extra["get one"], t.extra["get page of 100"]
         print(
             f"| {t.name} | {b['p50_ms']:.0f} / {b['max_ms']:.0f} | "  # type: ignore[index]

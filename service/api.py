@@ -10,11 +10,11 @@ from functools import partial
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from .crypto import token_id_of, token_matches
 from .errors import ApiError
 from .events import STATUS_EVENTS, UNKNOWN_STATUS
+from .responses import JSONResponse
 from .state import services
 from .storage import ApiToken, HistoryEvent, SyncRun, Template, TemplateFilter
 from .sync import NoPendingTemplates, report_json

@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from .api import authorise_write, template_id_param
 from .errors import ApiError
+from .responses import JSONResponse
 from .state import Services, services
 from .storage import IdempotencyBusy, IdempotencyMismatch, idempotency_key, request_fingerprint
 from .template_drafts import DraftError, draft, edit

@@ -7,10 +7,10 @@ import re
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from .api import authorise, authorise_write
 from .errors import ApiError
+from .responses import JSONResponse
 from .state import services
 from .storage import NotFound, NotificationAttempt
 from .subscriptions import InvalidSubscription, subscribe, subscription_json

@@ -11,7 +11,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,6 +22,7 @@ from .errors import ApiError
 from .logs import LOG_DETAIL, silence_leaky_loggers
 from .metrics import Metrics
 from .openapi import openapi_document
+from .responses import JSONResponse
 from .retention import pruning
 from .state import Services, services
 from .storage import StoreUnavailable, open_store
