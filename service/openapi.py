@@ -150,11 +150,14 @@ def _sync_paths() -> dict[str, Any]:
     failed = json_body(
         obj({"success": {"const": False}, "message": STRING, "error": {"type": "object"},
                  "data": ref("SyncResult")}),
-        "Failed to sync the templates: error names the WABA, Graph code and detail",
+        "Failed to sync the templates: error names the WABA, Graph code and detail; for a "
+        "workspace with an upstream, kind is upstream_<kind> and code the upstream's HTTP "
+        "status",
     )  # fmt: skip
     return {
         "post": {
-            "summary": "Sync pending templates with Meta (the seed's endpoint)",
+            "summary": "Sync pending templates with Meta, or the workspace's upstream (the "
+            "seed's endpoint)",
             "security": [{"bearer": []}],
             "parameters": [WORKSPACE],
             "responses": {
