@@ -131,12 +131,25 @@ async def edge(
     await platform.store.apply_remote(platform.tenant.workspace_id, WABA_ID, remote, 1, True)
     await store.apply_remote(tenant.workspace_id, WABA_ID, remote, NOW_MS, create=True)
     clock, metrics = Clock(NOW_MS), Metrics()
-    syncer = Syncer(store, session, settings.graph_url, APP_SECRET, cipher, metrics, clock=clock)
+    syncer, poller = edge_loop(store, settings, session, metrics, clock)
+    return Edge(store, tenant, syncer, poller, metrics, clock)
+
+
+def edge_loop(
+    store: Store, settings: Settings, session: aiohttp.ClientSession, metrics: Metrics,
+    clock: Clock, **syncer_options: Any,
+) -> tuple[Syncer, Poller]:  # fmt: skip
+    """The edge's Syncer (no Meta: its Graph URL answers nothing) and Poller on `clock`."""
+    cipher = TokenCipher(settings.encryption_keys)
+    syncer = Syncer(
+        store, session, settings.graph_url, APP_SECRET, cipher, metrics, clock=clock,
+        **syncer_options,
+    )  # fmt: skip
     poller = Poller(
         store, syncer, tick_s=0.01, grace_s=GRACE_S, interval_s=INTERVAL_S, clock=clock,
         metrics=metrics,
     )  # fmt: skip
-    return Edge(store, tenant, syncer, poller, metrics, clock)
+    return syncer, poller
 
 
 async def webhooks_only_tenant(store: Store) -> Tenant:
@@ -379,12 +392,7 @@ async def fails_and_backs_off(
     await edge.store.set_upstream(
         edge.tenant.workspace_id, fake.base_url, REMOTE, cipher.encrypt(TOKEN), NOW_MS
     )
-    syncer = Syncer(
-        edge.store, session, settings.graph_url, APP_SECRET, cipher, edge.metrics,
-        clock=edge.clock, deadline_s=2.0,
-    )  # fmt: skip
-    poller = Poller(edge.store, syncer, tick_s=0.01, grace_s=GRACE_S, interval_s=INTERVAL_S,
-                    clock=edge.clock, metrics=edge.metrics)  # fmt: skip
+    _, poller = edge_loop(edge.store, settings, session, edge.metrics, edge.clock, deadline_s=2.0)
     edge.clock.at(GRACE_S)
     report = await asyncio.wait_for(poller.run_once(), timeout=10)
     assert report.outcomes == {"failed": 1}
