@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 import pytest
 
 from service.events import STATUS_FIELD, Change
-from service.storage import DeliveryResult, Store, StoreUnavailable, TemplateFilter, open_store
+from service.storage import (
+    DeliveryResult,
+    Store,
+    StoreUnavailable,
+    TemplateFilter,
+    deliveries,
+    open_store,
+)
 from service.storage.delivery_batch import NewDelivery, record_batch
 from service.storage.group_commit import MAX_BATCH, PARALLEL_AFTER, GroupCommit
 from service.storage.sql_store import SqlStore
@@ -37,7 +44,7 @@ def sql_store(store: Store) -> SqlStore:
     return store
 
 
-def counting_writer(store: Store) -> tuple[GroupCommit, list[int]]:
+def counting_writer(store: Store) -> tuple[GroupCommit[NewDelivery, DeliveryResult], list[int]]:
     """A writer over the store's own commit that records each batch's size."""
     batches: list[int] = []
     real = sql_store(store)
@@ -104,7 +111,7 @@ class Gate:
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def gated_writer(store: Store) -> tuple[GroupCommit, Gate]:
+def gated_writer(store: Store) -> tuple[GroupCommit[NewDelivery, DeliveryResult], Gate]:
     """A writer over the store's own commit that waits at the gate before each commit."""
     gate = Gate()
     real = sql_store(store)
@@ -147,7 +154,7 @@ async def test_a_caller_gone_away_does_not_cancel_the_commit(store: Store, tenan
 
 
 @pytest.mark.parametrize("failure", [StoreUnavailable("disk full"), RuntimeError("bug")])
-async def test_a_failed_commit_refuses_every_caller_of_the_batch(failure: Exception) -> None:
+async def test_a_failed_batch_refuses_every_caller_of_the_batch(failure: Exception) -> None:
     async def failing(items: list[NewDelivery]) -> list[DeliveryResult]:
         raise failure
 
@@ -156,7 +163,41 @@ async def test_a_failed_commit_refuses_every_caller_of_the_batch(failure: Except
         *(writer.submit(delivery(change("APPROVED", i))) for i in range(3)), return_exceptions=True
     )
     await writer.close()
+    assert outcomes == [failure] * 3
+
+
+async def test_an_items_own_failure_reaches_its_caller_alone() -> None:
+    refused = LookupError("this one")
+
+    async def serve(items: list[int]) -> list[int | Exception]:
+        return [refused if item == 2 else item * 10 for item in items]
+
+    batches: GroupCommit[int, int] = GroupCommit(serve)
+    outcomes = await asyncio.gather(*(batches.submit(i) for i in range(4)), return_exceptions=True)
+    await batches.close()
+    assert outcomes == [0, 10, refused, 30]
+
+
+@pytest.mark.parametrize("failure", [StoreUnavailable("disk full"), RuntimeError("bug")])
+async def test_a_delivery_batch_that_fails_is_refused_for_a_retry(
+    store: Store, tenant: Tenant, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    """Whatever the failure, a delivery that could not be committed is answered 503, so
+    Meta sends it again."""
+
+    def failing(items: list[NewDelivery], db: object) -> Transaction[list[DeliveryResult]]:
+        raise failure
+        yield  # a transaction: a generator
+
+    monkeypatch.setattr(deliveries, "record_batch", failing)
+    outcomes = await asyncio.gather(
+        *(store.record_delivery(body_of(c), NOW_MS, [c], None)
+          for c in (change("APPROVED", i) for i in range(3))),
+        return_exceptions=True,
+    )  # fmt: skip
     assert all(isinstance(o, StoreUnavailable) for o in outcomes)  # 503: Meta retries
+    monkeypatch.undo()
+    assert await store.list_deliveries(None, 10) == []  # nothing half-stored
 
 
 async def test_an_older_event_later_in_the_same_batch_is_stale(

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from ..events import Change, dedupe_keys_below
 from .delivery_batch import NewDelivery, record_batch
 from .group_commit import GroupCommit
-from .models import Delivery, DeliveryResult
+from .models import Delivery, DeliveryResult, StoreUnavailable
 from .transactions import Queries, Transaction, count_returned, fetch, read, transaction
+
+logger = logging.getLogger(__name__)
 
 
 class DeliveryQueries(Queries):
-    _group_commit: GroupCommit
+    _group_commit: GroupCommit[NewDelivery, DeliveryResult]
 
     async def record_delivery(
         self,
@@ -34,7 +37,14 @@ class DeliveryQueries(Queries):
         return await self._group_commit.submit(item)
 
     async def _commit_deliveries(self, items: list[NewDelivery]) -> list[DeliveryResult]:
-        return await self._db.run(record_batch(items, self._db))
+        """One batch in one transaction; any failure is StoreUnavailable (503: Meta retries)."""
+        try:
+            return await self._db.run(record_batch(items, self._db))
+        except StoreUnavailable:
+            raise
+        except Exception as error:
+            logger.exception("a batch of %d deliveries failed; asking Meta to retry", len(items))
+            raise StoreUnavailable(f"batch failed: {type(error).__name__}") from error
 
     @read
     def list_deliveries(self, outcome: str | None, limit: int) -> Transaction[list[Delivery]]:

@@ -1,4 +1,5 @@
-"""PostgreSQL backend: an asyncpg pool; `?` placeholders become `$n`."""
+"""PostgreSQL backend: an asyncpg pool; `?` placeholders become `$n`. The API's lookups
+(transactions.lookup) that arrive together go to the server as one statement."""
 
 from __future__ import annotations
 
@@ -18,12 +19,15 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 from ..config import PREFIX
+from .group_commit import GroupCommit
 from .models import StoreUnavailable
 from .transactions import Transaction, drive
 
 T = TypeVar("T")
 
 CONNECT_TIMEOUT_S = 5.0  # opening the pool at start-up
+# Batches of lookups served side by side, of the pool's 10 connections (group_commit.py).
+LOOKUP_PARALLEL = 2
 ACQUIRE_TIMEOUT_S = 1.0  # a request waits this long for a connection before 503
 # Errors that mean "the server cannot be used right now", not "the query is wrong".
 _UNAVAILABLE = (
@@ -132,6 +136,53 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     (its settings are SET LOCAL, its advisory locks end with their transaction)."""
 
 
+Row = dict[str, Any]
+Lookup = tuple[str, tuple[Any, ...]]  # a lookup's statement: SQL with `?`, and arguments
+# What a lookup's arguments are sent as, in the arrays of a batch (`_in_one`).
+_ARRAY_TYPES = {int: "bigint", str: "text"}
+
+
+@lru_cache(maxsize=64)
+def _in_one(sql: str, types: tuple[str, ...]) -> str:
+    """`sql`, a lookup (at most one row), for many argument tuples sent as one array per
+    placeholder: each row it answers carries its tuple's position, from 1, as `lookup_n_`.
+    The text is the same whatever the batch's size, so it is prepared once."""
+    names = [f"a{n}" for n in range(1, len(types) + 1)]
+    placeholders = iter(names)
+    one = re.sub(r"\?", lambda _: f"q.{next(placeholders)}", sql)
+    arrays = ", ".join(f"${n}::{sql_type}[]" for n, sql_type in enumerate(types, 1))
+    return (
+        f"SELECT q.lookup_n_, s.* FROM unnest({arrays}) WITH ORDINALITY "
+        f"AS q ({', '.join(names)}, lookup_n_) JOIN LATERAL ({one}) AS s ON true"
+    )
+
+
+def _array_types(arguments: list[tuple[Any, ...]]) -> tuple[str, ...] | None:
+    """The SQL types of the lookups' arguments; None unless every tuple has the same
+    types, each one an array can carry."""
+    first = tuple(type(value) for value in arguments[0])
+    if any(tuple(type(value) for value in args) != first for args in arguments):
+        return None
+    types = tuple(_ARRAY_TYPES.get(kind) for kind in first)
+    return None if None in types else types  # type: ignore[return-value]
+
+
+class _Lookup:
+    """The connection a lookup runs on (transactions.Connection): its one fetchrow joins
+    the backend's next batch of lookups."""
+
+    def __init__(self, batches: GroupCommit[Lookup, Row | None]) -> None:
+        self._batches = batches
+
+    def fetchrow(self, sql: str, *args: Any) -> Any:
+        return self._batches.submit((sql, args))
+
+    def fetch(self, sql: str, *args: Any) -> Any:
+        raise TypeError("a lookup is one fetchrow (transactions.lookup)")
+
+    execute = executemany = fetch
+
+
 class _Session:
     """Statements on one connection (transactions.Connection). Argument-less statements
     that open a transaction (BEGIN, then a batch's SET LOCAL and SAVEPOINT) wait in
@@ -178,6 +229,12 @@ class _Session:
             await self._conn.execute("ROLLBACK")
 
 
+def _without_n(row: asyncpg.Record) -> Row:
+    found = dict(row)
+    del found["lookup_n_"]
+    return found
+
+
 class PostgresBackend:
     parallel_batches = 4  # of the pool's 10 connections; the API and poller keep the rest
     # Every statement of a webhook batch is an index lookup by design, with one generic
@@ -205,6 +262,7 @@ class PostgresBackend:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._lookups = GroupCommit(self._look_up_batch, LOOKUP_PARALLEL)
 
     @classmethod
     async def connect(cls, url: str) -> PostgresBackend:
@@ -249,7 +307,52 @@ class PostgresBackend:
         async with self._connection() as conn:
             return await drive(_Session(conn), tx)
 
-    look_up = read  # a lookup is a read like any other here
+    async def look_up(self, tx: Transaction[T]) -> T:
+        """`tx`, a lookup, in the next batch of lookups: a GET's read costs the service
+        about 5 us there, against about 75 us in a round trip of its own (bench/RESULTS.md,
+        "Why the code is as it is")."""
+        return await drive(_Lookup(self._lookups), tx)
+
+    async def _look_up_batch(self, lookups: list[Lookup]) -> list[Row | Exception | None]:
+        """Each lookup's row, or its error; those of one SQL text in one statement."""
+        by_sql: dict[str, list[int]] = {}
+        for index, (sql, _) in enumerate(lookups):
+            by_sql.setdefault(sql, []).append(index)
+        rows: list[Row | Exception | None] = [None] * len(lookups)
+        async with self._connection() as conn:
+            for sql, indexes in by_sql.items():
+                found = await self._rows(conn, sql, [lookups[i][1] for i in indexes])
+                for index, row in zip(indexes, found, strict=True):
+                    rows[index] = row
+        return rows
+
+    async def _rows(
+        self, conn: asyncpg.Connection, sql: str, arguments: list[tuple[Any, ...]]
+    ) -> list[Row | Exception | None]:
+        """The rows of one lookup's SQL for each argument tuple: in one statement, or one
+        statement each when the arguments do not fit arrays or that statement failed (so
+        one lookup's bad argument fails only its own request)."""
+        types = _array_types(arguments) if len(arguments) > 1 else None
+        if types is not None:
+            columns = [list(column) for column in zip(*arguments, strict=True)]
+            try:
+                found = await conn.fetch(_in_one(sql, types), *columns)
+            except Exception as error:
+                if self.unavailable(error):
+                    raise
+            else:
+                by_n = {row["lookup_n_"]: _without_n(row) for row in found}
+                return [by_n.get(n) for n in range(1, len(arguments) + 1)]
+        return [await self._row(conn, sql, args) for args in arguments]
+
+    async def _row(self, conn: asyncpg.Connection, sql: str, args: tuple[Any, ...]) -> Any:
+        try:
+            row = await conn.fetchrow(_numbered(sql), *args)
+        except Exception as error:
+            if self.unavailable(error):
+                raise
+            return error
+        return dict(row) if row is not None else None
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -265,4 +368,5 @@ class PostgresBackend:
         return isinstance(error, _UNAVAILABLE)
 
     async def close(self) -> None:
+        await self._lookups.close()
         await self._pool.close()

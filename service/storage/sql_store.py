@@ -33,7 +33,9 @@ class SqlStore(
 ):
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._group_commit = GroupCommit(self._commit_deliveries, db.parallel_batches)
+        self._group_commit = GroupCommit(
+            self._commit_deliveries, db.parallel_batches, weight=lambda item: len(item.body)
+        )
 
     @transaction
     def migrate(self) -> Transaction[list[int]]:

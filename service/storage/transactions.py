@@ -9,7 +9,8 @@ Each method is marked with how it runs, and nothing else reaches the database:
 - `@read`: one statement that only reads, without BEGIN and COMMIT; on SQLite in a
   reading thread of its own, so it never waits for a commit (WAL) nor stalls the loop.
 - `@lookup`: a `@read` of one row by primary key on the API's hot path; on SQLite right on
-  the event loop's thread (see there why).
+  the event loop's thread, on PostgreSQL in one statement with those arriving together
+  (see there why).
 """
 
 from __future__ import annotations
@@ -176,6 +177,11 @@ def lookup(method: Method[Q, P, T]) -> AsyncMethod[Q, P, T]:
     here, 50 us through a thread; bench/RESULTS.md), WAL lets it proceed while the writer
     commits, and that connection never waits for a lock (busy_timeout 0). Nothing slower
     may be a lookup: it would stall every request, webhook acknowledgements included.
+
+    On PostgreSQL the lookups that arrive while a batch of them is at the server go as the
+    next batch, one statement for all those of one SQL text (postgres.py): a round trip
+    costs the service far more CPU than the read (bench/RESULTS.md). So a lookup's SQL is a
+    SELECT whose `?` are each an int or a str, answering at most one row.
     """
 
     @functools.wraps(method)
