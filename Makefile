@@ -59,7 +59,7 @@ demo: install  ## the whole loop offline: webhook, relay, notification, lost web
 screenshots: install-dev  ## the README's status page screenshots (docs/), taken in Debian's chromium
 	$(BIN)/python -m tests.screenshots
 
-bench: install-dev  ## ingest: bare Starlette, pywa, a durable floor, this service (~9 min); then with a relay and a subscription (~4 min, ~9 with PostgreSQL); BENCH_ARGS=--postgres-url ... goes to both
+bench: install-dev  ## ingest: bare Starlette, pywa, a durable floor, this service, with ~590-byte then ~1.1 KB bodies (~13 min); then with a relay and a subscription (~4 min, ~9 with PostgreSQL); BENCH_ARGS=--postgres-url ... goes to both
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/pip install --quiet pywa
 	$(BIN)/python bench/ingest.py $(BENCH_ARGS)

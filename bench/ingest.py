@@ -5,11 +5,12 @@
     .venv/bin/python bench/ingest.py --memory 1000000     (peak RSS over that many deliveries)
 
 Each server runs alone on a fresh store, pinned to core 0; the load is pinned to core 1:
-wrk with 64 connections and distinct signed template-status bodies of ~590 bytes, then an
-open-loop generator (bench/openloop.py) at fixed rates. Targets take turns round by round
-and the median round is reported, because this machine's speed drifts between minutes.
-For this service the ledger must balance (deliveries stored >= requests acknowledged), or
-the run is void. Then a 1,000-change delivery and template GETs with a bearer token.
+wrk with 64 connections and distinct signed template-status bodies of ~590 bytes, then again
+with ~1.1 KB bodies (rejections with a long recommendation), then an open-loop generator
+(bench/openloop.py) at fixed rates. Targets take turns round by round and the median round
+is reported, because this machine's speed drifts between minutes. For this service the
+ledger must balance (deliveries stored >= requests acknowledged), or the run is void. Then a
+1,000-change delivery and template GETs with a bearer token.
 """
 
 from __future__ import annotations
@@ -42,10 +43,22 @@ from service.crypto import TokenCipher, generate_key, new_bearer_token
 from service.storage import open_store
 
 SECRET = "bench-secret"
+LONG_BODIES = "~1.1 KB bodies (rejections with a long recommendation)"
 FLOOR = "floor"
 WABA_ID = "102290129340398"
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = [sys.executable, "-m", "uvicorn", "--no-access-log", "--log-level", "warning"]
+REJECTION_INFO = {
+    "reason": "INVALID_FORMAT",
+    "recommendation": "Your template was rejected because its body does not follow our "
+    "formatting guidelines: variable parameters cannot be placed at the start or the end of "
+    "the body, cannot sit next to each other without text between them, and must be numbered "
+    "in order without skipping a number. Rewrite the body so that each parameter is "
+    "surrounded by words that explain what it will contain, keep the message under the "
+    "length limit, remove any characters that are not allowed, and submit it again for review. "
+    "Templates that ask for sensitive information such as full card numbers, passwords or "
+    "identity documents are not allowed and will be rejected again if they are resubmitted.",
+}
 PAUSE_INFO = {
     "title": "FIRST_PAUSE",
     "description": "Your message template has been paused for 3 hours because of "
@@ -53,35 +66,51 @@ PAUSE_INFO = {
 }
 
 
-def body(index: int, changes: int = 1) -> bytes:
-    """A signed-size delivery like Meta's: `changes` status changes of distinct templates."""
-    items = [
-        meta_webhooks.status_change(
-            "PAUSED" if n % 3 else "APPROVED",
-            5_000_000_000_000_000 + n % 5000,
-            f"order_confirmation_{n % 5000:05d}",
-            "en_US",
-            category="UTILITY",
-            other_info=PAUSE_INFO,
-            disable_info={"disable_date": 1751864800},
-        )
-        for n in range(index, index + changes)
-    ]
+def body(index: int, changes: int = 1, long: bool = False) -> bytes:
+    """A signed-size delivery like Meta's: `changes` status changes of distinct templates,
+    pauses and approvals (~590 bytes), or (`long`) rejections with a long recommendation in
+    their `rejection_info` (~1.1 KB)."""
+    items = [_long_change(n) if long else _change(n) for n in range(index, index + changes)]
     entry = meta_webhooks.entry(WABA_ID, 1_751_000_000 + index, *items)
     return meta_webhooks.encode(meta_webhooks.delivery(entry))
+
+
+def _change(n: int) -> dict[str, object]:
+    return meta_webhooks.status_change(
+        "PAUSED" if n % 3 else "APPROVED",
+        5_000_000_000_000_000 + n % 5000,
+        f"order_confirmation_{n % 5000:05d}",
+        "en_US",
+        category="UTILITY",
+        other_info=PAUSE_INFO,
+        disable_info={"disable_date": 1751864800},
+    )
+
+
+def _long_change(n: int) -> dict[str, object]:
+    return meta_webhooks.status_change(
+        "REJECTED",
+        5_000_000_000_000_000 + n % 5000,
+        f"order_confirmation_{n % 5000:05d}",
+        "en_US",
+        reason="INVALID_FORMAT",
+        category="MARKETING",
+        rejection_info=REJECTION_INFO,
+    )
 
 
 def signature(data: bytes) -> str:
     return meta_webhooks.signature(SECRET, data)
 
 
-def lua_script(directory: Path, count: int) -> Path:
+def lua_script(directory: Path, count: int, long: bool = False) -> Path:
     """wrk's script: the signed bodies are read from a file of "signature TAB body" lines
     (a script holding them as literals stops at LuaJIT's 65,536 constants: ~30,000 bodies)."""
-    data_path = directory / "bodies.tsv"
+    name = "long-bodies" if long else "bodies"
+    data_path = directory / f"{name}.tsv"
     with data_path.open("w") as data:
         for index in range(count):
-            raw = body(index)
+            raw = body(index, long=long)
             data.write(f"{signature(raw)}\t{raw.decode()}\n")
     script = f"""
 local bodies, sigs = {{}}, {{}}
@@ -101,7 +130,7 @@ done = function(summary, latency, requests)
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end
 """
-    path = directory / "bodies.lua"
+    path = directory / f"{name}.lua"
     path.write_text(script)
     return path
 
@@ -432,10 +461,16 @@ def main() -> None:
                 service_extras(target, args, script, work)
             reads_table(services)
             return
-        for number in range(args.rounds):
-            print(f"round {number + 1} of {args.rounds}", file=sys.stderr)
+        long_script = lua_script(work, args.bodies, long=True)
+        for label, bodies in (("~590-byte bodies", script), (LONG_BODIES, long_script)):
             for target in found:
-                closed_loop(target, args, script, work)
+                target.rounds = []
+            for number in range(args.rounds):
+                print(f"{label}: round {number + 1} of {args.rounds}", file=sys.stderr)
+                for target in found:
+                    closed_loop(target, args, bodies, work)
+            print(f"\n## {label}: {len(body(0, long=bodies is long_script))} bytes\n")
+            closed_report(found)
         for target in found:
             for rate in (float(r) for r in args.rates.split(",")):
                 open_loop(target, rate, args, work)
@@ -450,7 +485,8 @@ def median_round(target: Target) -> dict[str, float]:
     return sorted(target.rounds, key=lambda r: r["rps"])[len(target.rounds) // 2]
 
 
-def report(found: list[Target]) -> None:
+def closed_report(found: list[Target]) -> None:
+    """The closed-loop rounds: throughput and ratios, then the CPU each request cost."""
     bare, pywa, floor, sqlite = (median_round(t)["rps"] for t in found[:4])
     print("| target | req/s (median round) | rounds | p50 ms | p99 ms | / bare | / pywa | / floor "
           "| ledger |")  # fmt: skip
@@ -472,6 +508,10 @@ def report(found: list[Target]) -> None:
         m = median_round(t)
         parts = (m["loop_us"], m["threads_us"], m["postgres_us"])
         print(f"| {t.name} | " + " | ".join(f"{us:.1f} µs" for us in (*parts, sum(parts))) + " |")
+
+
+def report(found: list[Target]) -> None:
+    """The open-loop runs (~590-byte bodies) and the service's reads."""
     print("\n| target | open loop | p50 ms | p99 ms | max ms | errors |")
     print("|---|---:|---:|---:|---:|---:|")
     for t in found:
