@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
+import asyncpg
 import pytest
 
 from service.events import STATUS_FIELD, Change
@@ -17,8 +18,9 @@ from service.storage import (
     deliveries,
     open_store,
 )
-from service.storage.delivery_batch import NewDelivery, record_batch
+from service.storage.delivery_batch import NewDelivery, _select_templates, record_batch
 from service.storage.group_commit import MAX_BATCH, PARALLEL_AFTER, GroupCommit
+from service.storage.postgres import _numbered
 from service.storage.sql_store import SqlStore
 from service.storage.transactions import Transaction, execute
 
@@ -338,3 +340,31 @@ async def test_a_replay_whose_stored_copy_is_pruned_meanwhile_is_refused_for_a_r
         await real._db.run(pruned_after_the_insert(record_batch(replay, real._db)))
     [kept] = await store.list_deliveries(None, 10)  # rolled back: the copy is still there
     assert kept.id == first.delivery_id
+
+
+async def test_a_batchs_template_lookup_uses_the_unique_index_on_a_young_table(
+    database_url: str, store: Store
+) -> None:
+    """PostgreSQL plans a batch's statements once per connection (a generic plan) and keeps
+    the plan, however the table grows: planned on an empty table, the template lookup must
+    already take the (waba_id, provider_id) index, not one led by waba_id alone, which would
+    read every template of the WABA for each key."""
+    if not database_url.startswith("postgres"):
+        pytest.skip("SQLite plans each statement when it prepares it, from its own rules")
+    db = sql_store(store)._db
+    lookup = next(_select_templates([(WABA_ID, "1"), (WABA_ID, "2")], db))
+    arrays = ", ".join(
+        "ARRAY[" + ", ".join(f"'{value}'" for value in column) + "]" for column in lookup.args
+    )
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            assert db.batch_setup is not None
+            await conn.execute(db.batch_setup)  # the generic plan, as a batch has it
+            await conn.execute(f"PREPARE lookup AS {_numbered(lookup.sql)}")
+            rows = await conn.fetch(f"EXPLAIN EXECUTE lookup({arrays})")
+    finally:
+        await conn.close()
+    plan = "\n".join(row[0] for row in rows)
+    assert "templates_waba_id_provider_id_key on templates t" in plan, plan
+    assert "templates_name" not in plan, plan

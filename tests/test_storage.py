@@ -576,7 +576,7 @@ async def test_migration_14_keeps_channels_and_makes_their_token_optional(
         assert await store.migrate() == list(range(1, 14))
         workspace = await store.create_workspace("Old", NOW_MS)
         before = await store.add_channel(workspace.id, WABA_ID, "sealed-token", NOW_MS)
-        monkeypatch.setattr("service.storage.sql_store.MIGRATIONS", MIGRATIONS)
+        monkeypatch.setattr("service.storage.sql_store.MIGRATIONS", MIGRATIONS[:14])
         assert await store.migrate() == [14]
         assert await store.list_channels(workspace.id) == [before]
         added = await store.add_channel(workspace.id, "999", None, NOW_MS + 1)

@@ -345,6 +345,17 @@ MIGRATIONS: list[tuple[int, str]] = [
         {channels_token_optional}
         """,
     ),
+    (
+        15,
+        # The index of names leads with the name. Led by waba_id, it was PostgreSQL's choice
+        # for a webhook batch's template lookup (waba_id, provider_id) on a young table: a
+        # plan prepared then read every template of the WABA for each key, and kept doing so
+        # (bench/RESULTS.md, "Why the code is as it is"). Now only the unique index fits it.
+        """
+        DROP INDEX templates_name;
+        CREATE INDEX templates_name ON templates (name, language, waba_id)
+        """,
+    ),
 ]
 
 
