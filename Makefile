@@ -61,7 +61,7 @@ screenshots: install-dev  ## the README's status page screenshots (docs/), taken
 
 bench: install-dev  ## ingest: bare Starlette, pywa, a durable floor, this service, with ~590-byte then ~1.1 KB bodies (~13 min); then with a relay and a subscription (~4 min, ~9 with PostgreSQL); BENCH_ARGS=--postgres-url ... goes to both
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(BIN)/pip install --quiet pywa
+	$(BIN)/pip install --quiet pywa==4.5.0  # the reference, pinned: its speed differs between releases
 	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
 	$(BIN)/python bench/outbox.py $(BENCH_ARGS)
 
