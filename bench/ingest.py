@@ -7,10 +7,11 @@
 Each server runs alone on a fresh store, pinned to core 0; the load is pinned to core 1:
 wrk with 64 connections and distinct signed template-status bodies of ~590 bytes, then again
 with ~1.1 KB bodies (rejections with a long recommendation), then an open-loop generator
-(bench/openloop.py) at fixed rates. Targets take turns round by round and the median round
-is reported, because this machine's speed drifts between minutes. For this service the
-ledger must balance (deliveries stored >= requests acknowledged), or the run is void. Then a
-1,000-change delivery and template GETs with a bearer token.
+(bench/openloop.py) at fixed rates, beside a probe of the disk's fsync (its longest is
+reported: a stalled fsync holds a durable target's answers). Targets take turns round by
+round and the median round is reported, because this machine's speed drifts between minutes.
+For this service the ledger must balance (deliveries stored >= requests acknowledged), or the
+run is void. Then a 1,000-change delivery and template GETs with a bearer token.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager, nullcontext, suppress
@@ -324,12 +326,40 @@ def cpu_per_request(
 def open_loop(target: Target, rate: float, args: argparse.Namespace, work: Path) -> None:
     with fresh_store(target, work) as url, serving(target, url) as (port, _):
         command = openloop_command(port, rate, args.seconds)
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        result = json.loads(output)
+        with fsync_probe(work) as disk:
+            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        result = {**json.loads(output), "disk_fsync_max_ms": disk["max_ms"]}
         if url is not None:
             result["ledger_ok"] = asyncio.run(stored(url)) >= result["acked"]
     target.extra[f"open {rate:.0f}"] = result
     print(f"  {target.name} open loop {rate:.0f}/s: {result}", file=sys.stderr)
+
+
+@contextmanager
+def fsync_probe(directory: Path) -> Iterator[dict[str, float]]:
+    """While the block runs, 4 KB written and fsynced in `directory` every 10 ms; the longest
+    fsync, in ms. A durable target answers after its commit's fsync, so a stall of the disk
+    shows in its latency: this tells such a stall from the target's own."""
+    found = {"max_ms": 0.0}
+    stop = threading.Event()
+
+    def probe() -> None:
+        path = directory / "fsync-probe"
+        with path.open("wb", buffering=0) as file:
+            while not stop.wait(0.01):
+                file.write(bytes(4096))
+                started = time.perf_counter()
+                os.fsync(file.fileno())
+                found["max_ms"] = max(found["max_ms"], (time.perf_counter() - started) * 1000)
+        path.unlink()
+
+    thread = threading.Thread(target=probe, name="fsync probe")
+    thread.start()
+    try:
+        yield found
+    finally:
+        stop.set()
+        thread.join()
 
 
 def openloop_command(port: int, rate: float, seconds: float, offset: int = 0) -> list[str]:
@@ -512,13 +542,14 @@ def closed_report(found: list[Target]) -> None:
 
 def report(found: list[Target]) -> None:
     """The open-loop runs (~590-byte bodies) and the service's reads."""
-    print("\n| target | open loop | p50 ms | p99 ms | max ms | errors |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("\n| target | open loop | p50 ms | p99 ms | max ms | errors | longest fsync, ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for t in found:
         for key, r in t.extra.items():
             if key.startswith("open "):
                 print(f"| {t.name} | {key[5:]} req/s | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                      f"{r['max_ms']:.1f} | {r['errors']} |")  # fmt: skip
+                      f"{r['max_ms']:.1f} | {r['errors']} | "
+                      f"{r['disk_fsync_max_ms']:.1f} |")  # fmt: skip
     reads_table([t for t in found if t.is_service])
 
 
