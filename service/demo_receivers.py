@@ -19,7 +19,7 @@ from aiohttp import web
 
 from .demo_process import DemoError
 from .signing import VerificationError, verify
-from .simulator import bound_port
+from .simulator import serving_app
 from .webhooks import SIGNATURE_HEADER, SignatureError, verify_signature
 
 # A relay goes out at once, a notification at the dispatcher's next tick (DISPATCH_TICK_S, 1 s).
@@ -84,14 +84,9 @@ async def receiving(name: str, path: str) -> AsyncIterator[Receiver]:
     receiver = Receiver(name)
     app = web.Application()
     app.router.add_post(path, receiver._handle)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        receiver.url = f"http://127.0.0.1:{bound_port(runner)}{path}"
+    async with serving_app(app) as origin:
+        receiver.url = origin + path
         yield receiver
-    finally:
-        await runner.cleanup()
 
 
 def check_relayed(receipt: Receipt, sent: bytes, app_secret: str) -> str:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
@@ -253,12 +254,30 @@ async def serve(sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> web.A
 
     Access logging is off because request lines would carry `access_token=` from paging links.
     """
-    runner = web.AppRunner(
-        sim.build_app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0
-    )
+    return await serve_app(sim.build_app(), host, port)
+
+
+async def serve_app(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> web.AppRunner:
+    """Serve an aiohttp app (port 0: a free one), without an access log; stop it with
+    `await runner.cleanup()`. The simulator, the demo's receivers and the tests' fakes."""
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     return runner
+
+
+@asynccontextmanager
+async def serving_app(app: web.Application) -> AsyncIterator[str]:
+    """`app` on a free loopback port for the block; its origin, `http://127.0.0.1:PORT`."""
+    runner = await serve_app(app)
+    try:
+        yield f"http://127.0.0.1:{bound_port(runner)}"
+    finally:
+        await runner.cleanup()
 
 
 def bound_port(runner: web.AppRunner) -> int:

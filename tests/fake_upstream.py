@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from service.simulator import bound_port
+from service.simulator import serving_app
 
 REMOTE = "9ca711b1-14ca-4bd5-9457-751db9c052ac"
 TOKEN = "ts_upstream-secret-token-0123456789"
@@ -142,12 +142,9 @@ async def serving_fake() -> AsyncIterator[FakeUpstream]:
     upstream = FakeUpstream()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", upstream.handle)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    upstream.base_url = f"http://127.0.0.1:{bound_port(runner)}/"
-    try:
-        yield upstream
-    finally:
-        upstream.release.set()
-        await runner.cleanup()
+    async with serving_app(app) as origin:
+        upstream.base_url = origin + "/"
+        try:
+            yield upstream
+        finally:
+            upstream.release.set()

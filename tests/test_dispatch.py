@@ -40,7 +40,7 @@ from service.relays import FIRST_RETRY_S, MAX_RETRY_S, retry_at
 from service.retention import DAY_MS, prune
 from service.safe_urls import safe_session_connector
 from service.signing import new_secret
-from service.simulator import bound_port
+from service.simulator import serving_app
 from service.storage import DeliveryResult, RelaySummary, Store, open_store
 from service.times import now_ms
 from service.webhooks import parse_delivery, verify_signature
@@ -131,15 +131,12 @@ async def receiving() -> AsyncIterator[Receiver]:
     found.gate.set()
     app = web.Application()
     app.router.add_post("/{path:.*}", found.handle)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    found.url = f"http://127.0.0.1:{bound_port(runner)}"
-    try:
-        yield found
-    finally:
-        found.gate.set()
-        await runner.cleanup()
+    async with serving_app(app) as origin:
+        found.url = origin
+        try:
+            yield found
+        finally:
+            found.gate.set()  # a send held at the gate ends before the server stops
 
 
 @pytest.fixture(name="receiver")

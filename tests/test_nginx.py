@@ -38,6 +38,7 @@ from cryptography import x509
 from service import meta_webhooks
 from service.config import Secret, Settings
 from service.crypto import generate_key
+from service.simulator import serve_app
 from service.storage import open_store
 
 from .certificates import issue
@@ -603,10 +604,8 @@ async def recorder() -> AsyncIterator[Recorder]:
 
     app = web.Application(client_max_size=MAX_BODY_BYTES * 2)
     app.router.add_route("*", "/{tail:.*}", record)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner = await serve_app(app, port=port)
     try:
         yield Recorder(port, requests)
     finally:

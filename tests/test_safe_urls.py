@@ -20,7 +20,7 @@ from service.safe_urls import (
     check_url_resolving,
     safe_session_connector,
 )
-from service.simulator import bound_port
+from service.simulator import bound_port, serve_app
 
 PUBLIC_V4 = "93.184.216.34"
 
@@ -181,9 +181,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     found = Receiver()
     app = web.Application()
     app.router.add_post("/hook", found.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    runner = await serve_app(app)
     found.port = bound_port(runner)
     try:
         yield found

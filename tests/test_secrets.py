@@ -27,6 +27,7 @@ from service.cli import main
 from service.config import Secret, Settings
 from service.crypto import TokenCipher, generate_key, new_bearer_token
 from service.logs import JsonFormatter
+from service.simulator import serving_app
 from service.storage import NewTemplate, Store
 
 from .conftest import NOW_MS, WABA_ID, compact, sign, start_server
@@ -96,15 +97,8 @@ async def echo_graph(request: web.Request) -> web.Response:
 async def echo_graph_url() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo_graph)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/v25.0"
-    finally:
-        await runner.cleanup()
+    async with serving_app(app) as origin:
+        yield f"{origin}/v25.0"
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from service.graph import GraphClient
 from service.graph_errors import MAX_META_TEXT_CHARS, GraphError
-from service.simulator import bound_port
+from service.simulator import serving_app
 from service.upstream import UpstreamClient
 from service.upstream_answers import (
     MAX_RETRY_AFTER_S,
@@ -439,14 +439,9 @@ async def test_graph_refuses_a_20_mb_answer(session: aiohttp.ClientSession) -> N
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", huge)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        graph = GraphClient(session, f"http://127.0.0.1:{bound_port(runner)}/v25.0", None)
+    async with serving_app(app) as origin:
+        graph = GraphClient(session, f"{origin}/v25.0", None)
         with pytest.raises(GraphError) as info:
             await graph.get(WABA, TOKEN)
-    finally:
-        await runner.cleanup()
     assert (info.value.kind, info.value.attempts, graph.calls) == ("invalid_response", 1, 1)
     assert info.value.message == "answer larger than 16777216 bytes"
